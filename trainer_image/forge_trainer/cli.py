@@ -1,0 +1,119 @@
+"""`forge-trainer`: the workloads' entry point, the same in a pod and on one machine.
+
+    forge-trainer prepare --config prepare.yaml   # ForgeDataset workload (PrepareConfig)
+    forge-trainer train   --config train.yaml     # ForgeTrainingRun workload (TrainConfig), under torchrun
+    forge-trainer serve   --model URI [...]       # ForgeDeployment workload
+
+Bad configuration exits with status 2 and one line naming the field; a failed workload exits 1 with
+one line giving the reason. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from forge_trainer.config import PrepareConfig, TrainConfig
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class WorkloadError(Exception):
+    """A workload failed for a reason a person can act on; the message is that reason."""
+
+    exit_code = 1
+
+
+class ConfigError(WorkloadError):
+    """The workload's configuration is invalid; the message names the file and field."""
+
+    exit_code = 2
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """One line per problem, each naming the field by its wire path."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {loc}: {err['msg']}")
+    return "\n".join(parts)
+
+
+def load_config(path: Path, model: type[M]) -> M:
+    """Read a YAML or JSON config file into `model`; errors name the file and field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from forge_trainer.data.prepare import run_prepare
+
+    run_prepare(load_config(args.config, PrepareConfig))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from forge_trainer.train.entry import run_training
+
+    run_training(load_config(args.config, TrainConfig))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from forge_trainer.serve.server import main as serve_main
+
+    serve_main(args.rest)
+
+
+def _schema(args: argparse.Namespace) -> None:
+    model = {"prepare": PrepareConfig, "train": TrainConfig}[args.which]
+    json.dump(model.model_json_schema(by_alias=True), sys.stdout, indent=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(prog="forge-trainer", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="turn a raw corpus into clean, tokenized shards")
+    p.add_argument("--config", type=Path, required=True, help="PrepareConfig as YAML or JSON")
+    p.set_defaults(func=_prepare)
+    t = sub.add_parser("train", help="run one training stage (pretrain, sft, rl)")
+    t.add_argument("--config", type=Path, required=True, help="TrainConfig as YAML or JSON")
+    t.set_defaults(func=_train)
+    s = sub.add_parser("serve", help="serve a trained model over an OpenAI-compatible HTTP API")
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="server options (see forge-trainer serve --help)")
+    s.set_defaults(func=_serve)
+    c = sub.add_parser("schema", help="print the JSON schema of a workload config")
+    c.add_argument("which", choices=["prepare", "train"])
+    c.set_defaults(func=_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except WorkloadError as exc:
+        print(f"forge-trainer {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"forge-trainer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The data pipeline: raw corpus -> clean, deduplicated, tokenized shards."""

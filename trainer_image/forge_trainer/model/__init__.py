@@ -1,0 +1,1 @@
+"""Decoder-only transformer, dense and MoE, with Hugging Face-compatible weights."""

@@ -1,0 +1,1 @@
+"""Training: pretrain, sft (full / LoRA / QLoRA), rl; elastic, checkpoints, progress."""
