@@ -1,0 +1,82 @@
+"""The object store behaves the same on a local directory and on a real S3 API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forge_trainer.store import (
+    LocalStore,
+    ObjectStore,
+    StoreError,
+    append_jsonl,
+    open_uri,
+    read_json,
+    sha256_bytes,
+    write_json_atomic,
+)
+from tests.conftest import S3Server
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalStore(tmp_path)
+    server: S3Server = request.getfixturevalue("s3")
+    st, _ = open_uri(server.uri(), server.config)
+    return st
+
+
+def test_put_get_list_delete_roundtrip(store: ObjectStore) -> None:
+    store.put_bytes("a/b/one.bin", b"1")
+    store.put_bytes("a/b/two.bin", b"22")
+    store.put_bytes("a/c.txt", b"333")
+    assert store.get_bytes("a/b/two.bin") == b"22"
+    assert [(o.key, o.size) for o in store.list("a/b/")] == [("a/b/one.bin", 1), ("a/b/two.bin", 2)]
+    assert {o.key for o in store.list("a/")} == {"a/b/one.bin", "a/b/two.bin", "a/c.txt"}
+    assert store.exists("a/c.txt")
+    store.delete("a/c.txt")
+    assert not store.exists("a/c.txt")
+    with store.open_read("a/b/one.bin") as fh:
+        assert fh.read() == b"1"
+
+
+def test_missing_object_error_names_the_uri(store: ObjectStore) -> None:
+    with pytest.raises(StoreError, match=r"nothere\.json does not exist"):
+        store.get_bytes("nothere.json")
+
+
+def test_json_and_jsonl_helpers(store: ObjectStore) -> None:
+    write_json_atomic(store, "p/progress.json", {"step": 3})
+    assert read_json(store, "p/progress.json") == {"step": 3}
+    append_jsonl(store, "p/audit.jsonl", [{"n": 1}])
+    append_jsonl(store, "p/audit.jsonl", [{"n": 2}, {"n": 3}])
+    assert store.get_bytes("p/audit.jsonl").decode().splitlines() == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
+    store.put_bytes("p/bad.json", b"{not json")
+    with pytest.raises(StoreError, match="bad.json: not valid JSON"):
+        read_json(store, "p/bad.json")
+
+
+def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    st = LocalStore(tmp_path)
+    st.put_bytes("x/data.bin", b"old")
+    st.put_bytes("x/data.bin", b"new")
+    assert st.get_bytes("x/data.bin") == b"new"
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["data.bin"]
+
+
+def test_keys_cannot_escape_the_root(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"must not contain '\.\.'"):
+        LocalStore(tmp_path).put_bytes("../evil", b"x")
+
+
+def test_uri_parsing_errors_are_clear() -> None:
+    with pytest.raises(StoreError, match="unsupported URI scheme 'gs'"):
+        open_uri("gs://bucket/x")
+    with pytest.raises(StoreError, match="needs a bucket"):
+        open_uri("s3:///x")
+
+
+def test_digest_format() -> None:
+    assert sha256_bytes(b"") == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
