@@ -1,0 +1,112 @@
+"""Builders of small real datasets for training tests: a corpus of English text (the docstrings of
+Python's standard library), a byte-level BPE tokenizer trained on it, and a prepared dataset
+(manifest.json + token shards + tokenizer.json) written to a store exactly as `forge-trainer prepare`
+lays it out."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from forge_trainer.config import DatasetCounts, DatasetPurpose
+from forge_trainer.data.manifest import (
+    MANIFEST_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    ShardFormat,
+    ShardInfo,
+    Split,
+    TokenizerInfo,
+)
+from forge_trainer.store import LocalStore, ObjectStore, join_key, sha256_bytes, write_json_atomic
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+CORPUS_MODULES = ("json", "pathlib", "argparse", "collections", "functools", "itertools", "textwrap",
+                  "string", "datetime", "random", "statistics", "fractions", "decimal", "csv",
+                  "logging", "shutil", "tempfile", "contextlib", "dataclasses", "enum", "heapq", "bisect")
+
+
+def real_corpus(max_docs: int = 400) -> list[str]:
+    """English prose: the docstrings of a fixed list of standard-library modules and their members."""
+    docs: list[str] = []
+    for name in CORPUS_MODULES:
+        module = importlib.import_module(name)
+        members = [module, *(obj for _, obj in sorted(vars(module).items()) if not _.startswith("_"))]
+        for obj in members:
+            doc = inspect.getdoc(obj) if callable(obj) or obj is module else None
+            if doc and len(doc) > 80 and doc not in docs:
+                docs.append(doc)
+    return docs[:max_docs]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 512) -> Tokenizer:
+    """A byte-level BPE tokenizer with `<|endoftext|>` (id 0) and `<|pad|>` (id 1)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def _pack(tok: Tokenizer, texts: list[str], eos_id: int) -> np.ndarray:
+    ids: list[int] = []
+    for enc in tok.encode_batch(texts):
+        ids.extend(enc.ids)
+        ids.append(eos_id)
+    return np.asarray(ids, dtype=np.uint16)
+
+
+def write_dataset(store: ObjectStore, prefix: str, texts: list[str], *, vocab_size: int = 512,
+                  tokens_per_shard: int = 8192, validation_every: int = 10,
+                  tokenizer: Tokenizer | None = None) -> str:
+    """Write a prepared pretraining dataset under `prefix`; return the manifest URI.
+
+    Every `validation_every`-th document goes to the validation split; shards hold at most
+    `tokens_per_shard` tokens (little-endian uint16)."""
+    tok = tokenizer or train_tokenizer(texts, vocab_size)
+    eos_id = int(tok.token_to_id(EOS))
+    tok_bytes = tok.to_str().encode()
+    store.put_bytes(join_key(prefix, TOKENIZER_NAME), tok_bytes)
+    splits = {
+        Split.TRAIN: [t for i, t in enumerate(texts) if i % validation_every],
+        Split.VALIDATION: [t for i, t in enumerate(texts) if i % validation_every == 0],
+    }
+    shards: list[ShardInfo] = []
+    counts = DatasetCounts(documents_read=len(texts), documents_kept=len(texts))
+    for split, docs in splits.items():
+        tokens = _pack(tok, docs, eos_id)
+        for n, start in enumerate(range(0, len(tokens), tokens_per_shard)):
+            data = tokens[start:start + tokens_per_shard].astype("<u2").tobytes()
+            path = f"shards/{split.value}-{n:05d}.bin"
+            store.put_bytes(join_key(prefix, path), data)
+            shards.append(ShardInfo(path=path, split=split, format=ShardFormat.TOKENS, bytes=len(data),
+                                    tokens=len(data) // 2, records=0, sha256=sha256_bytes(data)))
+        if split is Split.TRAIN:
+            counts.train_tokens = len(tokens)
+        else:
+            counts.validation_tokens = len(tokens)
+    counts.tokens = counts.train_tokens + counts.validation_tokens
+    manifest = Manifest(
+        purpose=DatasetPurpose.PRETRAIN, dtype="uint16",
+        tokenizer=TokenizerInfo(path=TOKENIZER_NAME, sha256=sha256_bytes(tok_bytes),
+                                vocab_size=tok.get_vocab_size(), eos_token_id=eos_id,
+                                pad_token_id=tok.token_to_id(PAD)),
+        shards=shards, counts=counts, created_at=datetime.now(UTC).isoformat(),
+    )
+    write_json_atomic(store, join_key(prefix, MANIFEST_NAME), manifest.to_wire())
+    uri: str = store.uri(join_key(prefix, MANIFEST_NAME))
+    return uri
+
+
+def local_dataset(root: Path, texts: list[str] | None = None, **kwargs: object) -> str:
+    """`write_dataset` into a local directory store at `root`; return the manifest URI."""
+    return write_dataset(LocalStore(root), "", texts if texts is not None else real_corpus(),
+                         **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,240 @@
+"""Hugging Face–format export of our model, and loading it back.
+
+An export directory holds model.safetensors, config.json (LlamaForCausalLM or MixtralForCausalLM),
+generation_config.json, tokenizer.json and tokenizer_config.json, so `AutoModelForCausalLM` and
+`AutoTokenizer` load it unchanged. Our own dimensions ride along in config.json under `forge`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from forge_trainer.config import StoreConfig
+from forge_trainer.model.args import ModelArgs
+from forge_trainer.model.transformer import Transformer
+from forge_trainer.store import join_key, open_uri, sha256_file, split_uri
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, GENERATION_CONFIG_NAME, TOKENIZER_NAME, TOKENIZER_CONFIG_NAME)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where an export went and its digest (sha256 over the names and digests of its files)."""
+
+    uri: str
+    digest: str
+
+
+def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Weights named as in our module tree, without wrapper prefixes (DDP `module.`, compile
+    `_orig_mod.`, activation checkpointing), as contiguous CPU tensors."""
+    out: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        for prefix in ("module.", "_orig_mod.", "_checkpoint_wrapped_module."):
+            name = name.replace(prefix, "")
+        out[name] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def hf_config(args: ModelArgs, eos_token_id: int, bos_token_id: int | None,
+              pad_token_id: int | None, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json for LlamaForCausalLM (dense) or MixtralForCausalLM (moe)."""
+    config: dict[str, Any] = {
+        "vocab_size": args.vocab_size,
+        "hidden_size": args.hidden_size,
+        "intermediate_size": args.intermediate_size,
+        "num_hidden_layers": args.num_layers,
+        "num_attention_heads": args.num_heads,
+        "num_key_value_heads": args.num_kv_heads,
+        "head_dim": args.head_dim,
+        "max_position_embeddings": args.max_seq_len,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+        "hidden_act": "silu",
+        "attention_dropout": 0.0,
+        "initializer_range": args.init_std,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "forge": args.to_dict(),
+    }
+    if args.is_moe:
+        config.update({
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "num_local_experts": args.num_experts,
+            "num_experts_per_tok": args.experts_per_token,
+            "router_aux_loss_coef": args.router_aux_loss_coef,
+            "output_router_logits": False,
+            "router_jitter_noise": 0.0,
+            "sliding_window": None,
+        })
+    else:
+        config.update({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "pretraining_tp": 1,
+        })
+    return config
+
+
+def _token(tokenizer: dict[str, Any], token_id: int | None) -> str | None:
+    """The string of a token id in a tokenizer.json (added tokens first, then the vocabulary)."""
+    if token_id is None:
+        return None
+    for added in tokenizer.get("added_tokens", []):
+        if added.get("id") == token_id:
+            return str(added["content"])
+    vocab = tokenizer.get("model", {}).get("vocab", {})
+    if isinstance(vocab, dict):
+        for text, idx in vocab.items():
+            if idx == token_id:
+                return str(text)
+    return None
+
+
+def _digest(directory: Path, names: list[str]) -> str:
+    lines = "".join(f"{name} {sha256_file(directory / name)}\n" for name in sorted(names))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+def write_hf_dir(state: Mapping[str, Tensor], args: ModelArgs, tokenizer_json: bytes | None,
+                 directory: Path, *, eos_token_id: int, bos_token_id: int | None = None,
+                 pad_token_id: int | None = None, dtype: torch.dtype = torch.float32) -> list[str]:
+    """Write the export files into a local directory; return their names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.to(dtype) for k, v in clean_state_dict(state).items()}
+    save_file(weights, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = hf_config(args, eos_token_id, bos_token_id, pad_token_id, dtype)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+    generation = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
+                  "do_sample": False}
+    (directory / GENERATION_CONFIG_NAME).write_text(json.dumps(generation, indent=2, sort_keys=True))
+    names = [WEIGHTS_NAME, CONFIG_NAME, GENERATION_CONFIG_NAME]
+    if tokenizer_json is not None:
+        (directory / TOKENIZER_NAME).write_bytes(tokenizer_json)
+        parsed = json.loads(tokenizer_json)
+        tok_config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": args.max_seq_len,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": _token(parsed, eos_token_id),
+            "bos_token": _token(parsed, bos_token_id),
+            "pad_token": _token(parsed, pad_token_id),
+        }
+        tok_config = {k: v for k, v in tok_config.items() if v is not None}
+        (directory / TOKENIZER_CONFIG_NAME).write_text(json.dumps(tok_config, indent=2, sort_keys=True))
+        names += [TOKENIZER_NAME, TOKENIZER_CONFIG_NAME]
+    return names
+
+
+def _read_bytes(uri: str | Path, store_config: StoreConfig | None) -> bytes:
+    path = Path(uri) if isinstance(uri, Path) else None
+    if path is None and split_uri(str(uri))[0] == "file":
+        path = Path(split_uri(str(uri))[1])
+    if path is not None:
+        return path.read_bytes()
+    store, key = open_uri(str(uri), store_config)
+    return store.get_bytes(key)
+
+
+def export_hf(model: nn.Module | Mapping[str, Tensor], args: ModelArgs, tokenizer_path: str | Path | None,
+              out: str | Path, *, eos_token_id: int, bos_token_id: int | None = None,
+              pad_token_id: int | None = None, store_config: StoreConfig | None = None,
+              dtype: torch.dtype = torch.float32) -> ExportResult:
+    """Export weights (a module or a full state dict) as a Hugging Face model directory at `out`
+    (a local directory or an object-store URI). `tokenizer_path` is a local path or URI of the
+    dataset's tokenizer.json. Files are written with atomic puts, config.json last."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tokenizer_json = _read_bytes(tokenizer_path, store_config) if tokenizer_path is not None else None
+    with tempfile.TemporaryDirectory(prefix="forge-export-") as tmp:
+        staging = Path(tmp)
+        names = write_hf_dir(state, args, tokenizer_json, staging, eos_token_id=eos_token_id,
+                             bos_token_id=bos_token_id, pad_token_id=pad_token_id, dtype=dtype)
+        digest = _digest(staging, names)
+        store, prefix = open_uri(str(out), store_config)
+        # config.json last: a reader that finds it finds the weights too
+        for name in sorted(names, key=lambda n: n == CONFIG_NAME):
+            store.put_file(join_key(prefix, name), staging / name)
+        return ExportResult(uri=store.uri(prefix), digest=digest)
+
+
+def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
+    """ModelArgs of a Llama/Mixtral config.json (ours carry them verbatim under `forge`)."""
+    if "forge" in config:
+        return ModelArgs.from_dict(config["forge"])
+    rope = config.get("rope_parameters") or {}
+    is_moe = config.get("model_type") == "mixtral"
+    return ModelArgs(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        num_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+        intermediate_size=config["intermediate_size"],
+        max_seq_len=config.get("max_position_embeddings", 2048),
+        rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10_000.0),
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        num_experts=config.get("num_local_experts", 0) if is_moe else 0,
+        experts_per_token=config.get("num_experts_per_tok", 0) if is_moe else 0,
+        router_aux_loss_coef=float(config.get("router_aux_loss_coef", 0.01)),
+        init_std=float(config.get("initializer_range", 0.02)),
+    )
+
+
+def _unfuse_experts(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Mixtral weights saved by transformers 5 (fused `mlp.experts.gate_up_proj`) in our layout."""
+    out: dict[str, Tensor] = {}
+    for name, t in state.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name.removesuffix("mlp.experts.gate_up_proj") + "block_sparse_moe.experts"
+            gate, up = t.chunk(2, dim=1)
+            for e in range(t.shape[0]):
+                out[f"{base}.{e}.w1.weight"], out[f"{base}.{e}.w3.weight"] = gate[e], up[e]
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name.removesuffix("mlp.experts.down_proj") + "block_sparse_moe.experts"
+            for e in range(t.shape[0]):
+                out[f"{base}.{e}.w2.weight"] = t[e]
+        elif ".mlp.gate.weight" in name:
+            out[name.replace(".mlp.gate.", ".block_sparse_moe.gate.")] = t
+        else:
+            out[name] = t
+    return out
+
+
+def load_hf(src: str | Path, store_config: StoreConfig | None = None,
+            device: torch.device | str = "cpu") -> tuple[Transformer, ModelArgs]:
+    """Our Transformer from a Hugging Face–format directory (local path or object-store URI), in
+    float32 on `device`."""
+    with tempfile.TemporaryDirectory(prefix="forge-load-") as tmp:
+        local = Path(tmp)
+        store, prefix = open_uri(str(src), store_config)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            store.get_file(join_key(prefix, name), local / name)
+        config = json.loads((local / CONFIG_NAME).read_text())
+        args = args_from_hf_config(config)
+        state = _unfuse_experts(load_file(str(local / WEIGHTS_NAME)))
+    model = Transformer(args)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.to(device), args
