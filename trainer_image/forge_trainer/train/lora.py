@@ -1,0 +1,217 @@
+"""Low-rank adapters (LoRA) and QLoRA for our Transformer, with PEFT-compatible export.
+
+`apply_lora` replaces each targeted `nn.Linear` (matched by the last part of its module name, e.g.
+`q_proj`) with a `LoraLinear` that keeps the frozen base weight under the same name (`...q_proj.weight`)
+and adds `lora_A` (rank x in) and `lora_B` (out x rank) linears: y = W x + (alpha / rank) * B A dropout(x).
+B starts at zero, so the adapted model starts equal to the base. Every other parameter is frozen.
+
+QLoRA (`quantize=True`): the frozen base weights of the targeted layers are stored as 4-bit NF4
+with double-quantized block scales (torchao's `NF4Tensor`, which works on CPU and GPU), adapters stay
+in float32. A weight whose size does not fit NF4's block layout stays in full precision.
+
+Export: `save_adapter` writes `adapter_model.safetensors` (`base_model.model.<module path>.lora_A.weight`
+/ `lora_B.weight`) and `adapter_config.json` as PEFT writes them; `merged_state_dict` gives base
+weights with the adapters folded in (dequantized for QLoRA) under the original names, for the
+Hugging Face export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from forge_trainer.config import LoraConfig
+
+log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+NF4_BLOCK_SIZE = 64
+"""Weights per NF4 quantization block (as in the QLoRA paper)."""
+NF4_MAX_SCALER_BLOCK = 256
+"""Largest number of block scales quantized together in the second (double) quantization."""
+
+
+def _nf4_api() -> tuple[Any, Any]:
+    """torchao's NF4 tensor constructor and linear; imported lazily, its optional kernels quietened."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # it warns about CUDA-only kernels on CPU
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4, to_nf4
+
+    return to_nf4, linear_nf4
+
+
+def nf4_quantize(weight: Tensor) -> Tensor | None:
+    """`weight` as a torchao NF4Tensor, or None when its size does not fit NF4's block layout."""
+    if weight.numel() % NF4_BLOCK_SIZE:
+        return None
+    blocks = weight.numel() // NF4_BLOCK_SIZE
+    scaler_block = next(s for s in range(min(NF4_MAX_SCALER_BLOCK, blocks), 0, -1) if blocks % s == 0)
+    if scaler_block < 2:
+        return None
+    to_nf4, _ = _nf4_api()
+    return to_nf4(weight.detach().contiguous(), NF4_BLOCK_SIZE, scaler_block)  # type: ignore[no-any-return]
+
+
+def is_nf4(weight: Tensor) -> bool:
+    """Whether `weight` is an NF4-quantized tensor."""
+    return type(weight).__name__ == "NF4Tensor"
+
+
+def dequantize(weight: Tensor) -> Tensor:
+    """A plain float32 copy of `weight` (NF4 or not)."""
+    if is_nf4(weight):
+        return weight.get_original_weight().float()  # type: ignore[attr-defined, no-any-return]
+    return weight.detach().float().clone()
+
+
+class LoraLinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update, named as PEFT names it."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, quantize: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.rank, self.scale = rank, alpha / rank
+        weight = nf4_quantize(base.weight.data) if quantize else None
+        self.quantized = weight is not None
+        self.weight = nn.Parameter(weight if weight is not None else base.weight.data, requires_grad=False)
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.data, requires_grad=False)
+        device = base.weight.device
+        self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=device)
+        self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=device)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's default initialisation
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.quantized:
+            _, linear_nf4 = _nf4_api()
+            y = linear_nf4(x, self.weight)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scale  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def merged_weight(self) -> Tensor:
+        """W + scale * B @ A in float32 (W dequantized for QLoRA)."""
+        return dequantize(self.weight) + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}, "
+                f"nf4={self.quantized}")
+
+
+def apply_lora(model: nn.Module, config: LoraConfig, quantize: bool = False) -> list[str]:
+    """Freeze `model` and wrap every linear whose name ends in one of `config.targets`; return their paths.
+
+    Raises ValueError when no layer matches, naming the targets and the linear layers there are."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    targets = set(config.targets)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    chosen = [(name, m) for name, m in linears if name.rsplit(".", 1)[-1] in targets]
+    if not chosen:
+        kinds = sorted({name.rsplit(".", 1)[-1] for name, _ in linears})
+        raise ValueError(f"lora.targets {sorted(targets)} match no linear layer; the model has {kinds}")
+    for name, module in chosen:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, LoraLinear(module, config.rank, config.alpha, config.dropout, quantize))
+    if quantize:
+        skipped = [n for n, _ in chosen if not model.get_submodule(n).quantized]
+        if skipped:
+            log.warning("NF4 needs weights in blocks of %d; kept %d layers in full precision: %s",
+                        NF4_BLOCK_SIZE, len(skipped), ", ".join(skipped[:4]))
+    return [name for name, _ in chosen]
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    """Every LoRA layer of `model` by module path."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer should update (the adapters, after `apply_lora`)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Adapter weights under PEFT's names: `base_model.model.<path>.lora_A.weight` / `.lora_B.weight`."""
+    out: dict[str, Tensor] = {}
+    for name, layer in lora_layers(model).items():
+        out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
+        out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B.weight.detach().cpu().contiguous()
+    return out
+
+
+def load_adapter_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy adapter weights (PEFT names) into the LoRA layers of `model`; missing or extra keys are errors."""
+    layers = lora_layers(model)
+    expected = {f"base_model.model.{n}.lora_{ab}.weight" for n in layers for ab in "AB"}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"adapter does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_A.weight.copy_(state[f"base_model.model.{name}.lora_A.weight"])
+            layer.lora_B.weight.copy_(state[f"base_model.model.{name}.lora_B.weight"])
+
+
+def adapter_config(config: LoraConfig, target_modules: list[str], base_model: str | None = None) -> dict[str, Any]:
+    """adapter_config.json as PEFT writes it for a causal LM."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": sorted({t.rsplit(".", 1)[-1] for t in target_modules}),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "base_model_name_or_path": base_model,
+    }
+
+
+def save_adapter(model: nn.Module, config: LoraConfig, directory: Path, base_model: str | None = None) -> list[str]:
+    """Write adapter_model.safetensors and adapter_config.json into `directory`; return the file names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = adapter_state_dict(model)
+    save_file(state, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    cfg = adapter_config(config, list(lora_layers(model)), base_model)
+    (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return [ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME]
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights with every adapter folded into its base weight, under the original names
+    (as the model had before `apply_lora`): ready for the Hugging Face export."""
+    layers = lora_layers(model)
+    out: dict[str, Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        module, _, leaf = name.rpartition(".")
+        if module in layers and leaf == "weight":
+            out[name] = layers[module].merged_weight()
+        elif ".lora_A." in name or ".lora_B." in name:
+            continue
+        else:
+            out[name] = dequantize(tensor) if is_nf4(tensor) else tensor.detach()
+    return out
+
+
+def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's base weights without adapters (dequantized for QLoRA), under the original names."""
+    return {name: dequantize(t) if is_nf4(t) else t.detach() for name, t in model.state_dict().items()
+            if ".lora_A." not in name and ".lora_B." not in name}
