@@ -275,8 +275,8 @@ class Hyperparameters(WireModel):
 
     learning_rate: Annotated[float, Field(gt=0)] = 3e-4
     """Peak learning rate of the cosine schedule."""
-    min_learning_rate: Annotated[float, Field(ge=0)] = 3e-5
-    """Learning rate at the end of the cosine decay."""
+    min_learning_rate: Annotated[float | None, Field(ge=0)] = None
+    """Learning rate at the end of the cosine decay (default: learningRate / 10)."""
     warmup_steps: Annotated[int, Field(ge=0)] = 100
     """Linear warm-up steps."""
     max_steps: Annotated[int, Field(ge=1)] = 1000
@@ -308,6 +308,8 @@ class Hyperparameters(WireModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.min_learning_rate is None:
+            self.min_learning_rate = self.learning_rate / 10
         if self.min_learning_rate > self.learning_rate:
             raise ValueError(f"hyperparameters.minLearningRate ({self.min_learning_rate}) must not exceed "
                              f"hyperparameters.learningRate ({self.learning_rate})")

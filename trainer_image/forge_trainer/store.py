@@ -198,7 +198,7 @@ class S3Store:
         except Exception as exc:
             raise self._wrap(key, exc) from exc
         try:
-            yield response  # type: ignore[misc]  # urllib3 response is a readable binary stream
+            yield response  # a urllib3 response is a readable binary stream
         finally:
             response.close()
             response.release_conn()

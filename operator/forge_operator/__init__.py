@@ -1,0 +1,1 @@
+"""Forge's Kubernetes operator and the `forge` command."""

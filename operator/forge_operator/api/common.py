@@ -1,0 +1,120 @@
+"""What the three resources share: group/version, conditions, references, scheduling."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
+
+from forge_trainer.config import WireModel
+
+GROUP = "forge.ai"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FIELD_MANAGER = "forge-operator"
+LABEL_PREFIX = "forge.ai"
+
+# Kubernetes object names: DNS-1123 subdomain for most objects, label for those used as hostnames.
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+NAME_MAX = 52  # leaves room for the suffixes children get ("-prepare", "-config", ...)
+
+
+def now_rfc3339() -> str:
+    """The current time as Kubernetes writes it (RFC 3339, seconds, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ConditionStatus(StrEnum):
+    """Standard condition status."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(WireModel):
+    """A standard Kubernetes condition, as kubectl, ArgoCD and kstatus read it."""
+
+    type: str
+    """Condition type, e.g. Ready, InvalidSpec, DatasetReady."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str
+    """One CamelCase word saying why."""
+    message: str = ""
+    """A sentence for a person."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+    observed_generation: int | None = None
+    """The metadata.generation this condition was computed for."""
+
+
+class ResourceStatus(WireModel):
+    """Fields every Forge status has."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    """The metadata.generation the operator last acted on."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Standard conditions; Ready is the summary."""
+    message: str | None = None
+    """The latest notable thing that happened, for a person."""
+
+
+class SecretRef(WireModel):
+    """A Secret in the same namespace."""
+
+    name: Annotated[str, Field(pattern=DNS1123_SUBDOMAIN, max_length=253)]
+    """Secret name."""
+
+
+class Toleration(WireModel):
+    """A pod toleration (the fields of core/v1 Toleration)."""
+
+    key: str | None = None
+    """Taint key the toleration applies to; empty matches all keys."""
+    operator: str | None = None
+    """Exists or Equal."""
+    value: str | None = None
+    """Taint value to match."""
+    effect: str | None = None
+    """NoSchedule, PreferNoSchedule or NoExecute."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated."""
+
+
+class ComputeResources(WireModel):
+    """CPU and memory for each pod (Kubernetes quantities)."""
+
+    cpu: str | None = None
+    """CPU request and limit, e.g. "8" or "500m"."""
+    memory: str | None = None
+    """Memory request and limit, e.g. "64Gi"."""
+
+
+class RetentionPolicy(StrEnum):
+    """What deleting the resource removes from the object store."""
+
+    DELETE = "Delete"
+    """Remove everything the resource produced."""
+    RETAIN = "Retain"
+    """Leave everything in place (an audit record is still written)."""
+    KEEP_FINAL = "KeepFinal"
+    """Remove intermediate artifacts (checkpoints, progress) but keep the final output."""
+
+
+class RetentionSpec(WireModel):
+    """What happens to produced artifacts when the resource is deleted."""
+
+    on_delete: RetentionPolicy = RetentionPolicy.DELETE
+    """Delete, Retain, or KeepFinal."""
+
+
+def k8s_meta(body: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a raw resource body (empty if absent)."""
+    meta = body.get("metadata") or {}
+    return dict(meta)

@@ -1,0 +1,86 @@
+"""What every handler shares: settings, the API facade, and publishing a new status once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+from pydantic import BaseModel
+
+from forge_operator import metrics
+from forge_operator.api.common import API_VERSION
+from forge_operator.kube.client import Kube
+from forge_operator.settings import OperatorSettings
+
+log = logging.getLogger("forge.operator")
+
+
+@dataclass
+class Runtime:
+    """The operator's process-wide state."""
+
+    settings: OperatorSettings
+    kube: Kube
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The runtime, created on first use from the environment."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(settings=OperatorSettings.from_env(), kube=Kube())
+    return _runtime
+
+
+def set_runtime(rt: Runtime | None) -> None:
+    """Replace the runtime (the operator's startup and tests)."""
+    global _runtime
+    _runtime = rt
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `old` into `new`: changed keys, plus None for keys that went away."""
+    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+
+
+def publish_status(body: dict[str, Any], old_status: BaseModel, new_status: BaseModel) -> bool:
+    """Patch the resource's status if anything changed (one write per reconcile) and post an Event
+    when the phase changes. Returns whether a patch was sent."""
+    meta = body["metadata"]
+    kind, ns, name = body["kind"], meta["namespace"], meta["name"]
+    old = old_status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    new = new_status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    metrics.observe(kind, ns, name, new)
+    patch = status_patch(old, new)
+    if not patch:
+        return False
+    runtime().kube.patch_status(API_VERSION, kind, ns, name, patch)
+    if old.get("phase") != new.get("phase") and new.get("phase"):
+        phase = str(new["phase"])
+        metrics.PHASE_TRANSITIONS.labels(kind, phase).inc()
+        message = str(new.get("message") or f"phase {phase}")
+        post_event(body, phase, message, warning=phase == "Failed")
+    return True
+
+
+def post_event(body: dict[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+    """Post a Kubernetes Event about a resource (what `kubectl describe` shows)."""
+    target = cast(kopf.Body, event_target(body))
+    if warning:
+        kopf.warn(target, reason=reason, message=message)
+    else:
+        kopf.info(target, reason=reason, message=message)
+
+
+def event_target(body: dict[str, Any]) -> dict[str, Any]:
+    """The minimal body kopf needs to post an Event about a resource."""
+    return {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body["kind"],
+            "metadata": body["metadata"]}

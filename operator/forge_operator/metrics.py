@@ -1,0 +1,111 @@
+"""Every Prometheus metric of the operator, in one place.
+
+Counters and histograms are recorded as reconciles happen; per-resource gauges are computed at scrape
+time from the operator's last view of each resource, so a deleted resource's series disappear with it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECONCILES = Counter("forge_reconcile_total", "Reconciles by kind and result (ok, error, invalid, waiting)",
+                     ["kind", "result"], registry=REGISTRY)
+RECONCILE_SECONDS = Histogram("forge_reconcile_duration_seconds", "Time one reconcile took", ["kind"],
+                              registry=REGISTRY)
+PHASE_TRANSITIONS = Counter("forge_phase_transitions_total", "Phase changes by kind and new phase",
+                            ["kind", "phase"], registry=REGISTRY)
+
+_lock = threading.Lock()
+_view: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+def observe(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Remember the latest status of a resource for the scrape-time gauges."""
+    with _lock:
+        _view[(kind, namespace, name)] = status
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """Drop a deleted resource's series."""
+    with _lock:
+        _view.pop((kind, namespace, name), None)
+
+
+_RUN_GAUGES = {
+    "step": ("forge_run_step", "Optimizer steps completed"),
+    "totalSteps": ("forge_run_total_steps", "Steps the run will take"),
+    "loss": ("forge_run_loss", "Latest training loss"),
+    "evalLoss": ("forge_run_eval_loss", "Latest validation loss"),
+    "tokensPerSecond": ("forge_run_tokens_per_second", "Recent training throughput"),
+    "mfu": ("forge_run_mfu", "Model FLOPs utilisation estimate"),
+    "worldSize": ("forge_run_world_size", "Workers in the current group"),
+    "restarts": ("forge_run_restarts", "Job restarts"),
+    "meanReward": ("forge_run_mean_reward", "Mean reward of the latest RL step"),
+}
+_DATASET_GAUGES = {
+    "documentsRead": ("forge_dataset_documents_read", "Documents read from the source"),
+    "documentsKept": ("forge_dataset_documents_kept", "Documents kept"),
+    "tokens": ("forge_dataset_tokens", "Tokens in all shards"),
+    "exactDuplicates": ("forge_dataset_exact_duplicates", "Documents removed as exact duplicates"),
+    "nearDuplicates": ("forge_dataset_near_duplicates", "Documents removed as near duplicates"),
+}
+
+
+class _StateCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with _lock:
+            view = dict(_view)
+        phases = GaugeMetricFamily("forge_resources", "Resources by kind and phase",
+                                   labels=["kind", "phase"])
+        counts: dict[tuple[str, str], int] = {}
+        for (kind, _, _), status in view.items():
+            key = (kind, str(status.get("phase") or "Unknown"))
+            counts[key] = counts.get(key, 0) + 1
+        for (kind, phase), n in sorted(counts.items()):
+            phases.add_metric([kind, phase], n)
+        yield phases
+        yield from _per_resource(view, "ForgeTrainingRun", _RUN_GAUGES, lambda s: s)
+        yield from _per_resource(view, "ForgeDataset", _DATASET_GAUGES, lambda s: s.get("counts") or {})
+        dropped = GaugeMetricFamily("forge_dataset_documents_dropped", "Documents dropped, by reason",
+                                    labels=["namespace", "name", "reason"])
+        ready = GaugeMetricFamily("forge_deployment_ready_replicas", "Ready serving replicas",
+                                  labels=["namespace", "name"])
+        for (kind, ns, name), status in sorted(view.items()):
+            if kind == "ForgeDataset":
+                for reason, n in ((status.get("counts") or {}).get("dropped") or {}).items():
+                    dropped.add_metric([ns, name, reason], float(n))
+            elif kind == "ForgeDeployment" and status.get("readyReplicas") is not None:
+                ready.add_metric([ns, name], float(status["readyReplicas"]))
+        yield dropped
+        yield ready
+
+
+def _per_resource(view: dict[tuple[str, str, str], dict[str, Any]], kind: str,
+                  gauges: dict[str, tuple[str, str]], pick: Any) -> Iterator[GaugeMetricFamily]:
+    families = {field: GaugeMetricFamily(metric, doc, labels=["namespace", "name"])
+                for field, (metric, doc) in gauges.items()}
+    for (k, ns, name), status in sorted(view.items()):
+        if k != kind:
+            continue
+        values = pick(status)
+        for field, family in families.items():
+            value = values.get(field)
+            if isinstance(value, int | float):
+                family.add_metric([ns, name], float(value))
+    yield from families.values()
+
+
+REGISTRY.register(_StateCollector())
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` in a background thread."""
+    start_http_server(port, registry=REGISTRY)

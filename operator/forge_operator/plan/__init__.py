@@ -1,0 +1,1 @@
+"""Pure functions: a resource (and what it refers to) becomes the workload it needs."""

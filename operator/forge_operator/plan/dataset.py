@@ -1,0 +1,68 @@
+"""Plan the preparation Job of a ForgeDataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forge_operator.api.common import ComputeResources
+from forge_operator.api.dataset import ForgeDataset
+from forge_operator.plan.naming import child_name, common_labels, output_uri
+from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta
+from forge_operator.settings import OperatorSettings
+from forge_trainer.config import PrepareConfig, TokenizerConfig
+
+KIND = "ForgeDataset"
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """Everything needed to render a dataset's workload."""
+
+    meta: WorkloadMeta
+    job_name: str
+    config_name: str
+    output_uri: str
+    config: PrepareConfig
+    image: str
+    image_pull_policy: str
+    store: StoreAccess
+    resources: ComputeResources
+
+
+def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokenizer_uri: str | None = None,
+                 ) -> DatasetPlan:
+    """The preparation workload of `ds`.
+
+    `reused_tokenizer_uri` is the tokenizer URI of the dataset named by spec.tokenizer.datasetRef,
+    resolved by the caller (the referenced dataset must be Ready)."""
+    meta = ds.metadata
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    spec = ds.spec
+    if not spec.source.uri.startswith("s3://"):
+        raise InvalidSpecError(f"spec.source.uri: {spec.source.uri!r} must be an s3://bucket/prefix URI on "
+                               "Kubernetes (local paths work only with `forge run`)")
+    tokenizer = spec.tokenizer
+    if tokenizer.dataset_ref is not None:
+        if reused_tokenizer_uri is None:
+            raise InvalidSpecError("spec.tokenizer.datasetRef: the referenced dataset's tokenizer is not resolved")
+        tokenizer = TokenizerConfig(uri=reused_tokenizer_uri)
+    out = output_uri(settings.store_bucket, namespace, KIND, name, uid)
+    config = PrepareConfig(
+        source=spec.source.uri, output=out, format=spec.format, purpose=spec.purpose,
+        text_field=spec.text_field, processing=spec.processing, tokenizer=tokenizer, split=spec.split,
+        sharding=spec.sharding, store=settings.store,
+    )
+    secret = spec.source.credentials_secret.name if spec.source.credentials_secret else settings.credentials_secret
+    return DatasetPlan(
+        meta=WorkloadMeta(namespace=namespace, owner=OwnerRef.of(ds.model_dump(by_alias=True)),
+                          labels=common_labels(KIND, name, "prepare")),
+        job_name=child_name(name, "prepare"),
+        config_name=child_name(name, "prepare-config"),
+        output_uri=out,
+        config=config,
+        image=settings.trainer_image,
+        image_pull_policy=settings.image_pull_policy,
+        store=StoreAccess(endpoint=settings.store_endpoint, secure=settings.store_secure,
+                          region=settings.store_region, credentials_secret=secret),
+        resources=spec.resources,
+    )

@@ -1,0 +1,1 @@
+"""Pure functions: a planned workload becomes Kubernetes manifests (plain dicts)."""

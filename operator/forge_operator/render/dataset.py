@@ -1,0 +1,71 @@
+"""Render a dataset's preparation workload: a ConfigMap with its config and a Job running it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from forge_operator.plan.dataset import DatasetPlan
+from forge_operator.render.pod import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    config_volume,
+    container_security_context,
+    object_meta,
+    pod_security_context,
+    resource_requirements,
+    scratch_volume,
+    store_env,
+)
+
+BACKOFF_LIMIT = 2
+
+
+def render_dataset_config(plan: DatasetPlan) -> dict[str, Any]:
+    """The ConfigMap holding the PrepareConfig the workload reads."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(plan.config_name, plan.meta),
+        "data": {CONFIG_FILE: yaml.safe_dump(plan.config.to_wire(), sort_keys=False)},
+    }
+
+
+def render_dataset_job(plan: DatasetPlan) -> dict[str, Any]:
+    """The Job that runs `forge-trainer prepare`."""
+    config_vol, config_mount = config_volume(plan.config_name)
+    tmp_vol, tmp_mount = scratch_volume()
+    container = {
+        "name": "prepare",
+        "image": plan.image,
+        "imagePullPolicy": plan.image_pull_policy,
+        "command": ["forge-trainer", "prepare", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": store_env(plan.store),
+        "volumeMounts": [config_mount, tmp_mount],
+        "securityContext": container_security_context(),
+        "resources": resource_requirements(plan.resources.cpu, plan.resources.memory),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(plan.job_name, plan.meta),
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            "template": {
+                "metadata": {"labels": dict(plan.meta.labels)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": [config_vol, tmp_vol],
+                },
+            },
+        },
+    }
+
+
+def render_dataset(plan: DatasetPlan) -> list[dict[str, Any]]:
+    """Every object the dataset's workload needs, in apply order."""
+    return [render_dataset_config(plan), render_dataset_job(plan)]

@@ -1,0 +1,1 @@
+"""Pure functions: what was observed becomes a phase and standard conditions."""

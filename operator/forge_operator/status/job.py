@@ -1,0 +1,41 @@
+"""Read what matters out of a raw batch/v1 Job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """The state of a Job as the operator needs it."""
+
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_final: bool = False
+    suspended: bool = False
+    message: str | None = None
+
+
+def observe_job(job: dict[str, Any] | None) -> JobObservation | None:
+    """The observation of `job`, or None when it does not exist."""
+    if job is None:
+        return None
+    status = job.get("status") or {}
+    complete = failed = False
+    message = None
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            complete = True
+        elif cond.get("type") == "Failed":
+            failed = True
+            message = cond.get("message") or cond.get("reason")
+    return JobObservation(
+        active=int(status.get("active") or 0), succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0), complete=complete, failed_final=failed,
+        suspended=bool((job.get("spec") or {}).get("suspend")), message=message,
+    )
