@@ -1,0 +1,328 @@
+"""The generation engine: continuous batching over one model, with a KV cache per running sequence.
+
+One background thread owns the model. At every decoding step it first admits the requests that
+arrived since the last step (up to `max_batch_size` running sequences): their prompts are prefilled
+together, their first token is chosen at once, and their caches join the running batch. Then one
+forward pass advances every running sequence by one token. A finished sequence leaves the batch at
+the step it finishes, so a short request never waits for a long one.
+
+The batch's KV cache is one `DynamicCache` whose rows are left-padded to a common length; an
+attention mask hides the padding and each row gets its own position ids, which is how Hugging Face
+`generate` runs a left-padded batch. Rows are only re-padded when sequences join or leave.
+
+Results go back to the asyncio side in one `call_soon_threadsafe` per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from forge_trainer.serve.sampling import SamplingParams, choose_tokens, make_generator
+from forge_trainer.serve.text_stream import Decoder, TextStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one request gets after a step: new text, and at the end why it finished and token counts."""
+
+    text: str
+    finish_reason: str | None = None
+    """None while generating; `stop` (end of sequence or a stop string), `length` or `error`."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One request inside the engine."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    text: TextStream
+    deliver: Callable[[Delta], None]
+    generator: torch.Generator | None = None
+    generated: int = 0
+    last_token: int = -1
+    cancelled: bool = False
+    finish_reason: str | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens of this sequence held in the KV cache, which is also the position of the next input."""
+        return len(self.prompt_ids) + self.generated - 1
+
+
+class _Handle:
+    """Lets the asyncio side cancel a request it no longer listens to."""
+
+    def __init__(self, seq: _Sequence) -> None:
+        self._seq = seq
+
+    def cancel(self) -> None:
+        self._seq.cancelled = True
+
+
+class Engine:
+    """Serves generation requests for one model from a background thread (see the module docstring)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Decoder, *, eos_token_ids: set[int],
+                 max_batch_size: int = 8, context_length: int, pad_token_id: int = 0) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_token_ids = set(eos_token_ids)
+        self.max_batch_size = max_batch_size
+        self.context_length = context_length
+        self.pad_token_id = pad_token_id
+        self.device = next(model.parameters()).device
+        self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
+        self._waiting: list[_Sequence] = []
+        self._running: list[_Sequence] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # batch x cached columns, 1 where a real token is
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+        """Decoding steps run so far (a step advances every running sequence by one token)."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the generation thread."""
+        self._thread = threading.Thread(target=self._loop, name="forge-generation", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the generation thread; running requests end with finish reason `error`."""
+        self._stopping = True
+        self._incoming.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def running(self) -> int:
+        """Sequences in the running batch."""
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted to the engine but not yet in the batch."""
+        return len(self._waiting) + self._incoming.qsize()
+
+    # -- the asyncio side -----------------------------------------------------------------------
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams,
+               deliver: Callable[[Delta], None]) -> _Handle:
+        """Queue a request; `deliver` is called on the engine thread with each Delta."""
+        seq = _Sequence(prompt_ids=list(prompt_ids), params=params,
+                        text=TextStream(self.tokenizer, params.stop), deliver=deliver,
+                        generator=make_generator(params, self.device))
+        self._incoming.put(seq)
+        return _Handle(seq)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+        """The Deltas of one request as they are produced, one per generated token; the last one has a
+        finish_reason."""
+        async for _, delta in self.generate_many([(prompt_ids, params)]):
+            yield delta
+
+    async def generate_many(self, requests: list[tuple[list[int], SamplingParams]]
+                            ) -> AsyncIterator[tuple[int, Delta]]:
+        """The Deltas of several requests (the choices of one API call), as (request index, Delta) in the
+        order they are produced. Closing the iterator early cancels the requests still running."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
+
+        def deliverer(index: int) -> Callable[[Delta], None]:
+            def deliver(delta: Delta) -> None:
+                loop.call_soon_threadsafe(deltas.put_nowait, (index, delta))
+            return deliver
+
+        handles = [self.submit(ids, params, deliverer(i)) for i, (ids, params) in enumerate(requests)]
+        unfinished = len(handles)
+        try:
+            while unfinished:
+                index, delta = await deltas.get()
+                if delta.finish_reason is not None:
+                    unfinished -= 1
+                yield index, delta
+        finally:
+            for handle in handles:
+                handle.cancel()
+
+    # -- the generation thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._stopping:
+                try:
+                    self._step()
+                except Exception as exc:  # a failed step fails its requests, not the server
+                    log.exception("generation step failed")
+                    for seq in self._running + self._waiting:
+                        self._finish(seq, "error", error=f"generation failed: {exc}")
+                    self._running, self._waiting = [], []
+                    self._cache, self._mask = None, None
+        for seq in self._running + self._waiting:
+            self._finish(seq, "error", error="server shutting down")
+
+    def _take_incoming(self) -> None:
+        block = not self._running and not self._waiting
+        while True:
+            try:
+                seq = self._incoming.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if seq is None:
+                return
+            self._waiting.append(seq)
+
+    def _step(self) -> None:
+        self._take_incoming()
+        if self._stopping:
+            return
+        self._waiting = [s for s in self._waiting if not s.cancelled]
+        free = self.max_batch_size - len(self._running)
+        if free > 0 and self._waiting:
+            admitted, self._waiting = self._waiting[:free], self._waiting[free:]
+            self._prefill(admitted)
+        if self._running:
+            self._decode()
+
+    def _prefill(self, seqs: list[_Sequence]) -> None:
+        """Run the prompts of newly admitted sequences, choose their first tokens, join the batch."""
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+            mask[row, width - len(s.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        if width > min(len(s.prompt_ids) for s in seqs):
+            _zero_padding(cache, mask)
+        tokens = choose_tokens(out.logits[:, -1, :], [s.params for s in seqs], [s.generator for s in seqs])
+        deltas = [self._advance(s, t) for s, t in zip(seqs, tokens, strict=True)]
+        self._merge(cache, mask)
+        self._running.extend(seqs)
+        self._publish(seqs, deltas)
+
+    def _decode(self) -> None:
+        """Advance every running sequence by one token."""
+        assert self._cache is not None and self._mask is not None
+        seqs = self._running
+        ids = torch.tensor([[s.last_token] for s in seqs], device=self.device)
+        positions = torch.tensor([[s.length] for s in seqs], device=self.device)
+        self._mask = F.pad(self._mask, (0, 1), value=1)
+        out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
+                         past_key_values=self._cache, use_cache=True)
+        tokens = choose_tokens(out.logits[:, -1, :], [s.params for s in seqs], [s.generator for s in seqs])
+        deltas = [self._advance(s, t) for s, t in zip(seqs, tokens, strict=True)]
+        self.steps += 1
+        self._publish(seqs, deltas)
+
+    def _advance(self, seq: _Sequence, token: int) -> Delta | None:
+        """Record the token chosen for `seq`; returns what to tell its listener."""
+        seq.generated += 1
+        seq.last_token = token
+        if seq.cancelled:
+            seq.finish_reason = "cancelled"
+            return None
+        if token in self.eos_token_ids:
+            return self._finish(seq, "stop", deliver=False)
+        piece = seq.text.push(token)
+        if seq.text.stopped:
+            return self._finish(seq, "stop", piece, deliver=False)
+        if seq.generated >= seq.params.max_tokens or seq.length + 1 >= self.context_length:
+            return self._finish(seq, "length", piece, deliver=False)
+        return Delta(text=piece)
+
+    def _finish(self, seq: _Sequence, reason: str, piece: str = "", *, deliver: bool = True,
+                error: str | None = None) -> Delta:
+        seq.finish_reason = reason
+        if reason in ("stop", "length"):
+            piece += seq.text.finish()
+        delta = Delta(text=piece, finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
+                      completion_tokens=seq.generated, error=error)
+        if deliver:
+            seq.deliver(delta)
+        return delta
+
+    def _publish(self, seqs: list[_Sequence], deltas: list[Delta | None]) -> None:
+        for seq, delta in zip(seqs, deltas, strict=True):
+            if delta is not None:
+                seq.deliver(delta)
+        if any(s.finish_reason is not None for s in self._running):
+            self._drop_finished()
+
+    # -- the batch's KV cache ---------------------------------------------------------------------
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append the rows of `cache` to the running batch, left-padding whichever is shorter."""
+        if self._cache is None or self._mask is None:
+            self._cache, self._mask = cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        layers = []
+        for (old_k, old_v), (new_k, new_v) in zip(_layers(self._cache), _layers(cache), strict=True):
+            layers.append((torch.cat([_left_pad(old_k, width), _left_pad(new_k, width)]),
+                           torch.cat([_left_pad(old_v, width), _left_pad(new_v, width)])))
+        self._cache = DynamicCache(layers)
+        self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, s in enumerate(self._running) if s.finish_reason is None]
+        self._running = [self._running[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        assert self._cache is not None and self._mask is not None
+        rows = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, rows)
+        first = int(mask.any(dim=0).nonzero()[0])  # columns before it are padding in every kept row
+        self._mask = mask[:, first:]
+        self._cache = DynamicCache([(k.index_select(0, rows)[..., first:, :], v.index_select(0, rows)[..., first:, :])
+                                    for k, v in _layers(self._cache)])
+
+
+def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (keys, values) of every layer of a filled cache."""
+    out = []
+    for layer in cache.layers:
+        if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+            raise TypeError(f"the batching engine needs a full-attention KV cache, got {type(layer).__name__}")
+        out.append((layer.keys, layer.values))
+    return out
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """`t` (a mask: batch x seq, or keys/values: batch x heads x seq x dim) left-padded with zeros."""
+    if t.dim() == 2:
+        return F.pad(t, (width - t.shape[1], 0))
+    return F.pad(t, (0, 0, width - t.shape[2], 0))
+
+
+def _zero_padding(cache: DynamicCache, mask: torch.Tensor) -> None:
+    """Zero the keys and values at padding positions: they are masked, but a NaN there would still
+    poison the attention sum (0 * NaN)."""
+    keep = mask.bool()[:, None, :, None]
+    for layer, (k, v) in zip(cache.layers, _layers(cache), strict=True):
+        layer.keys = k.masked_fill(~keep, 0.0)  # type: ignore[union-attr]
+        layer.values = v.masked_fill(~keep, 0.0)  # type: ignore[union-attr]
+

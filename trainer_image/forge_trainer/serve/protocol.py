@@ -1,0 +1,159 @@
+"""The OpenAI API's request bodies and error object, as far as the builtin runtime implements them.
+
+Unknown fields are ignored (as vLLM does), so newer clients keep working; a known field the runtime
+cannot honour (logprobs, echo, penalties, ...) is refused with a 400 that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from forge_trainer.serve.sampling import SamplingParams
+
+
+class ApiError(Exception):
+    """An error answered as the OpenAI error object with an HTTP status."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: {"error": {"message", "type", "param", "code"}}."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """A 400 naming the first invalid field of a request body."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return ApiError(400, f"{loc}: {err['msg']}" if loc else err["msg"],
+                    param=str(err["loc"][0]) if err["loc"] else None)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    """Options of a streamed response."""
+
+    include_usage: bool = False
+    """Send a last chunk with the token counts."""
+
+
+class _GenerationRequest(_Body):
+    model: str
+    """Name of the model to use; the server serves one."""
+    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    """Most tokens to generate."""
+    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
+    """Sampling temperature; 0 is greedy."""
+    top_p: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    """Nucleus sampling mass."""
+    n: Annotated[int | None, Field(ge=1, le=16)] = None
+    """Completions per prompt."""
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    """Up to 16 strings that end generation."""
+    seed: int | None = None
+    """Makes sampling reproducible."""
+    stream: bool | None = False
+    """Answer with server-sent events as tokens are generated."""
+    stream_options: StreamOptions | None = None
+    """Options of a streamed response."""
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    """Added to the logits of these token ids (given as strings)."""
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    user: str | None = None
+
+    def _unsupported(self) -> dict[str, bool]:
+        return {"frequency_penalty": bool(self.frequency_penalty), "presence_penalty": bool(self.presence_penalty)}
+
+    def check_supported(self) -> None:
+        """Refuse fields the builtin runtime does not implement."""
+        for name, used in self._unsupported().items():
+            if used:
+                raise ApiError(400, f"{name} is not supported by the builtin runtime", param=name)
+
+    def sampling_params(self, max_tokens: int, vocab_size: int, choice: int = 0) -> SamplingParams:
+        """The sampling parameters of the `choice`-th completion of this request."""
+        bias: dict[int, float] = {}
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                token = int(key)
+            except ValueError as exc:
+                raise ApiError(400, f"logit_bias: {key!r} is not a token id", param="logit_bias") from exc
+            if not 0 <= token < vocab_size:
+                raise ApiError(400, f"logit_bias: token id {token} is outside the vocabulary (size {vocab_size})",
+                               param="logit_bias")
+            bias[token] = value
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(max_tokens=max_tokens,
+                              temperature=1.0 if self.temperature is None else self.temperature,
+                              top_p=1.0 if self.top_p is None else self.top_p, stop=stop,
+                              seed=None if self.seed is None else self.seed + choice, logit_bias=bias)
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(_GenerationRequest):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    """One prompt or a batch, as text or token ids."""
+    echo: bool | None = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def _unsupported(self) -> dict[str, bool]:
+        return {**super()._unsupported(), "echo": bool(self.echo), "logprobs": self.logprobs is not None,
+                "best_of": self.best_of not in (None, 1), "suffix": bool(self.suffix)}
+
+
+class TextPart(_Body):
+    """A text part of a message's content."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    """One message of a conversation."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's content as plain text."""
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    """The conversation so far."""
+    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    """Most tokens to generate (the newer name of max_tokens)."""
+    logprobs: bool | None = False
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def _unsupported(self) -> dict[str, bool]:
+        return {**super()._unsupported(), "logprobs": bool(self.logprobs), "tools": bool(self.tools),
+                "response_format": (self.response_format or {}).get("type", "text") != "text"}

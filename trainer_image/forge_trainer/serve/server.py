@@ -1,0 +1,81 @@
+"""`forge-trainer serve`: the builtin runtime of a ForgeDeployment.
+
+    forge-trainer serve --model URI --model-name NAME [--model-digest sha256:...] [--adapter URI]
+                        [--host 0.0.0.0] [--port 8000] [--max-batch-size 8]
+
+The server answers /healthz at once and loads the model in the background; /readyz turns 200 once
+the model is loaded and verified. A model that cannot be fetched, loaded or verified stops the
+process with status 1 and one line naming the URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+import uvicorn
+
+from forge_trainer.cli import WorkloadError
+from forge_trainer.serve.app import ServingState, build_app
+from forge_trainer.serve.loading import LoadError, load_model
+from forge_trainer.serve.metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The serve command's options."""
+    p = argparse.ArgumentParser(prog="forge-trainer serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model directory: s3://bucket/prefix or a local path")
+    p.add_argument("--model-name", required=True, help="the name clients pass as `model`")
+    p.add_argument("--model-digest", help="expected digest of the model directory (sha256:<hex>)")
+    p.add_argument("--adapter", help="LoRA adapter directory (PEFT format) merged into the model at load")
+    p.add_argument("--adapter-digest", help="expected digest of the adapter directory (sha256:<hex>)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--max-batch-size", type=int, default=8, help="most sequences decoded together")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where files fetched from the object store go (default: a temporary directory)")
+    return p
+
+
+def main(argv: list[str]) -> None:
+    """Run the server until it is stopped; raises WorkloadError if the model cannot be served."""
+    args = build_parser().parse_args(argv)
+    if args.max_batch_size < 1:
+        raise WorkloadError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = ServeMetrics()
+    state = ServingState(model_name=args.model_name)
+    server = uvicorn.Server(uvicorn.Config(build_app(state, metrics), host=args.host, port=args.port,
+                                           lifespan="off", access_log=False, log_config=None))
+    failure: list[str] = []
+
+    def load() -> None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="forge-serve-") as tmp:
+                loaded = load_model(args.model, cache_dir=args.cache_dir or Path(tmp), digest=args.model_digest,
+                                    adapter_uri=args.adapter, adapter_digest=args.adapter_digest,
+                                    device=args.device, dtype=_DTYPES.get(args.dtype or ""))
+            state.serve(loaded, args.max_batch_size, metrics)
+            log.info("serving %s as %r on %s:%d", args.model, args.model_name, args.host, args.port)
+        except LoadError as exc:
+            failure.append(str(exc))
+            server.should_exit = True
+
+    threading.Thread(target=load, name="forge-model-loader", daemon=True).start()
+    server.run()
+    if state.engine is not None:
+        state.engine.stop()
+    if failure:
+        raise WorkloadError(failure[0])
