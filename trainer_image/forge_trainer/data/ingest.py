@@ -1,0 +1,378 @@
+"""Reading a raw corpus: every object under the source prefix becomes a stream of raw records (or of
+rejections with their reason), whatever its format, in bounded memory.
+
+Text, markdown and source files are one document each; JSON Lines, JSON, CSV and Parquet hold one
+record per line / element / row; a PDF is one document of its extracted text. Bad input is never an
+exception: each bad record (or unreadable object) is a `Rejected` with the reason it is counted under.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from forge_trainer.config import DatasetFormat, StoreConfig
+from forge_trainer.store import LocalStore, ObjectInfo, ObjectStore, StoreError, open_uri, split_uri
+
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+MISSING_FIELD = "missing_field"
+EMPTY = "empty"
+CORRUPT_FILE = "corrupt_file"
+UNSUPPORTED_FORMAT = "unsupported_format"
+TOO_LONG = "too_long"
+
+CODE_EXTENSIONS = frozenset({
+    "py", "pyi", "js", "jsx", "ts", "tsx", "mjs", "go", "rs", "java", "kt", "kts", "scala", "c", "h",
+    "cc", "cpp", "cxx", "hpp", "hh", "cs", "swift", "rb", "php", "pl", "lua", "r", "jl", "sh", "bash",
+    "zsh", "ps1", "sql", "hs", "ml", "ex", "exs", "erl", "clj", "dart", "vue", "svelte", "html", "css",
+    "scss", "yaml", "yml", "toml", "ini", "cfg", "proto", "tf", "cmake", "gradle", "m", "mm", "f90",
+    "zig", "nim", "v", "sol"
+})
+_BY_EXTENSION = {
+    "txt": DatasetFormat.TXT,
+    "text": DatasetFormat.TXT,
+    "md": DatasetFormat.MD,
+    "markdown": DatasetFormat.MD,
+    "rst": DatasetFormat.TXT,
+    "jsonl": DatasetFormat.JSONL,
+    "ndjson": DatasetFormat.JSONL,
+    "json": DatasetFormat.JSON,
+    "csv": DatasetFormat.CSV,
+    "parquet": DatasetFormat.PARQUET,
+    "pdf": DatasetFormat.PDF,
+}
+_CHUNK = 1 << 20
+
+
+@dataclass
+class RawRecord:
+    """One record read from the source: a text (pretrain) or a JSON-like object (sft/rl)."""
+
+    source: str
+    text: str | None = None
+    fields: dict[str, Any] | None = None
+    is_code: bool = False
+
+
+@dataclass
+class Rejected:
+    """A record (or a whole object) that could not be read, and why."""
+
+    source: str
+    reason: str
+    example: str
+
+
+@dataclass
+class ObjectRead:
+    """Emitted after each object: its URI, size and sha256 (for the audit log)."""
+
+    uri: str
+    size: int
+    sha256: str
+
+
+Item = RawRecord | Rejected | ObjectRead
+
+
+@dataclass
+class _Reader:
+    """Reads one object's bytes in chunks, hashing and counting them as they go by."""
+
+    fh: IO[bytes]
+    hasher: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.fh.read(_CHUNK)
+            if not chunk:
+                return
+            self.hasher.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+    def read_limited(self, limit: int) -> tuple[bytes, bool]:
+        """Up to `limit` bytes, and whether there was more (which is read, hashed and discarded)."""
+        parts: list[bytes] = []
+        kept = 0
+        overflow = False
+        for chunk in self.chunks():
+            if kept + len(chunk) > limit:
+                overflow = True
+                continue
+            parts.append(chunk)
+            kept += len(chunk)
+        return b"".join(parts), overflow
+
+    def lines(self, limit: int) -> Iterator[bytes | None]:
+        """Lines without their terminator; None for a line longer than `limit` (skipped)."""
+        pending = b""
+        skipping = False
+        for chunk in self.chunks():
+            start = 0
+            while True:
+                nl = chunk.find(b"\n", start)
+                if nl < 0:
+                    if not skipping:
+                        pending += chunk[start:]
+                        if len(pending) > limit:
+                            skipping, pending = True, b""
+                            yield None
+                    break
+                if skipping:
+                    skipping = False
+                else:
+                    yield pending + chunk[start:nl]
+                pending = b""
+                start = nl + 1
+        if pending and not skipping:
+            yield pending
+
+    def digest(self) -> str:
+        return f"sha256:{self.hasher.hexdigest()}"
+
+
+def open_source(uri: str, config: StoreConfig | None = None) -> tuple[ObjectStore, str]:
+    """The store and key prefix of a source URI; a local file is a prefix of one object."""
+    scheme, root, key = split_uri(uri)
+    if scheme == "file":
+        path = Path(root)
+        if path.is_file():
+            return LocalStore(path.parent), path.name
+        return LocalStore(path), ""
+    store, key = open_uri(uri, config)
+    if key and not key.endswith("/"):
+        key += "/"
+    return store, key
+
+
+def list_source(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
+    """Every object under `prefix`, hidden files (a path part starting with '.') left out."""
+    return [
+        o for o in store.list(prefix) if not any(part.startswith(".") for part in PurePosixPath(o.key).parts)
+    ]
+
+
+def detect_format(key: str, configured: DatasetFormat) -> tuple[DatasetFormat | None, bool]:
+    """(format to read `key` with, whether it is source code); format None when unsupported."""
+    ext = PurePosixPath(key).suffix.lower().lstrip(".")
+    is_code = ext in CODE_EXTENSIONS
+    if configured is not DatasetFormat.AUTO:
+        return configured, configured is DatasetFormat.CODE or (configured is DatasetFormat.TXT and is_code)
+    if is_code:
+        return DatasetFormat.CODE, True
+    return _BY_EXTENSION.get(ext), False
+
+
+def _example(data: bytes | str) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return text[:200]
+
+
+class CorpusReader:
+    """Reads every object of a source into records; see the module docstring."""
+
+    def __init__(
+        self, store: ObjectStore, fmt: DatasetFormat, text_field: str, structured: bool, max_chars: int
+    ) -> None:
+        self.store = store
+        self.format = fmt
+        self.text_field = text_field
+        self.structured = structured  # sft/rl: records keep every field
+        self.max_bytes = max(max_chars, 1) * 4 + 4  # UTF-8 needs at most 4 bytes a character
+
+    def read(self, objects: Iterable[ObjectInfo]) -> Iterator[Item]:
+        """Records of every object, each object followed by its ObjectRead."""
+        for obj in objects:
+            uri = self.store.uri(obj.key)
+            fmt, is_code = detect_format(obj.key, self.format)
+            if fmt is None:
+                yield Rejected(uri, UNSUPPORTED_FORMAT, uri)
+                yield ObjectRead(uri, obj.size, "")
+                continue
+            with self.store.open_read(obj.key) as fh:
+                reader = _Reader(fh)
+                yield from self._records(fmt, is_code, reader, uri)
+                for _ in reader.chunks():  # hash what a reader left unread
+                    pass
+                yield ObjectRead(uri, reader.size, reader.digest())
+
+    def _records(self, fmt: DatasetFormat, is_code: bool, reader: _Reader, uri: str) -> Iterator[Item]:
+        if fmt in (DatasetFormat.TXT, DatasetFormat.MD, DatasetFormat.CODE):
+            yield from self._text(reader, uri, is_code)
+        elif fmt is DatasetFormat.JSONL:
+            yield from self._jsonl(reader, uri)
+        elif fmt is DatasetFormat.JSON:
+            yield from self._json(reader, uri)
+        elif fmt is DatasetFormat.CSV:
+            yield from self._csv(reader, uri)
+        elif fmt is DatasetFormat.PARQUET:
+            yield from self._parquet(reader, uri)
+        elif fmt is DatasetFormat.PDF:
+            yield from self._pdf(reader, uri)
+
+    def _text(self, reader: _Reader, uri: str, is_code: bool) -> Iterator[Item]:
+        data, overflow = reader.read_limited(self.max_bytes)
+        if overflow:
+            yield Rejected(uri, TOO_LONG, _example(data[:200]))
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield Rejected(uri, INVALID_UTF8, _example(data[:200]))
+            return
+        if not text.strip():
+            yield Rejected(uri, EMPTY, uri)
+            return
+        if self.structured:
+            yield Rejected(uri, MISSING_FIELD, f"{uri}: plain text has no conversation or task fields")
+            return
+        yield RawRecord(uri, text=text, is_code=is_code)
+
+    def _from_object(self, obj: Any, uri: str, raw: bytes | str) -> Item:
+        if not isinstance(obj, dict):
+            return Rejected(uri, INVALID_JSON, _example(raw))
+        if self.structured:
+            return RawRecord(uri, fields=obj)
+        text = obj.get(self.text_field)
+        if not isinstance(text, str):
+            return Rejected(uri, MISSING_FIELD, _example(raw))
+        if not text.strip():
+            return Rejected(uri, EMPTY, _example(raw))
+        return RawRecord(uri, text=text)
+
+    def _jsonl(self, reader: _Reader, uri: str) -> Iterator[Item]:
+        for line in reader.lines(self.max_bytes):
+            if line is None:
+                yield Rejected(uri, TOO_LONG, f"{uri}: a line longer than {self.max_bytes} bytes")
+                continue
+            if not line.strip():
+                continue
+            try:
+                decoded = line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield Rejected(uri, INVALID_UTF8, _example(line))
+                continue
+            try:
+                obj = json.loads(decoded)
+            except ValueError:
+                yield Rejected(uri, INVALID_JSON, _example(decoded))
+                continue
+            yield self._from_object(obj, uri, decoded)
+
+    def _json(self, reader: _Reader, uri: str) -> Iterator[Item]:
+        data = b"".join(reader.chunks())
+        if not data.strip():
+            yield Rejected(uri, EMPTY, uri)
+            return
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield Rejected(uri, INVALID_UTF8, _example(data[:200]))
+            return
+        except ValueError:
+            yield Rejected(uri, INVALID_JSON, _example(data[:200]))
+            return
+        items = obj if isinstance(obj, list) else [obj]
+        for item in items:
+            yield self._from_object(item, uri, json.dumps(item)[:200])
+
+    def _csv(self, reader: _Reader, uri: str) -> Iterator[Item]:
+        bad_lines: list[bytes] = []
+
+        def decoded() -> Iterator[str]:
+            for line in reader.lines(self.max_bytes):
+                if line is None:
+                    bad_lines.append(b"")
+                    continue
+                try:
+                    yield line.decode("utf-8").removesuffix("\r") + "\n"
+                except UnicodeDecodeError:
+                    bad_lines.append(line)
+
+        csv.field_size_limit(min(self.max_bytes, 2**31 - 1))
+        rows = csv.DictReader(decoded())
+        try:
+            for row in rows:
+                while bad_lines:
+                    line = bad_lines.pop(0)
+                    yield Rejected(uri, INVALID_UTF8 if line else TOO_LONG, _example(line) or uri)
+                fields = {k: v for k, v in row.items() if isinstance(k, str)}
+                yield self._from_object(fields, uri, ",".join(str(v) for v in row.values())[:200])
+        except csv.Error as exc:
+            yield Rejected(uri, CORRUPT_FILE, f"{uri}: {exc}")
+        for line in bad_lines:
+            yield Rejected(uri, INVALID_UTF8 if line else TOO_LONG, _example(line) or uri)
+        if rows.fieldnames is None:
+            yield Rejected(uri, EMPTY, uri)
+
+    @contextlib.contextmanager
+    def _local_copy(self, reader: _Reader) -> Iterator[Path]:
+        """The object as a local file (parquet and PDF readers need random access)."""
+        fd, name = tempfile.mkstemp(prefix="forge-src-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in reader.chunks():
+                    out.write(chunk)
+            yield Path(name)
+        finally:
+            os.unlink(name)
+
+    def _parquet(self, reader: _Reader, uri: str) -> Iterator[Item]:
+        import pyarrow.parquet as pq
+
+        with self._local_copy(reader) as path:
+            if path.stat().st_size == 0:
+                yield Rejected(uri, EMPTY, uri)
+                return
+            try:
+                pf = pq.ParquetFile(path)
+                names = set(pf.schema_arrow.names)
+                if not self.structured and self.text_field not in names:
+                    yield Rejected(
+                        uri,
+                        MISSING_FIELD,
+                        f"{uri}: no column {self.text_field!r} (columns: {', '.join(sorted(names))})",
+                    )
+                    return
+                columns = None if self.structured else [self.text_field]
+                for batch in pf.iter_batches(batch_size=1024, columns=columns):
+                    for row in batch.to_pylist():
+                        yield self._from_object(row, uri, json.dumps(row, default=str)[:200])
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                yield Rejected(uri, CORRUPT_FILE, f"{uri}: {type(exc).__name__}: {exc}"[:200])
+
+    def _pdf(self, reader: _Reader, uri: str) -> Iterator[Item]:
+        from pypdf import PdfReader
+
+        with self._local_copy(reader) as path:
+            if path.stat().st_size == 0:
+                yield Rejected(uri, EMPTY, uri)
+                return
+            try:
+                pages = [page.extract_text() or "" for page in PdfReader(path).pages]
+            except Exception as exc:  # pypdf raises many types for a damaged file
+                yield Rejected(uri, CORRUPT_FILE, f"{uri}: {type(exc).__name__}: {exc}"[:200])
+                return
+        text = "\n\n".join(p.strip() for p in pages if p.strip())
+        if not text:
+            yield Rejected(uri, EMPTY, f"{uri}: no extractable text")
+        elif self.structured:
+            yield Rejected(uri, MISSING_FIELD, f"{uri}: a PDF has no conversation or task fields")
+        else:
+            yield RawRecord(uri, text=text)
+
+
+def source_error(uri: str, exc: StoreError | OSError) -> str:
+    """A one-line message for an unreachable source, naming the URI."""
+    return f"source {uri} is unreachable: {exc}"

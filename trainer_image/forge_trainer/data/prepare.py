@@ -1,0 +1,350 @@
+"""`forge-trainer prepare`: a raw corpus becomes clean, deduplicated, tokenized shards and a manifest.
+
+Three streaming passes, in bounded memory whatever the corpus size:
+
+1. reading: every source object -> records -> normalise -> quality filters -> exact dedup -> near
+   dedup -> PII redaction -> a local spill file of cleaned documents (text only leaves memory here);
+2. tokenizer: train a byte-level BPE on (a bounded sample of) the spill, or fetch the reused one;
+3. packing: tokenize the spill in batches into token shards (pretrain) or write record shards
+   (sft/rl), each uploaded as soon as it is full.
+
+manifest.json is written last, so a dataset is complete exactly when its manifest exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from forge_trainer.cli import WorkloadError
+from forge_trainer.config import DatasetPurpose, PrepareConfig
+from forge_trainer.data import ingest, quality
+from forge_trainer.data.dedup import ExactDedup, NearDedup, content_hash
+from forge_trainer.data.manifest import (
+    MANIFEST_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    ShardInfo,
+    Split,
+    TokenizerInfo,
+)
+from forge_trainer.data.normalize import normalize_text
+from forge_trainer.data.packing import RecordShardWriter, TokenShardWriter
+from forge_trainer.data.pii import Redactor
+from forge_trainer.data.records import INVALID_RECORD, RecordError, map_texts, record_text, validate_record
+from forge_trainer.data.report import Reporter, now_rfc3339
+from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
+from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
+from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, sha256_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+TOKENIZER_SAMPLE_BYTES = 256 << 20
+"""A trained tokenizer sees at most about this much cleaned text (an even sample of the corpus)."""
+ENCODE_BATCH = 1024
+"""Documents tokenized per batch."""
+
+
+@dataclass
+class _Run:
+    """What one prepare run works with."""
+
+    config: PrepareConfig
+    out: ObjectStore
+    prefix: str
+    report: Reporter
+    tmp: Path
+
+    @property
+    def purpose(self) -> DatasetPurpose:
+        return self.config.purpose
+
+
+def run_prepare(config: PrepareConfig, progress_interval: float = 5.0) -> Manifest:
+    """Prepare the dataset `config` describes; returns its manifest. A failure is a WorkloadError
+    whose message names the URI at fault, after progress.json says stage `failed`."""
+    out, prefix = open_uri(config.output, config.store)
+    report = Reporter(out, prefix, progress_interval)
+    try:
+        with tempfile.TemporaryDirectory(prefix="forge-prepare-") as tmp:
+            return _prepare(_Run(config, out, prefix, report, Path(tmp)))
+    except (WorkloadError, StoreError) as exc:
+        _record_failure(report, str(exc))
+        if isinstance(exc, WorkloadError):
+            raise
+        raise WorkloadError(str(exc)) from exc
+    except BaseException as exc:
+        _record_failure(report, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _record_failure(report: Reporter, message: str) -> None:
+    report.progress.stage = "failed"
+    report.progress.error = message.splitlines()[0][:1000] if message else "failed"
+    try:
+        report.flush()
+    except StoreError as exc:  # the output store itself may be what failed; the cause is raised anyway
+        log.warning("could not write progress.json: %s", exc)
+
+
+def _prepare(run: _Run) -> Manifest:
+    cfg = run.config
+    run.report.stage("listing")
+    try:
+        src, src_prefix = ingest.open_source(cfg.source, cfg.store)
+        objects = ingest.list_source(src, src_prefix)
+    except (StoreError, OSError) as exc:
+        raise WorkloadError(f"source {cfg.source} is unreachable: {exc}") from exc
+    if not objects:
+        raise WorkloadError(f"source {cfg.source} holds no objects (empty prefix, or it does not exist)")
+    run.report.progress.bytes_total = sum(o.size for o in objects)
+
+    spill = run.tmp / "clean.jsonl"
+    run.report.stage("reading")
+    try:
+        with spill.open("w", encoding="utf-8") as out:
+            kept_bytes = _clean(run, src, objects, out)
+    except StoreError as exc:
+        raise WorkloadError(f"reading source {cfg.source} failed: {exc}") from exc
+    counts = run.report.counts
+    if counts.documents_kept == 0:
+        raise WorkloadError(f"no document of {cfg.source} survived cleaning "
+                            f"({counts.documents_read} read, dropped: {json.dumps(counts.dropped)})")
+
+    run.report.stage("tokenizer")
+    tokenizer_path, info = _tokenizer(run, spill, kept_bytes)
+    run.report.stage("packing")
+    shards = _pack(run, spill, tokenizer_path, info)
+    return _write_manifest(run, shards, info)
+
+
+def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[str]) -> int:
+    """Pass 1: read, clean, dedup and redact every record into the spill file; cleaned bytes kept."""
+    cfg, report = run.config, run.report
+    proc = cfg.processing
+    structured = cfg.purpose is not DatasetPurpose.PRETRAIN
+    reader = ingest.CorpusReader(src, cfg.format, cfg.text_field, structured, proc.quality.max_chars)
+    exact = ExactDedup() if proc.exact_dedup else None
+    near = NearDedup(proc.near_dedup, cfg.seed) if proc.near_dedup.enabled else None
+    redactor = Redactor(proc.pii.types) if proc.pii.enabled else None
+    threshold = int(cfg.split.validation_fraction * 2**64)
+    counts, progress = report.counts, report.progress
+    kept_bytes = 0
+    for item in reader.read(objects):
+        if isinstance(item, ingest.ObjectRead):
+            progress.bytes_done += item.size
+            report.audit("read" if item.sha256 else "skipped", item.uri, item.sha256, item.size)
+            report.tick()
+            continue
+        counts.documents_read += 1
+        progress.documents_done += 1
+        if isinstance(item, ingest.Rejected):
+            report.drop(item.reason, item.example)
+            continue
+        cleaned = _clean_one(run, item)
+        if isinstance(cleaned, ingest.Rejected):
+            report.drop(cleaned.reason, cleaned.example)
+            continue
+        text, record = cleaned
+        digest = content_hash(text if record is None else json.dumps(record, sort_keys=True))
+        if exact is not None and exact.seen(digest):
+            counts.exact_duplicates += 1
+            report.drop(EXACT_DUPLICATE, text)
+            continue
+        if near is not None and near.is_duplicate(text):
+            counts.near_duplicates += 1
+            report.drop(NEAR_DUPLICATE, text)
+            continue
+        if redactor is not None:
+            if record is None:
+                text = redactor.redact(text)
+            else:
+                record = map_texts(record, cfg.purpose, redactor.redact)
+                text = record_text(record, cfg.purpose)
+        split = 1 if int.from_bytes(digest[8:], "little") < threshold else 0
+        line: dict[str, Any] = {"s": split, "t": text}
+        if record is not None:
+            line["r"] = record
+        out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        counts.documents_kept += 1
+        kept_bytes += len(text)
+        report.tick()
+    if redactor is not None:
+        counts.redactions = dict(sorted(redactor.counts.items()))
+    report.flush()
+    return kept_bytes
+
+
+def _clean_one(run: _Run, item: ingest.RawRecord) -> tuple[str, dict[str, Any] | None] | ingest.Rejected:
+    """(text, record or None) of a record that passes normalisation and the quality filters, or why
+    it does not."""
+    cfg = run.config
+    normalize = cfg.processing.normalize
+    if item.fields is None:
+        assert item.text is not None
+        text = normalize_text(item.text, keep_indentation=item.is_code) if normalize else item.text
+        if not text.strip():
+            return ingest.Rejected(item.source, ingest.EMPTY, item.source)
+        reason = quality.quality_reason(text, cfg.processing.quality, is_code=item.is_code)
+        return ingest.Rejected(item.source, reason, text) if reason else (text, None)
+    try:
+        record = validate_record(item.fields, cfg.purpose)
+    except RecordError as exc:
+        return ingest.Rejected(item.source, INVALID_RECORD, f"{exc}: {json.dumps(item.fields, default=str)}")
+    if normalize:
+        record = map_texts(record, cfg.purpose, lambda s: normalize_text(s, keep_indentation=True))
+    text = record_text(record, cfg.purpose)
+    if not text.strip():
+        return ingest.Rejected(item.source, ingest.EMPTY, json.dumps(record))
+    if len(text) > cfg.processing.quality.max_chars:
+        return ingest.Rejected(item.source, quality.TOO_LONG, text)
+    return text, record
+
+
+def _spill_lines(spill: Path) -> Iterator[dict[str, Any]]:
+    with spill.open(encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def _sample(spill: Path, kept_bytes: int) -> Iterator[str]:
+    """An even sample of the spill's texts of about TOKENIZER_SAMPLE_BYTES."""
+    rate = min(1.0, TOKENIZER_SAMPLE_BYTES / max(kept_bytes, 1))
+    taken = 0.0
+    for line in _spill_lines(spill):
+        taken += rate
+        if taken >= 1.0:
+            taken -= 1.0
+            yield line["t"]
+
+
+def _tokenizer(run: _Run, spill: Path, kept_bytes: int) -> tuple[Path, TokenizerInfo]:
+    """Pass 2: train the tokenizer, or fetch the reused one; both are then uploaded with the dataset."""
+    tcfg = run.config.tokenizer
+    path = run.tmp / TOKENIZER_NAME
+    origin: str | None = None
+    if tcfg.vocab_size is not None:
+        tok = train_tokenizer(_sample(spill, kept_bytes), tcfg.vocab_size)
+        tok.save(str(path))
+    elif tcfg.uri is not None:
+        origin = tcfg.uri
+        _fetch_reused_tokenizer(run, tcfg.uri, path)
+        try:
+            tok = load_tokenizer(path)
+        except Exception as exc:  # tokenizers raises a bare Exception for an unreadable file
+            raise WorkloadError(f"tokenizer {tcfg.uri} is not a valid tokenizer.json: {exc}") from exc
+    else:
+        raise WorkloadError("tokenizer.datasetRef must be resolved to tokenizer.uri before the workload runs")
+    try:
+        eos, pad = special_token_ids(tok)
+    except ValueError as exc:
+        raise WorkloadError(f"tokenizer {origin or 'trained here'}: {exc}") from exc
+    key = join_key(run.prefix, TOKENIZER_NAME)
+    digest = sha256_file(path)
+    run.out.put_file(key, path)
+    run.report.audit("write", run.out.uri(key), digest, path.stat().st_size)
+    run.report.progress.tokenizer_uri = run.out.uri(key)
+    info = TokenizerInfo(path=TOKENIZER_NAME, uri=origin, sha256=digest, vocab_size=tok.get_vocab_size(),
+                         eos_token_id=eos, pad_token_id=pad)
+    return path, info
+
+
+def _fetch_reused_tokenizer(run: _Run, uri: str, dest: Path) -> None:
+    """Copy a reused tokenizer to `dest`: a tokenizer.json URI, or a dataset (prefix or manifest)."""
+    store_cfg = run.config.store
+    try:
+        if uri.rstrip("/").endswith(".json") and not uri.endswith(MANIFEST_NAME):
+            st, key = open_tokenizer_uri(uri, store_cfg)
+            st.get_file(key, dest)
+        else:
+            fetch_tokenizer(uri, store_cfg, dest=dest)
+    except StoreError as exc:
+        raise WorkloadError(f"cannot fetch tokenizer {uri}: {exc}") from exc
+    run.report.audit("read", uri, sha256_file(dest), dest.stat().st_size)
+
+
+def _publisher(run: _Run) -> Any:
+    def publish(path: Path, info: ShardInfo) -> None:
+        key = join_key(run.prefix, info.path)
+        run.out.put_file(key, path)
+        run.report.audit("write", run.out.uri(key), info.sha256, info.bytes)
+        run.report.tick()
+
+    return publish
+
+
+def _batches(spill: Path) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for line in _spill_lines(spill):
+        batch.append(line)
+        if len(batch) >= ENCODE_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _pack(run: _Run, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> list[ShardInfo]:
+    """Pass 3: tokenize and pack the spill into shards, uploading each as it fills."""
+    tok = load_tokenizer(tokenizer_path)
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # no offsets: faster when available
+    publish = _publisher(run)
+    splits = (Split.TRAIN, Split.VALIDATION)
+    dtype = token_dtype(info.vocab_size)
+    writers: list[TokenShardWriter] | list[RecordShardWriter]
+    if run.purpose is DatasetPurpose.PRETRAIN:
+        token_writers = [TokenShardWriter(s, dtype, run.config.sharding.tokens_per_shard, run.tmp, publish)
+                         for s in splits]
+        writers = token_writers
+        for batch in _batches(spill):
+            encodings = encode([line["t"] for line in batch], add_special_tokens=False)
+            for line, enc in zip(batch, encodings, strict=True):
+                ids = np.empty(len(enc.ids) + 1, dtype=dtype)
+                ids[:-1] = enc.ids
+                ids[-1] = info.eos_token_id
+                token_writers[line["s"]].add(ids)
+            run.report.tick()
+    else:
+        record_writers = [RecordShardWriter(s, run.tmp, publish) for s in splits]
+        writers = record_writers
+        for batch in _batches(spill):
+            encodings = encode([line["t"] for line in batch], add_special_tokens=False)
+            for line, enc in zip(batch, encodings, strict=True):
+                record_writers[line["s"]].add(line["r"], tokens=len(enc.ids))
+            run.report.tick()
+    counts = run.report.counts
+    counts.train_tokens = writers[0].total_tokens
+    counts.validation_tokens = writers[1].total_tokens
+    counts.tokens = counts.train_tokens + counts.validation_tokens
+    return [shard for w in writers for shard in w.close()]
+
+
+def _write_manifest(run: _Run, shards: list[ShardInfo], info: TokenizerInfo) -> Manifest:
+    manifest = Manifest(
+        purpose=run.purpose,
+        dtype=token_dtype(info.vocab_size) if run.purpose is DatasetPurpose.PRETRAIN else None,
+        tokenizer=info, shards=shards, counts=run.report.counts, examples=run.report.examples,
+        spec=run.config.to_wire(), created_at=now_rfc3339())
+    data = json.dumps(manifest.to_wire(), indent=2, sort_keys=True).encode()
+    key = join_key(run.prefix, MANIFEST_NAME)
+    run.out.put_bytes(key, data, content_type="application/json")
+    digest = sha256_bytes(data)
+    run.report.audit("write", run.out.uri(key), digest, len(data))
+    progress = run.report.progress
+    progress.manifest_uri = run.out.uri(key)
+    progress.manifest_digest = digest
+    run.report.stage("done")
+    counts = manifest.counts
+    log.info("prepare: done: %d read, %d kept, %d tokens in %d shards; manifest %s (%s)",
+             counts.documents_read, counts.documents_kept, counts.tokens, len(shards), progress.manifest_uri,
+             digest)
+    return manifest
