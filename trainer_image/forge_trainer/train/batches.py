@@ -1,0 +1,115 @@
+"""Training sequences from a prepared dataset's token shards, in a deterministic order.
+
+Each shard is cut into sequences of `seq_len + 1` tokens (stride `seq_len`, so inputs and shifted
+targets are contiguous). An epoch visits the shards in a seeded random order and each shard's
+sequences in a seeded random order, so the stream is a pure function of the seed: global batch `s`
+is sequences `[s * G, (s + 1) * G)` of it whatever the world size, and rank r of W takes its
+contiguous `G / W` of them. A resumed or resized run therefore sees exactly the batches an
+uninterrupted one would. Shards are read (digest-verified) when first needed; a few stay cached.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from forge_trainer.config import StoreConfig
+from forge_trainer.data.manifest import Manifest, ShardFormat, Split
+from forge_trainer.data.shards import read_token_shard
+
+Batch = dict[str, torch.Tensor]
+"""A micro-batch: `input_ids` (B, T) and `labels` (B, T), labels[t] the target of position t,
+-100 where no loss is taken."""
+
+IGNORE_INDEX = -100
+_CACHED_SHARDS = 2
+
+
+class TokenSequences:
+    """The sequences of one split of a dataset, addressable by position in an endless seeded stream."""
+
+    def __init__(self, uri: str, manifest: Manifest, split: Split, seq_len: int, seed: int,
+                 store: StoreConfig | None = None, shuffle: bool = True) -> None:
+        self.uri, self.manifest, self.store = uri, manifest, store
+        self.seq_len, self.seed, self.shuffle = seq_len, seed, shuffle
+        self.shards = [s for s in manifest.shards if s.split is split and s.format is ShardFormat.TOKENS]
+        self.counts = [max(0, (s.tokens - 1) // seq_len) for s in self.shards]
+        self.total = sum(self.counts)
+        """Sequences in one epoch."""
+        self._cache: OrderedDict[int, npt.NDArray[Any]] = OrderedDict()
+        self._epochs: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+        self._perms: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
+
+    def _epoch(self, epoch: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(shard order, cumulative sequence counts in that order) of an epoch."""
+        if epoch not in self._epochs:
+            n = len(self.shards)
+            order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+                     else np.arange(n))
+            cum = np.cumsum([self.counts[i] for i in order])
+            self._epochs = {epoch: (order.astype(np.int64), cum.astype(np.int64))}
+        return self._epochs[epoch]
+
+    def _offset(self, epoch: int, shard: int, pos: int) -> int:
+        if not self.shuffle:
+            return pos
+        key = (epoch, shard)
+        if key not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            self._perms[key] = np.random.default_rng([self.seed, epoch, shard]).permutation(self.counts[shard])
+        return int(self._perms[key][pos])
+
+    def _tokens(self, shard: int) -> npt.NDArray[Any]:
+        if shard in self._cache:
+            self._cache.move_to_end(shard)
+        else:
+            self._cache[shard] = read_token_shard(self.uri, self.shards[shard], self.store,
+                                                  dtype=self.manifest.dtype)
+            while len(self._cache) > _CACHED_SHARDS:
+                self._cache.popitem(last=False)
+        return self._cache[shard]
+
+    def sequence(self, index: int) -> npt.NDArray[np.int64]:
+        """Sequence `index` of the endless stream: `seq_len + 1` token ids."""
+        epoch, within = divmod(index, self.total)
+        order, cum = self._epoch(epoch)
+        slot = int(np.searchsorted(cum, within, side="right"))
+        shard = int(order[slot])
+        pos = within - (int(cum[slot - 1]) if slot else 0)
+        start = self._offset(epoch, shard, pos) * self.seq_len
+        return self._tokens(shard)[start:start + self.seq_len + 1].astype(np.int64)
+
+    def batch(self, indices: range | list[int]) -> Batch:
+        """The sequences at `indices` as a micro-batch."""
+        rows = torch.from_numpy(np.stack([self.sequence(i) for i in indices]))
+        return {"input_ids": rows[:, :-1].contiguous(), "labels": rows[:, 1:].contiguous()}
+
+
+def micro_batch_size_for(global_batch: int, world_size: int, micro_batch: int) -> int:
+    """The largest micro-batch size not above `micro_batch` that divides this worker's share of the
+    global batch (the global batch must split evenly across workers)."""
+    if global_batch % world_size:
+        raise ValueError(f"hyperparameters.globalBatchSize ({global_batch}) must be divisible by the "
+                         f"number of workers ({world_size})")
+    share = global_batch // world_size
+    return max(d for d in range(1, min(micro_batch, share) + 1) if share % d == 0)
+
+
+def step_micro_batches(data: TokenSequences, step: int, global_batch: int, rank: int, world_size: int,
+                       micro_batch: int) -> list[Batch]:
+    """This worker's micro-batches of optimizer step `step`."""
+    share = global_batch // world_size
+    start = step * global_batch + rank * share
+    return [data.batch(range(start + i, start + i + micro_batch)) for i in range(0, share, micro_batch)]
+
+
+def eval_micro_batches(data: TokenSequences, num_sequences: int, rank: int, world_size: int,
+                       micro_batch: int) -> list[Batch]:
+    """This worker's part of the first `num_sequences` sequences of a split (fixed order)."""
+    mine = list(range(rank, min(num_sequences, data.total), world_size))
+    return [data.batch(mine[i:i + micro_batch]) for i in range(0, len(mine), micro_batch)]

@@ -1,0 +1,64 @@
+"""Wrapping the model for data-parallel training: FSDP2 (`fully_shard`) on GPUs, DDP on CPU/gloo,
+nothing for a single process; plus the activation-checkpointing and torch.compile switches."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from forge_trainer.model.transformer import Transformer
+from forge_trainer.train.runtime import Runtime
+
+
+def uses_fsdp(runtime: Runtime) -> bool:
+    """FSDP2 shards parameters across GPUs; gloo lacks the reduce-scatter it needs, so CPU groups use DDP."""
+    return runtime.distributed and runtime.device.type == "cuda"
+
+
+def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: bool = False,
+               compile_model: bool = False) -> nn.Module:
+    """`model` on its device, ready for data-parallel training (the same object under FSDP2)."""
+    model.gradient_checkpointing = activation_checkpointing
+    model.to(runtime.device)
+    if compile_model:
+        for layer in model.model.layers:
+            cast(Any, layer).compile()
+    if uses_fsdp(runtime):
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    if runtime.distributed:
+        return DistributedDataParallel(model)
+    return model
+
+
+def unwrap(model: nn.Module) -> Transformer:
+    """Our Transformer inside whatever wraps it."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if not isinstance(inner, Transformer):
+        raise TypeError(f"expected a Transformer, got {type(inner).__name__}")
+    return inner
+
+
+def gradient_sync(model: nn.Module, enabled: bool) -> Any:
+    """Context in which backward passes do (or, between accumulation steps, do not) all-reduce."""
+    import contextlib
+
+    if isinstance(model, DistributedDataParallel) and not enabled:
+        return model.no_sync()
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is not None:  # FSDP2
+        setter(enabled)
+    return contextlib.nullcontext()
+
+
+def autocast(runtime: Runtime, bf16: bool) -> Any:
+    """bf16 autocast on GPU when asked; CPUs compute in fp32."""
+    enabled = bf16 and runtime.device.type == "cuda"
+    return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16, enabled=enabled)

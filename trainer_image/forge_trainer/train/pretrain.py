@@ -1,0 +1,276 @@
+"""`stage: pretrain`: train the transformer from scratch (or a base model) on a dataset's token
+shards, checkpointing, resuming, reporting progress, and exporting a Hugging Face model at the end.
+
+Under torchrun every worker runs this function; a worker group that re-forms (a node lost or
+added) starts it again and it resumes from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import cast
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from forge_trainer.cli import ConfigError, WorkloadError
+from forge_trainer.config import Precision, TrainConfig, TrainProgress
+from forge_trainer.data.manifest import Manifest, Split
+from forge_trainer.data.shards import fetch_tokenizer, load_manifest
+from forge_trainer.model.args import ModelArgs, resolve_model_args
+from forge_trainer.model.flops import flops_per_token, peak_flops
+from forge_trainer.model.hf_export import export_hf, load_hf
+from forge_trainer.model.transformer import Transformer
+from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json
+from forge_trainer.train.batches import (
+    TokenSequences,
+    eval_micro_batches,
+    micro_batch_size_for,
+    step_micro_batches,
+)
+from forge_trainer.train.checkpoint import (
+    MARKER_NAME,
+    Checkpoint,
+    find_resume_point,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from forge_trainer.train.parallel import wrap_model
+from forge_trainer.train.progress import ProgressReporter, read_progress
+from forge_trainer.train.runtime import Runtime, all_reduce_sum, barrier, init_runtime, shutdown
+from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+
+
+@dataclass
+class PretrainResult:
+    """What a finished run produced (returned to in-process callers such as tests and benchmarks)."""
+
+    progress: TrainProgress
+    """The final progress.json."""
+    losses: dict[int, float] = field(default_factory=dict)
+    """Training loss of each step this process ran (1-based step numbers)."""
+
+
+def _dataset(config: TrainConfig) -> tuple[Manifest, str]:
+    try:
+        manifest, digest = load_manifest(config.dataset, config.store)
+    except StoreError as exc:
+        raise WorkloadError(f"dataset {config.dataset}: {exc}") from exc
+    if not any(s.split is Split.TRAIN and s.tokens for s in manifest.shards):
+        raise WorkloadError(f"dataset {config.dataset} has no training token shards (purpose "
+                            f"{manifest.purpose.value}); pretraining needs a pretrain dataset")
+    return manifest, digest
+
+
+def _model_args(config: TrainConfig, manifest: Manifest) -> ModelArgs:
+    try:
+        args = resolve_model_args(config.model, manifest.tokenizer.vocab_size)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from exc
+    if config.hyperparameters.sequence_length > args.max_seq_len:
+        raise ConfigError(f"hyperparameters.sequenceLength ({config.hyperparameters.sequence_length}) exceeds "
+                          f"the model's maxSeqLen ({args.max_seq_len})")
+    return args
+
+
+class _Terminate:
+    """Remembers a SIGTERM so the loop can checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        with contextlib.suppress(ValueError):  # not the main thread (in-process callers): no handler
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def run_pretrain(config: TrainConfig, runtime: Runtime | None = None) -> PretrainResult:
+    """Run (or resume) a pretraining run to its last step and export the model."""
+    runtime = runtime or init_runtime()
+    try:
+        return _run(config, runtime)
+    finally:
+        shutdown(runtime)
+
+
+def _run(config: TrainConfig, runtime: Runtime) -> PretrainResult:
+    hp = config.hyperparameters
+    try:
+        store, prefix = open_uri(config.output, config.store)
+    except StoreError as exc:
+        raise ConfigError(f"output: {exc}") from exc
+    manifest, _ = _dataset(config)
+    args = _model_args(config, manifest)
+    try:
+        micro = micro_batch_size_for(hp.global_batch_size, runtime.world_size, hp.micro_batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    train = TokenSequences(config.dataset, manifest, Split.TRAIN, hp.sequence_length, hp.seed, config.store)
+    if train.total < hp.global_batch_size:
+        raise WorkloadError(f"dataset {config.dataset} holds {train.total} training sequences of "
+                            f"{hp.sequence_length} tokens, fewer than one global batch ({hp.global_batch_size})")
+    val = TokenSequences(config.dataset, manifest, Split.VALIDATION, hp.sequence_length, hp.seed, config.store,
+                         shuffle=False)
+
+    torch.manual_seed(hp.seed)
+    core = _initial_model(config, args)
+    model = wrap_model(core, runtime, hp.activation_checkpointing, hp.compile)
+    trainer = Trainer(model, hp, runtime, bf16=config.precision is Precision.BF16)
+
+    previous = read_progress(store, prefix) if runtime.is_main else None
+    resume = find_resume_point(store, prefix, runtime)
+    start_step, tokens_seen = 0, 0
+    if resume is not None:
+        try:
+            load_checkpoint(store, resume, model, trainer.optimizer)
+        except StoreError as exc:
+            raise WorkloadError(f"cannot resume from {store.uri(resume.key)}: {exc}") from exc
+        start_step, tokens_seen = resume.step, int(resume.state.get("tokens_seen", 0))
+        log.info("resumed from %s at step %d", store.uri(resume.key), start_step)
+    elif config.init_checkpoint:
+        _load_weights_from_checkpoint(config, model)
+    restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
+    progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,
+                             world_size=runtime.world_size, restarts=restarts,
+                             checkpoints=previous.checkpoints if previous else [],
+                             eval_loss=previous.eval_loss if previous else None)
+    reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
+    reporter.flush()
+    run = _Run(config, runtime, store, prefix, manifest, args, model, trainer, train, val, micro, reporter)
+    try:
+        return run.loop(start_step, tokens_seen)
+    except WorkloadError as exc:
+        reporter.update(force=True, error=str(exc).splitlines()[0])
+        raise
+
+
+def _initial_model(config: TrainConfig, args: ModelArgs) -> Transformer:
+    if not config.init_model:
+        return Transformer(args)
+    try:
+        model, base_args = load_hf(config.init_model, config.store)
+    except StoreError as exc:
+        raise WorkloadError(f"initModel {config.init_model}: {exc}") from exc
+    if base_args.vocab_size != args.vocab_size:
+        raise ConfigError(f"initModel {config.init_model} has a vocabulary of {base_args.vocab_size}, the "
+                          f"dataset's tokenizer {args.vocab_size}")
+    return model
+
+
+def _load_weights_from_checkpoint(config: TrainConfig, model: torch.nn.Module) -> None:
+    """Start from the weights (only) of the checkpoint directory `initCheckpoint` names."""
+    assert config.init_checkpoint is not None
+    ext_store, key = open_uri(config.init_checkpoint, config.store)
+    try:
+        marker = read_json(ext_store, join_key(key, MARKER_NAME))
+        load_checkpoint(ext_store, Checkpoint(step=int(marker["step"]), key=key, marker=marker), model, None)
+    except StoreError as exc:
+        raise WorkloadError(f"initCheckpoint {config.init_checkpoint}: {exc}") from exc
+
+
+@dataclass
+class _Run:
+    """One start of a pretraining run: the loop from a step to the end."""
+
+    config: TrainConfig
+    runtime: Runtime
+    store: ObjectStore
+    prefix: str
+    manifest: Manifest
+    args: ModelArgs
+    model: torch.nn.Module
+    trainer: Trainer
+    train: TokenSequences
+    val: TokenSequences
+    micro: int
+    reporter: ProgressReporter
+
+    def loop(self, start_step: int, tokens_seen: int) -> PretrainResult:
+        hp, rt = self.config.hyperparameters, self.runtime
+        step_tokens = hp.global_batch_size * hp.sequence_length
+        fpt = flops_per_token(self.args, hp.sequence_length)
+        peak = peak_flops(rt.device)
+        recent: deque[float] = deque(maxlen=10)
+        losses: dict[int, float] = {}
+        terminate = _Terminate()
+        for step in range(start_step, hp.max_steps):
+            began = time.perf_counter()
+            batches = step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size,
+                                         self.micro)
+            stats = self.trainer.train_step(step, batches)
+            recent.append(time.perf_counter() - began)
+            done = step + 1
+            tokens_seen += step_tokens
+            losses[done] = stats.loss
+            tps = step_tokens * len(recent) / sum(recent)
+            fields: dict[str, object] = {
+                "step": done, "tokens_seen": tokens_seen, "loss": stats.loss, "tokens_per_second": tps,
+                "mfu": fpt * tps / (peak * rt.world_size) if peak else None, "world_size": rt.world_size,
+            }
+            record: dict[str, object] = {"step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                      "tokens_per_second": tps, "world_size": rt.world_size}
+            if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
+                fields["eval_loss"] = self.evaluate()
+                record["eval_loss"] = fields["eval_loss"]
+            stop = bool(all_reduce_sum(rt, torch.tensor(float(terminate.requested))).item())
+            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done == hp.max_steps
+            self.reporter.update(force=checkpoint_now, step_record=record, **fields)
+            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", done, hp.max_steps, stats.loss, stats.lr, tps)
+            if checkpoint_now:
+                self.checkpoint(done, tokens_seen)
+            if stop:
+                raise WorkloadError(f"terminated by SIGTERM at step {done}; checkpoint written, the run resumes "
+                                    "from it")
+        return PretrainResult(progress=self.finish(), losses=losses)
+
+    def evaluate(self) -> float | None:
+        hp, rt = self.config.hyperparameters, self.runtime
+        batches = eval_micro_batches(self.val, hp.eval_batches * hp.micro_batch_size, rt.rank, rt.world_size,
+                                     self.micro)
+        return self.trainer.evaluate(batches)
+
+    def checkpoint(self, step: int, tokens_seen: int) -> None:
+        if not all_params_finite(self.model, self.runtime):
+            raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned "
+                                     "checkpoint")
+        hp = self.config.hyperparameters
+        state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
+                 "global_batch_size": hp.global_batch_size, "sequence_length": hp.sequence_length,
+                 "seed": hp.seed, "data_position": step * hp.global_batch_size}
+        info = save_checkpoint(self.store, self.prefix, step, self.model, self.trainer.optimizer, state,
+                               self.runtime)
+        if self.runtime.is_main:
+            kept = prune_checkpoints(self.store, self.prefix, self.config.checkpointing.keep)
+            self.reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])
+
+    def finish(self) -> TrainProgress:
+        """Final evaluation and the Hugging Face export; the final progress."""
+        eval_loss = self.evaluate()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = cast(dict[str, torch.Tensor], get_model_state_dict(self.model, options=options))
+        metrics: dict[str, float] = {}
+        if eval_loss is not None:
+            metrics = {"loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50.0))}
+        if self.runtime.is_main:
+            tokenizer = fetch_tokenizer(self.config.dataset, self.config.store, manifest=self.manifest)
+            tok = self.manifest.tokenizer
+            export = export_hf(full, self.args, tokenizer, self.store.uri(join_key(self.prefix, MODEL_DIR)),
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                               store_config=self.config.store)
+            self.reporter.update(force=True, eval_loss=eval_loss, eval_metrics=metrics, done=True,
+                                 final_model_uri=export.uri, final_model_digest=export.digest, error=None)
+        barrier(self.runtime)
+        return self.reporter.progress
