@@ -149,6 +149,8 @@ def open_source(uri: str, config: StoreConfig | None = None) -> tuple[ObjectStor
         path = Path(root)
         if path.is_file():
             return LocalStore(path.parent), path.name
+        if not path.is_dir():
+            raise StoreError(f"{uri} does not exist or is not a directory")
         return LocalStore(path), ""
     store, key = open_uri(uri, config)
     if key and not key.endswith("/"):
