@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ from forge_trainer.store import ObjectStore, StoreError, join_key, read_json, sh
 from forge_trainer.train.runtime import Runtime, barrier, broadcast_object, gather_objects
 
 log = logging.getLogger(__name__)
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    with warnings.catch_warnings():  # DCP warns without a process group; a single process means it
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_save(state, checkpoint_id=path)
+
+
+def _load(state: dict[str, Any], path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_load(state, checkpoint_id=path)
 
 CHECKPOINTS_DIR = "checkpoints"
 MARKER_NAME = "checkpoint.json"
@@ -72,7 +85,7 @@ def save_checkpoint(store: ObjectStore, prefix: str, step: int, model: nn.Module
     key = checkpoint_key(prefix, step)
     with tempfile.TemporaryDirectory(prefix="forge-ckpt-") as tmp:
         staging = Path(tmp)
-        dcp_save(_app_state(model, optimizer), checkpoint_id=staging)
+        _save(_app_state(model, optimizer), staging)
         files = {}
         for path in sorted(p for p in staging.rglob("*") if p.is_file()):
             name = path.relative_to(staging).as_posix()
@@ -131,11 +144,11 @@ def load_checkpoint(store: ObjectStore, checkpoint: Checkpoint, model: nn.Module
         if optimizer is None:
             model_sd, _ = get_state_dict(model, [])
             state: dict[str, Any] = {"model": model_sd}
-            dcp_load(state, checkpoint_id=staging)
+            _load(state, staging)
             set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
             return
         state = _app_state(model, optimizer)
-        dcp_load(state, checkpoint_id=staging)
+        _load(state, staging)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     torch.set_rng_state(state["rng"]["cpu"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
