@@ -23,6 +23,11 @@ import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from forge_trainer.serve.app import ServingState, build_app
+from forge_trainer.serve.loading import LoadedModel
+from forge_trainer.serve.metrics import ServeMetrics
+from tests.conftest import free_port
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 IM_START = "<|im_start|>"
@@ -116,3 +121,17 @@ def shared_tiny_model() -> Path:
     root = Path(tempfile.mkdtemp(prefix="forge-serve-test-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return build_tiny_model(root / "model")
+
+
+@contextmanager
+def serving(loaded: LoadedModel, model_name: str, max_batch_size: int = 8) -> Iterator[str]:
+    """The builtin runtime serving `loaded` on a free loopback port; yields the base URL."""
+    metrics = ServeMetrics()
+    state = ServingState(model_name=model_name)
+    state.serve(loaded, max_batch_size=max_batch_size, metrics=metrics)
+    try:
+        with running_server(build_app(state, metrics), free_port()) as url:
+            yield url
+    finally:
+        assert state.engine is not None
+        state.engine.stop()

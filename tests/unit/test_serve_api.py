@@ -13,8 +13,7 @@ import pytest
 from forge_trainer.serve.app import ServingState, build_app
 from forge_trainer.serve.loading import LoadedModel, load_model
 from forge_trainer.serve.metrics import ServeMetrics
-from tests.conftest import free_port
-from tests.unit.serve_fixtures import EOS, running_server, shared_tiny_model
+from tests.unit.serve_fixtures import EOS, serving, shared_tiny_model
 
 MODEL = "tiny-chat"
 
@@ -26,13 +25,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def base_url(loaded: LoadedModel) -> Iterator[str]:
-    metrics = ServeMetrics()
-    state = ServingState(model_name=MODEL)
-    state.serve(loaded, max_batch_size=4, metrics=metrics)
-    with running_server(build_app(state, metrics), free_port()) as url:
+    with serving(loaded, MODEL, max_batch_size=4) as url:
         yield url
-    assert state.engine is not None
-    state.engine.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from forge_trainer.config import StoreConfig
 from forge_trainer.serve.lora import AdapterError, merge_lora
 from forge_trainer.serve.model_files import ModelFilesError, fetch_model_dir, verify_digest
 
@@ -53,16 +54,17 @@ def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> set[int]:
 
 def load_model(model_uri: str, *, cache_dir: Path, digest: str | None = None, adapter_uri: str | None = None,
                adapter_digest: str | None = None, device: str | None = None,
-               dtype: torch.dtype | None = None) -> LoadedModel:
-    """Fetch, verify and load the model at `model_uri` (and merge the adapter at `adapter_uri`)."""
+               dtype: torch.dtype | None = None, store: StoreConfig | None = None) -> LoadedModel:
+    """Fetch, verify and load the model at `model_uri` (and merge the adapter at `adapter_uri`); s3 URIs
+    are read with `store` (endpoint and TLS; credentials come from the environment)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     try:
-        path = fetch_model_dir(model_uri, cache_dir / "model")
+        path = fetch_model_dir(model_uri, cache_dir / "model", store)
         actual = verify_digest(model_uri, path, digest)
         adapter_path = None
         if adapter_uri is not None:
-            adapter_path = fetch_model_dir(adapter_uri, cache_dir / "adapter")
+            adapter_path = fetch_model_dir(adapter_uri, cache_dir / "adapter", store)
             verify_digest(adapter_uri, adapter_path, adapter_digest)
     except ModelFilesError as exc:
         raise LoadError(str(exc)) from exc

@@ -2,6 +2,10 @@
 
     forge-trainer serve --model URI --model-name NAME [--model-digest sha256:...] [--adapter URI]
                         [--host 0.0.0.0] [--port 8000] [--max-batch-size 8]
+                        [--store-endpoint HOST:PORT] [--store-insecure]
+
+S3 credentials come from FORGE_S3_ACCESS_KEY / FORGE_S3_SECRET_KEY (and the endpoint from
+FORGE_S3_ENDPOINT unless --store-endpoint is given).
 
 The server answers /healthz at once and loads the model in the background; /readyz turns 200 once
 the model is loaded and verified. A model that cannot be fetched, loaded or verified stops the
@@ -21,6 +25,7 @@ import torch
 import uvicorn
 
 from forge_trainer.cli import WorkloadError
+from forge_trainer.config import StoreConfig
 from forge_trainer.serve.app import ServingState, build_app
 from forge_trainer.serve.loading import LoadError, load_model
 from forge_trainer.serve.metrics import ServeMetrics
@@ -43,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=8, help="most sequences decoded together")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--store-endpoint", help="S3 endpoint host[:port] (default: $FORGE_S3_ENDPOINT)")
+    p.add_argument("--store-insecure", action="store_true", help="talk plain HTTP to the S3 endpoint")
+    p.add_argument("--store-region", help="S3 region, if the endpoint needs one")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where files fetched from the object store go (default: a temporary directory)")
     return p
@@ -50,11 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     """Run the server until it is stopped; raises WorkloadError if the model cannot be served."""
+    if argv[:1] == ["--"]:  # `forge-trainer serve -- --model ...`: the separator reaches us
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     if args.max_batch_size < 1:
         raise WorkloadError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
     logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = StoreConfig(endpoint=args.store_endpoint, secure=not args.store_insecure, region=args.store_region)
     metrics = ServeMetrics()
     state = ServingState(model_name=args.model_name)
     server = uvicorn.Server(uvicorn.Config(build_app(state, metrics), host=args.host, port=args.port,
@@ -66,7 +77,7 @@ def main(argv: list[str]) -> None:
             with tempfile.TemporaryDirectory(prefix="forge-serve-") as tmp:
                 loaded = load_model(args.model, cache_dir=args.cache_dir or Path(tmp), digest=args.model_digest,
                                     adapter_uri=args.adapter, adapter_digest=args.adapter_digest,
-                                    device=args.device, dtype=_DTYPES.get(args.dtype or ""))
+                                    device=args.device, dtype=_DTYPES.get(args.dtype or ""), store=store)
             state.serve(loaded, args.max_batch_size, metrics)
             log.info("serving %s as %r on %s:%d", args.model, args.model_name, args.host, args.port)
         except LoadError as exc:

@@ -1,0 +1,109 @@
+"""`forge-trainer serve` as the ForgeDeployment pod runs it: a model in S3, a digest, the openai client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from forge_trainer.serve.model_files import model_dir_digest
+from forge_trainer.store import open_uri
+from tests.conftest import S3Server, free_port
+from tests.unit.serve_fixtures import shared_tiny_model
+
+FORGE_TRAINER = str(Path(sys.executable).parent / "forge-trainer")
+
+
+def _cli_passes_serve_options() -> bool:
+    """Whether `forge-trainer serve --model ...` reaches the server's own parser (cli.py's REMAINDER
+    positional rejects options that come first, a bug of argparse's)."""
+    from forge_trainer.cli import build_parser
+
+    try:
+        return bool(build_parser().parse_args(["serve", "--model", "m"]).rest == ["--model", "m"])
+    except SystemExit:
+        return False
+
+
+CLI_OK = _cli_passes_serve_options()
+SEP = [] if CLI_OK else ["--"]  # until cli.py passes leading options through, use the `--` separator
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.mark.xfail(not CLI_OK, strict=True,
+                   reason="forge_trainer/cli.py rejects `serve --model ...` (argparse.REMAINDER); fix there")
+def test_cli_passes_serve_options_to_the_server() -> None:
+    assert CLI_OK
+
+
+@pytest.fixture
+def model_uri(s3: S3Server) -> str:
+    store, _ = open_uri(s3.uri(), s3.config)
+    local = shared_tiny_model()
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            store.put_file(f"forge/team-a/forgetrainingrun/chat/uid1/final/{f.relative_to(local).as_posix()}", f)
+    return s3.uri("forge/team-a/forgetrainingrun/chat/uid1/final")
+
+
+def serve(s3: S3Server, model_uri: str, digest: str, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [FORGE_TRAINER, "serve", *SEP, "--model", model_uri, "--model-name", "chat", "--model-digest", digest,
+         "--store-endpoint", s3.endpoint, "--store-insecure", "--host", "127.0.0.1", "--port", str(port),
+         "--max-batch-size", "4"],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def server(s3: S3Server, model_uri: str) -> Iterator[str]:
+    port = free_port()
+    proc = serve(s3, model_uri, model_dir_digest(shared_tiny_model()), port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "server not ready within 60 s"
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once shut down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serves_the_model_from_s3_to_the_openai_client(server: str) -> None:
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["chat"]
+    out = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hello"}],
+                                         max_tokens=8, temperature=0)
+    streamed = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hello"}],
+                                              max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == out.choices[0].message.content
+    assert out.usage is not None and 1 <= out.usage.completion_tokens <= 8
+    assert 'forge_serve_requests_total{endpoint="/v1/chat/completions",status="200"} 2.0' in \
+        httpx.get(server + "/metrics").text
+
+
+def test_refuses_to_start_when_the_digest_differs(s3: S3Server, model_uri: str) -> None:
+    proc = serve(s3, model_uri, "sha256:" + "1" * 64, free_port())
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"forge-trainer serve: {model_uri}: digest mismatch: expected sha256:111")

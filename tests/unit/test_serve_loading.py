@@ -1,0 +1,108 @@
+"""Loading a model to serve: from a local path or S3, checked against its digest, with a LoRA adapter
+merged into its weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from forge_trainer.serve.loading import LoadError, load_model
+from forge_trainer.serve.model_files import model_dir_digest
+from forge_trainer.store import open_uri
+from tests.conftest import S3Server
+from tests.unit.serve_fixtures import shared_tiny_model
+
+
+def test_digest_is_sha256_of_sorted_path_and_file_hash_lines(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.json").write_bytes(b"{}")
+    (tmp_path / "sub" / "a.bin").write_bytes(b"\x00\x01")
+    lines = "".join(f"{rel} {hashlib.sha256(data).hexdigest()}\n"
+                    for rel, data in sorted([("b.json", b"{}"), ("sub/a.bin", b"\x00\x01")]))
+    assert model_dir_digest(tmp_path) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    before = model_dir_digest(tmp_path)
+    (tmp_path / "sub" / "a.bin").write_bytes(b"\x00\x02")
+    assert model_dir_digest(tmp_path) != before
+
+
+def upload(s3: S3Server, local: Path, prefix: str) -> str:
+    store, _ = open_uri(s3.uri(), s3.config)
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            store.put_file(f"{prefix}/{f.relative_to(local).as_posix()}", f)
+    return s3.uri(prefix)
+
+
+def test_loads_from_s3_when_the_digest_matches(s3: S3Server, tmp_path: Path) -> None:
+    uri = upload(s3, shared_tiny_model(), "forge/ns/run/final")
+    digest = model_dir_digest(shared_tiny_model())
+    loaded = load_model(uri, cache_dir=tmp_path, digest=digest, device="cpu", store=s3.config)
+    assert loaded.digest == digest
+    assert loaded.context_length == 256
+    assert loaded.tokenizer.chat_template
+
+
+def test_refuses_a_model_whose_digest_differs(s3: S3Server, tmp_path: Path) -> None:
+    uri = upload(s3, shared_tiny_model(), "m")
+    with pytest.raises(LoadError, match=rf"^{uri}: digest mismatch: expected sha256:0+, found sha256:") as info:
+        load_model(uri, cache_dir=tmp_path, digest="sha256:" + "0" * 64, device="cpu", store=s3.config)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_model_error_names_the_uri(tmp_path: Path) -> None:
+    with pytest.raises(LoadError, match=str(tmp_path / "nothere")):
+        load_model(str(tmp_path / "nothere"), cache_dir=tmp_path, device="cpu")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{}")
+    with pytest.raises(LoadError, match="junk: not a loadable"):
+        load_model(str(tmp_path / "junk"), cache_dir=tmp_path, device="cpu")
+
+
+def write_adapter(path: Path, targets: dict[str, tuple[torch.Tensor, torch.Tensor]], r: int, alpha: float) -> None:
+    path.mkdir(parents=True)
+    save_file({f"base_model.model.{name}.lora_{ab}.weight": t.contiguous()
+               for name, (a, b) in targets.items() for ab, t in (("A", a), ("B", b))},
+              str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
+        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in targets})}))
+
+
+def test_lora_adapter_is_merged_into_the_weights(tmp_path: Path) -> None:
+    base = AutoModelForCausalLM.from_pretrained(shared_tiny_model())
+    modules = dict(base.named_modules())
+    torch.manual_seed(1)
+    targets = {}
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        w = modules[name].weight
+        targets[name] = (torch.randn(4, w.shape[1]), torch.randn(w.shape[0], 4))
+    write_adapter(tmp_path / "adapter", targets, r=4, alpha=8.0)
+    loaded = load_model(str(shared_tiny_model()), cache_dir=tmp_path / "cache",
+                        adapter_uri=str(tmp_path / "adapter"), device="cpu")
+    merged = dict(loaded.model.named_modules())
+    for name, (a, b) in targets.items():
+        expected = modules[name].weight + (8.0 / 4) * b @ a
+        torch.testing.assert_close(merged[name].weight, expected)
+    untouched = "model.layers.0.self_attn.k_proj"
+    torch.testing.assert_close(merged[untouched].weight, modules[untouched].weight)
+
+
+def test_adapter_for_another_model_is_refused(tmp_path: Path) -> None:
+    write_adapter(tmp_path / "adapter", {"model.layers.9.self_attn.q_proj": (torch.zeros(2, 64), torch.zeros(64, 2))},
+                  r=2, alpha=2.0)
+    with pytest.raises(LoadError, match=r"adapter: .*model\.layers\.9\.self_attn\.q_proj.*not a linear layer"):
+        load_model(str(shared_tiny_model()), cache_dir=tmp_path / "cache", adapter_uri=str(tmp_path / "adapter"),
+                   device="cpu")
+    shutil.rmtree(tmp_path / "adapter")
+    write_adapter(tmp_path / "adapter", {"model.layers.0.self_attn.q_proj": (torch.zeros(2, 7), torch.zeros(64, 2))},
+                  r=2, alpha=2.0)
+    with pytest.raises(LoadError, match="shape"):
+        load_model(str(shared_tiny_model()), cache_dir=tmp_path / "cache", adapter_uri=str(tmp_path / "adapter"),
+                   device="cpu")
