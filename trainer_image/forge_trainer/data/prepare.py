@@ -25,8 +25,8 @@ import numpy as np
 
 from forge_trainer.cli import WorkloadError
 from forge_trainer.config import DatasetPurpose, PrepareConfig
-from forge_trainer.data import ingest, quality
-from forge_trainer.data.dedup import ExactDedup, NearDedup, content_hash
+from forge_trainer.data import ingest
+from forge_trainer.data.clean import Cleaner
 from forge_trainer.data.manifest import (
     MANIFEST_NAME,
     TOKENIZER_NAME,
@@ -35,10 +35,7 @@ from forge_trainer.data.manifest import (
     Split,
     TokenizerInfo,
 )
-from forge_trainer.data.normalize import normalize_text
 from forge_trainer.data.packing import RecordShardWriter, TokenShardWriter
-from forge_trainer.data.pii import Redactor
-from forge_trainer.data.records import INVALID_RECORD, RecordError, map_texts, record_text, validate_record
 from forge_trainer.data.report import Reporter, now_rfc3339
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
 from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
@@ -46,8 +43,6 @@ from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, sha
 
 log = logging.getLogger(__name__)
 
-EXACT_DUPLICATE = "exact_duplicate"
-NEAR_DUPLICATE = "near_duplicate"
 TOKENIZER_SAMPLE_BYTES = 256 << 20
 """A trained tokenizer sees at most about this much cleaned text (an even sample of the corpus)."""
 ENCODE_BATCH = 1024
@@ -130,12 +125,9 @@ def _prepare(run: _Run) -> Manifest:
 def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[str]) -> int:
     """Pass 1: read, clean, dedup and redact every record into the spill file; cleaned bytes kept."""
     cfg, report = run.config, run.report
-    proc = cfg.processing
     structured = cfg.purpose is not DatasetPurpose.PRETRAIN
-    reader = ingest.CorpusReader(src, cfg.format, cfg.text_field, structured, proc.quality.max_chars)
-    exact = ExactDedup() if proc.exact_dedup else None
-    near = NearDedup(proc.near_dedup, cfg.seed) if proc.near_dedup.enabled else None
-    redactor = Redactor(proc.pii.types) if proc.pii.enabled else None
+    reader = ingest.CorpusReader(src, cfg.format, cfg.text_field, structured, cfg.processing.quality.max_chars)
+    cleaner = Cleaner(cfg.processing, cfg.purpose, cfg.seed)
     threshold = int(cfg.split.validation_fraction * 2**64)
     counts, progress = report.counts, report.progress
     kept_bytes = 0
@@ -147,67 +139,22 @@ def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[str]) -> int
             continue
         counts.documents_read += 1
         progress.documents_done += 1
-        if isinstance(item, ingest.Rejected):
-            report.drop(item.reason, item.example)
+        result = item if isinstance(item, ingest.Rejected) else cleaner.process(item)
+        if isinstance(result, ingest.Rejected):
+            report.drop(result.reason, result.example)
+            counts.exact_duplicates, counts.near_duplicates = cleaner.exact_duplicates, cleaner.near_duplicates
             continue
-        cleaned = _clean_one(run, item)
-        if isinstance(cleaned, ingest.Rejected):
-            report.drop(cleaned.reason, cleaned.example)
-            continue
-        text, record = cleaned
-        digest = content_hash(text if record is None else json.dumps(record, sort_keys=True))
-        if exact is not None and exact.seen(digest):
-            counts.exact_duplicates += 1
-            report.drop(EXACT_DUPLICATE, text)
-            continue
-        if near is not None and near.is_duplicate(text):
-            counts.near_duplicates += 1
-            report.drop(NEAR_DUPLICATE, text)
-            continue
-        if redactor is not None:
-            if record is None:
-                text = redactor.redact(text)
-            else:
-                record = map_texts(record, cfg.purpose, redactor.redact)
-                text = record_text(record, cfg.purpose)
-        split = 1 if int.from_bytes(digest[8:], "little") < threshold else 0
-        line: dict[str, Any] = {"s": split, "t": text}
-        if record is not None:
-            line["r"] = record
+        split = 1 if int.from_bytes(result.digest[8:], "little") < threshold else 0
+        line: dict[str, Any] = {"s": split, "t": result.text}
+        if result.record is not None:
+            line["r"] = result.record
         out.write(json.dumps(line, ensure_ascii=False) + "\n")
         counts.documents_kept += 1
-        kept_bytes += len(text)
+        kept_bytes += len(result.text)
         report.tick()
-    if redactor is not None:
-        counts.redactions = dict(sorted(redactor.counts.items()))
+    counts.redactions = cleaner.redactions
     report.flush()
     return kept_bytes
-
-
-def _clean_one(run: _Run, item: ingest.RawRecord) -> tuple[str, dict[str, Any] | None] | ingest.Rejected:
-    """(text, record or None) of a record that passes normalisation and the quality filters, or why
-    it does not."""
-    cfg = run.config
-    normalize = cfg.processing.normalize
-    if item.fields is None:
-        assert item.text is not None
-        text = normalize_text(item.text, keep_indentation=item.is_code) if normalize else item.text
-        if not text.strip():
-            return ingest.Rejected(item.source, ingest.EMPTY, item.source)
-        reason = quality.quality_reason(text, cfg.processing.quality, is_code=item.is_code)
-        return ingest.Rejected(item.source, reason, text) if reason else (text, None)
-    try:
-        record = validate_record(item.fields, cfg.purpose)
-    except RecordError as exc:
-        return ingest.Rejected(item.source, INVALID_RECORD, f"{exc}: {json.dumps(item.fields, default=str)}")
-    if normalize:
-        record = map_texts(record, cfg.purpose, lambda s: normalize_text(s, keep_indentation=True))
-    text = record_text(record, cfg.purpose)
-    if not text.strip():
-        return ingest.Rejected(item.source, ingest.EMPTY, json.dumps(record))
-    if len(text) > cfg.processing.quality.max_chars:
-        return ingest.Rejected(item.source, quality.TOO_LONG, text)
-    return text, record
 
 
 def _spill_lines(spill: Path) -> Iterator[dict[str, Any]]:
