@@ -23,8 +23,12 @@ def _operator(args: argparse.Namespace) -> int:
     load_config()
     namespaces = args.namespace or []
     kopf.configure(verbose=args.verbose)
-    kopf.run(standalone=args.standalone, namespaces=namespaces, clusterwide=not namespaces,
-             liveness_endpoint=args.liveness, peering_name=args.peering)
+    if args.standalone:
+        kopf.run(standalone=True, namespaces=namespaces, clusterwide=not namespaces,
+                 liveness_endpoint=args.liveness)
+    else:
+        kopf.run(namespaces=namespaces, clusterwide=not namespaces, liveness_endpoint=args.liveness,
+                 peering_name=args.peering, priority=args.priority)
     return 0
 
 
@@ -66,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
     op.add_argument("--standalone", action="store_true", help="no peering / leader election")
     op.add_argument("--peering", default="forge-operator", help="Kopf peering object for leader election")
+    op.add_argument("--priority", type=int, default=0, help="peering priority (highest active replica leads)")
     op.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL")
     op.add_argument("--verbose", action="store_true")
     op.set_defaults(func=_operator)
