@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from forge_trainer.data.manifest import ShardFormat, ShardInfo, Split
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 Publish = Callable[[Path, ShardInfo], None]
 """Uploads a finished shard file to the store at `info.path`."""
@@ -106,3 +109,44 @@ class RecordShardWriter(_ShardWriter):
         self.total_tokens += tokens
         if self._bytes >= self.max_bytes:
             self._finish()
+
+
+SPLITS = (Split.TRAIN, Split.VALIDATION)
+"""Split of index 0 and 1, as the cleaning pass numbers them."""
+
+
+def _encoder(tok: Tokenizer) -> Callable[..., Any]:
+    # encode_batch_fast skips computing offsets, which packing does not need
+    return getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+
+def pack_token_shards(batches: Iterable[list[tuple[int, str]]], tok: Tokenizer, eos_id: int, dtype: str,
+                      tokens_per_shard: int, tmpdir: Path, publish: Publish,
+                      on_batch: Callable[[], None] = lambda: None) -> tuple[list[ShardInfo], list[int]]:
+    """Tokenize batches of (split index, text) and pack them, eos after each document, into token
+    shards; returns the shards (train first) and the tokens per split."""
+    encode = _encoder(tok)
+    writers = [TokenShardWriter(s, dtype, tokens_per_shard, tmpdir, publish) for s in SPLITS]
+    for batch in batches:
+        encodings = encode([text for _, text in batch], add_special_tokens=False)
+        for (split, _), enc in zip(batch, encodings, strict=True):
+            ids = enc.ids
+            ids.append(eos_id)
+            writers[split].add(np.array(ids, dtype=writers[split].dtype))
+        on_batch()
+    return [s for w in writers for s in w.close()], [w.total_tokens for w in writers]
+
+
+def pack_record_shards(batches: Iterable[list[tuple[int, str, dict[str, Any]]]], tok: Tokenizer, tmpdir: Path,
+                       publish: Publish, on_batch: Callable[[], None] = lambda: None,
+                       ) -> tuple[list[ShardInfo], list[int]]:
+    """Write batches of (split index, text, record) into JSONL shards, counting each record's tokens;
+    returns the shards (train first) and the tokens per split."""
+    encode = _encoder(tok)
+    writers = [RecordShardWriter(s, tmpdir, publish) for s in SPLITS]
+    for batch in batches:
+        encodings = encode([text for _, text, _ in batch], add_special_tokens=False)
+        for (split, _, record), enc in zip(batch, encodings, strict=True):
+            writers[split].add(record, tokens=len(enc.ids))
+        on_batch()
+    return [s for w in writers for s in w.close()], [w.total_tokens for w in writers]

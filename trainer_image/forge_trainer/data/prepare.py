@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
 from forge_trainer.cli import WorkloadError
 from forge_trainer.config import DatasetPurpose, PrepareConfig
 from forge_trainer.data import ingest
@@ -32,10 +30,9 @@ from forge_trainer.data.manifest import (
     TOKENIZER_NAME,
     Manifest,
     ShardInfo,
-    Split,
     TokenizerInfo,
 )
-from forge_trainer.data.packing import RecordShardWriter, TokenShardWriter
+from forge_trainer.data.packing import pack_record_shards, pack_token_shards
 from forge_trainer.data.report import Reporter, now_rfc3339
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
 from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
@@ -229,10 +226,10 @@ def _publisher(run: _Run) -> Any:
     return publish
 
 
-def _batches(spill: Path) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
+def _batches(spill: Path, with_record: bool) -> Iterator[list[Any]]:
+    batch: list[Any] = []
     for line in _spill_lines(spill):
-        batch.append(line)
+        batch.append((line["s"], line["t"], line["r"]) if with_record else (line["s"], line["t"]))
         if len(batch) >= ENCODE_BATCH:
             yield batch
             batch = []
@@ -243,36 +240,17 @@ def _batches(spill: Path) -> Iterator[list[dict[str, Any]]]:
 def _pack(run: _Run, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> list[ShardInfo]:
     """Pass 3: tokenize and pack the spill into shards, uploading each as it fills."""
     tok = load_tokenizer(tokenizer_path)
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # no offsets: faster when available
     publish = _publisher(run)
-    splits = (Split.TRAIN, Split.VALIDATION)
-    dtype = token_dtype(info.vocab_size)
-    writers: list[TokenShardWriter] | list[RecordShardWriter]
     if run.purpose is DatasetPurpose.PRETRAIN:
-        token_writers = [TokenShardWriter(s, dtype, run.config.sharding.tokens_per_shard, run.tmp, publish)
-                         for s in splits]
-        writers = token_writers
-        for batch in _batches(spill):
-            encodings = encode([line["t"] for line in batch], add_special_tokens=False)
-            for line, enc in zip(batch, encodings, strict=True):
-                ids = np.empty(len(enc.ids) + 1, dtype=dtype)
-                ids[:-1] = enc.ids
-                ids[-1] = info.eos_token_id
-                token_writers[line["s"]].add(ids)
-            run.report.tick()
+        shards, tokens = pack_token_shards(_batches(spill, False), tok, info.eos_token_id,
+                                           token_dtype(info.vocab_size), run.config.sharding.tokens_per_shard,
+                                           run.tmp, publish, run.report.tick)
     else:
-        record_writers = [RecordShardWriter(s, run.tmp, publish) for s in splits]
-        writers = record_writers
-        for batch in _batches(spill):
-            encodings = encode([line["t"] for line in batch], add_special_tokens=False)
-            for line, enc in zip(batch, encodings, strict=True):
-                record_writers[line["s"]].add(line["r"], tokens=len(enc.ids))
-            run.report.tick()
+        shards, tokens = pack_record_shards(_batches(spill, True), tok, run.tmp, publish, run.report.tick)
     counts = run.report.counts
-    counts.train_tokens = writers[0].total_tokens
-    counts.validation_tokens = writers[1].total_tokens
-    counts.tokens = counts.train_tokens + counts.validation_tokens
-    return [shard for w in writers for shard in w.close()]
+    counts.train_tokens, counts.validation_tokens = tokens
+    counts.tokens = sum(tokens)
+    return shards
 
 
 def _write_manifest(run: _Run, shards: list[ShardInfo], info: TokenizerInfo) -> Manifest:
