@@ -26,8 +26,10 @@ from forge_trainer.train.lora import (
     save_adapter,
     trainable_parameters,
 )
+from tests.unit.posttrain_fixtures import one_torch_thread
 
 VOCAB = 256
+assert one_torch_thread  # imported for its autouse fixture
 LORA = LoraConfig(rank=4, alpha=8.0, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
 
 
@@ -103,6 +105,7 @@ def test_merged_export_equals_base_plus_adapter(tmp_path: Path) -> None:
         assert (base.eval()(ids) - adapted).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_adapter_directory_is_what_peft_reads(tmp_path: Path) -> None:
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM

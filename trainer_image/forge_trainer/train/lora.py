@@ -7,7 +7,9 @@ B starts at zero, so the adapted model starts equal to the base. Every other par
 
 QLoRA (`quantize=True`): the frozen base weights of the targeted layers are stored as 4-bit NF4
 with double-quantized block scales (torchao's `NF4Tensor`, which works on CPU and GPU), adapters stay
-in float32. A weight whose size does not fit NF4's block layout stays in full precision.
+in float32. A weight whose size does not fit NF4's block layout stays in full precision. The NF4
+weights are non-persistent buffers: checkpoints hold adapters (and the other frozen weights), and a
+resumed run rebuilds the quantized base from the base model.
 
 Export: `save_adapter` writes `adapter_model.safetensors` (`base_model.model.<module path>.lora_A.weight`
 / `lora_B.weight`) and `adapter_config.json` as PEFT writes them; `merged_state_dict` gives base
@@ -81,7 +83,13 @@ class LoraLinear(nn.Module):
         self.rank, self.scale = rank, alpha / rank
         weight = nf4_quantize(base.weight.data) if quantize else None
         self.quantized = weight is not None
-        self.weight = nn.Parameter(weight if weight is not None else base.weight.data, requires_grad=False)
+        self.weight: Tensor
+        if weight is not None:
+            # a non-persistent buffer: moved with the module, but neither a parameter (no optimizer or
+            # gradient-norm code sees it) nor in checkpoints (a resumed run re-quantizes the base)
+            self.register_buffer("weight", weight, persistent=False)
+        else:
+            self.weight = nn.Parameter(base.weight.data, requires_grad=False)
         self.bias = None if base.bias is None else nn.Parameter(base.bias.data, requires_grad=False)
         device = base.weight.device
         self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=device)
@@ -198,20 +206,16 @@ def save_adapter(model: nn.Module, config: LoraConfig, directory: Path, base_mod
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The model's weights with every adapter folded into its base weight, under the original names
     (as the model had before `apply_lora`): ready for the Hugging Face export."""
-    layers = lora_layers(model)
-    out: dict[str, Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        module, _, leaf = name.rpartition(".")
-        if module in layers and leaf == "weight":
-            out[name] = layers[module].merged_weight()
-        elif ".lora_A." in name or ".lora_B." in name:
-            continue
-        else:
-            out[name] = dequantize(tensor) if is_nf4(tensor) else tensor.detach()
+    out = base_state_dict(model)
+    for name, layer in lora_layers(model).items():
+        out[f"{name}.weight"] = layer.merged_weight()
     return out
 
 
 def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The model's base weights without adapters (dequantized for QLoRA), under the original names."""
-    return {name: dequantize(t) if is_nf4(t) else t.detach() for name, t in model.state_dict().items()
-            if ".lora_A." not in name and ".lora_B." not in name}
+    out = {name: t.detach() for name, t in model.state_dict().items()
+           if ".lora_A." not in name and ".lora_B." not in name}
+    for name, layer in lora_layers(model).items():
+        out[f"{name}.weight"] = dequantize(layer.weight)
+    return out

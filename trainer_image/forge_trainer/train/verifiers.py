@@ -230,6 +230,20 @@ def limits_of(reward: RewardConfig) -> SandboxLimits:
 
 
 _SANDBOXED = {VerifierKind.PYTHON_TESTS, VerifierKind.CUSTOM}
+_BUILT_IN = {k.value for k in VerifierKind if k is not VerifierKind.CUSTOM}
+
+
+def infer_kind(task: dict[str, Any]) -> VerifierKind:
+    """The built-in verifier a task's fields call for (its `verifier` field first, then: tests ->
+    python_tests, tool -> tool_call, schema -> json_schema, pattern -> regex, otherwise exact_match)."""
+    named = task.get("verifier")
+    if isinstance(named, str) and named in _BUILT_IN:
+        return VerifierKind(named)
+    for key, kind in (("tests", VerifierKind.PYTHON_TESTS), ("tool", VerifierKind.TOOL_CALL),
+                      ("schema", VerifierKind.JSON_SCHEMA), ("pattern", VerifierKind.REGEX)):
+        if key in task:
+            return kind
+    return VerifierKind.EXACT_MATCH
 
 
 @dataclass
@@ -267,9 +281,10 @@ class RewardStats:
 
 class RewardModel:
     """Scores completions of tasks; a task may name its own built-in verifier in a `verifier` field,
-    otherwise the run's verifier applies. Sandboxed verifiers run in parallel."""
+    otherwise the run's verifier applies (kind None: the one the task's fields call for, see
+    `infer_kind`). Sandboxed verifiers run in parallel."""
 
-    def __init__(self, kind: VerifierKind, limits: SandboxLimits, custom_source: str | None = None,
+    def __init__(self, kind: VerifierKind | None, limits: SandboxLimits, custom_source: str | None = None,
                  workers: int | None = None) -> None:
         self.kind = kind
         self.limits = limits
@@ -287,9 +302,9 @@ class RewardModel:
     def kind_of(self, task: dict[str, Any]) -> VerifierKind:
         """The verifier that judges `task`: its own `verifier` field when that names a built-in one."""
         named = task.get("verifier")
-        if isinstance(named, str) and named in VerifierKind.__members__.values() and named != "custom":
+        if isinstance(named, str) and named in _BUILT_IN:
             return VerifierKind(named)
-        return self.kind
+        return self.kind if self.kind is not None else infer_kind(task)
 
     def score_one(self, prompt: str, completion: str, task: dict[str, Any]) -> Outcome:
         """The outcome of one completion."""

@@ -1,0 +1,221 @@
+"""Evaluation for sft and rl: the numbers a ForgeDeployment's eval gate reads, in `<output>/eval.json`.
+
+    {"step": 200, "final": true, "dataset": "<eval dataset URI>", "metrics": {...},
+     "history": [{"step": 100, "final": false, "metrics": {...}}, ...], "updatedAt": "..."}
+
+Metrics (flat names, floats):
+    loss, perplexity          mean token loss on the eval dataset (sft: assistant tokens only; pretrain
+                              dataset: every token), else on the training dataset's validation split
+    pass_rate                 tasks (rl records) whose greedy completion passes its verifier
+    pass_rate/<verifier>      the same per verifier (exact_match, regex, json_schema, tool_call, ...)
+    mean_reward               mean verifier score of those completions
+    tasks                     tasks evaluated
+    verifier_errors           verifications that crashed, timed out or ran out of memory (scored 0)
+
+Which tasks: the eval dataset's records when it is an rl dataset; for stage rl without one, the
+validation split of the training dataset. At most `MAX_EVAL_TASKS`, in dataset order, so every
+evaluation of a run scores the same tasks. Every worker generates for its share; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from forge_trainer.config import DatasetPurpose, RewardConfig, Stage, TrainConfig
+from forge_trainer.data.manifest import Manifest, ShardFormat, Split
+from forge_trainer.data.shards import iter_records, load_manifest
+from forge_trainer.model.transformer import Transformer
+from forge_trainer.store import ObjectStore, StoreError, join_key, read_json, write_json_atomic
+from forge_trainer.train.batches import TokenSequences, eval_micro_batches
+from forge_trainer.train.chat import ChatTokenizer
+from forge_trainer.train.generate import sample
+from forge_trainer.train.runtime import Runtime, all_reduce_sum, gather_objects
+from forge_trainer.train.sandbox import SandboxLimits
+from forge_trainer.train.trainer import token_loss_sum
+from forge_trainer.train.verifiers import RewardModel, limits_of, read_custom_source
+
+log = logging.getLogger(__name__)
+
+EVAL_NAME = "eval.json"
+MAX_EVAL_TASKS = 256
+"""Most tasks scored per evaluation."""
+EVAL_BATCH = 16
+"""Prompts generated together."""
+
+
+@dataclass
+class EvalContext:
+    """What an evaluation needs from its run."""
+
+    config: TrainConfig
+    runtime: Runtime
+    store: ObjectStore
+    prefix: str
+    chat: ChatTokenizer
+    eos_id: int
+    pad_id: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def task_prompt(chat: ChatTokenizer, task: dict[str, Any]) -> list[int]:
+    """Prompt ids of a task: its `messages` when it has them, else one user turn with its `prompt`."""
+    messages = task.get("messages")
+    if not isinstance(messages, list):
+        messages = [{"role": "user", "content": str(task.get("prompt", ""))}]
+    return chat.prompt_ids(messages)
+
+
+def prompt_text(task: dict[str, Any]) -> str:
+    """The prompt a verifier sees."""
+    return str(task.get("prompt", ""))
+
+
+def read_tasks(uri: str, config: TrainConfig, splits: tuple[Split, ...], limit: int | None = None
+               ) -> tuple[list[dict[str, Any]], Manifest]:
+    """The task records of an rl dataset's `splits`, in dataset order (records without a string
+    prompt are skipped)."""
+    manifest, _ = load_manifest(uri, config.store)
+    tasks: list[dict[str, Any]] = []
+    for shard in manifest.shards:
+        if shard.split not in splits or shard.format is not ShardFormat.JSONL:
+            continue
+        for record in iter_records(uri, shard, config.store):
+            if isinstance(record.get("prompt"), str) or isinstance(record.get("messages"), list):
+                tasks.append(record)
+            if limit is not None and len(tasks) >= limit:
+                return tasks, manifest
+    return tasks, manifest
+
+
+def reward_model_for(config: TrainConfig) -> RewardModel:
+    """The run's reward model (rl.reward), or, without one, each task's own built-in verifier."""
+    reward: RewardConfig | None = config.rl.reward
+    if reward is None:
+        return RewardModel(None, SandboxLimits())
+    source = read_custom_source() if reward.custom_source is not None else None
+    return RewardModel(reward.verifier, limits_of(reward), source)
+
+
+def score_tasks(ctx: EvalContext, model: Transformer, tasks: list[dict[str, Any]],
+                rewards: RewardModel) -> dict[str, float]:
+    """Greedy completions of `tasks` (each worker its share) scored by `rewards`: pass rates overall
+    and per verifier, mean reward, verifier errors."""
+    rt = ctx.runtime
+    mine = tasks[rt.rank::rt.world_size]
+    rows: list[tuple[str, float, bool, bool]] = []
+    for i in range(0, len(mine), EVAL_BATCH):
+        chunk = mine[i:i + EVAL_BATCH]
+        outs = sample(model, [task_prompt(ctx.chat, t) for t in chunk], max_new_tokens=ctx.config.rl.max_new_tokens,
+                      temperature=0.0, stop_ids={ctx.chat.im_end, ctx.eos_id}, pad_id=ctx.pad_id)
+        texts = [ctx.chat.decode(o) for o in outs]
+        outcomes, _ = rewards.score([prompt_text(t) for t in chunk], texts, chunk)
+        rows += [(rewards.kind_of(t).value, o.score, o.passed, o.is_error)
+                 for t, o in zip(chunk, outcomes, strict=True)]
+    everyone = [r for part in gather_objects(rt, rows) for r in part]
+    if not everyone:
+        return {}
+    per_kind: dict[str, list[bool]] = defaultdict(list)
+    for kind, _, passed, _ in everyone:
+        per_kind[kind].append(passed)
+    metrics = {
+        "pass_rate": sum(r[2] for r in everyone) / len(everyone),
+        "mean_reward": sum(r[1] for r in everyone) / len(everyone),
+        "tasks": float(len(everyone)),
+        "verifier_errors": float(sum(r[3] for r in everyone)),
+    }
+    metrics.update({f"pass_rate/{k}": sum(v) / len(v) for k, v in sorted(per_kind.items())})
+    return metrics
+
+
+@torch.no_grad()
+def token_loss(ctx: EvalContext, model: Transformer, uri: str, manifest: Manifest) -> float | None:
+    """Mean next-token loss on a pretrain dataset's validation split (or train split if it has none)."""
+    hp, rt = ctx.config.hyperparameters, ctx.runtime
+    seq_len = min(hp.sequence_length, model.args.max_seq_len)
+    for split in (Split.VALIDATION, Split.TRAIN):
+        data = TokenSequences(uri, manifest, split, seq_len, hp.seed, ctx.config.store, shuffle=False)
+        if data.total:
+            break
+    else:
+        return None
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    for batch in eval_micro_batches(data, hp.eval_batches * hp.micro_batch_size, rt.rank, rt.world_size,
+                                    hp.micro_batch_size):
+        total, count = token_loss_sum(model, {k: v.to(rt.device) for k, v in batch.items()})
+        sums += torch.stack([total.double(), count.double()])
+    total, count = all_reduce_sum(rt, sums).tolist()
+    return total / count if count else None
+
+
+def sft_dataset_loss(ctx: EvalContext, model: Transformer, uri: str, manifest: Manifest) -> float | None:
+    """Assistant-token loss on an sft dataset's validation split (or train split if it has none)."""
+    from forge_trainer.train.sft import PackedStream, read_sft_examples, sft_eval_loss
+
+    hp = ctx.config.hyperparameters
+    seq_len = min(hp.sequence_length, model.args.max_seq_len)
+    for split in (Split.VALIDATION, Split.TRAIN):
+        examples, _ = read_sft_examples(uri, manifest, split, ctx.chat, seq_len, ctx.config)
+        if examples:
+            stream = PackedStream(examples, seq_len, hp.seed, one_per_row=ctx.runtime.distributed)
+            return sft_eval_loss(model, stream, hp.eval_batches * hp.micro_batch_size, hp.micro_batch_size,
+                                 ctx.runtime)
+    return None
+
+
+def evaluate(ctx: EvalContext, model: Transformer, train_split_loss: float | None = None) -> dict[str, float]:
+    """Every metric this run's evaluation yields (see the module docstring)."""
+    config = ctx.config
+    metrics: dict[str, float] = {}
+    loss = train_split_loss
+    task_uri: str | None = None
+    task_splits: tuple[Split, ...] = (Split.VALIDATION,)
+    if config.eval_dataset:
+        try:
+            manifest, _ = load_manifest(config.eval_dataset, config.store)
+        except StoreError as exc:
+            log.warning("eval dataset %s unreadable, evaluating without it: %s", config.eval_dataset, exc)
+        else:
+            if manifest.purpose is DatasetPurpose.SFT:
+                loss = sft_dataset_loss(ctx, model, config.eval_dataset, manifest)
+            elif manifest.purpose is DatasetPurpose.PRETRAIN:
+                loss = token_loss(ctx, model, config.eval_dataset, manifest)
+            else:
+                task_uri, task_splits = config.eval_dataset, (Split.TRAIN, Split.VALIDATION)
+    elif config.stage is Stage.RL:
+        task_uri = config.dataset
+    if loss is not None and math.isfinite(loss):
+        metrics["loss"] = loss
+        metrics["perplexity"] = math.exp(min(loss, 50.0))
+    if task_uri is not None:
+        tasks, _ = read_tasks(task_uri, config, task_splits, MAX_EVAL_TASKS)
+        if tasks:
+            metrics.update(score_tasks(ctx, model, tasks, reward_model_for(config)))
+    return metrics
+
+
+def write_eval(ctx: EvalContext, model: Transformer, step: int, final: bool,
+               train_split_loss: float | None = None) -> dict[str, float]:
+    """Evaluate and (rank 0) write `<output>/eval.json`, keeping earlier evaluations as its history."""
+    metrics = evaluate(ctx, model, train_split_loss)
+    if ctx.runtime.is_main:
+        key = join_key(ctx.prefix, EVAL_NAME)
+        if not ctx.history and ctx.store.exists(key):
+            try:
+                ctx.history = [h for h in read_json(ctx.store, key).get("history", []) if h.get("step", 0) < step]
+            except (StoreError, AttributeError):
+                ctx.history = []
+        entry = {"step": step, "final": final, "metrics": metrics}
+        ctx.history.append(entry)
+        write_json_atomic(ctx.store, key, {
+            **entry, "dataset": ctx.config.eval_dataset or ctx.config.dataset, "history": ctx.history,
+            "updatedAt": datetime.now(UTC).isoformat()})
+    log.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
+    return metrics

@@ -1,0 +1,172 @@
+"""What sft and rl share: the base model and its tokenizer, adapters by method, the final export with
+the chat template, and the SIGTERM flag.
+
+Base: `initModel`, a Hugging Face–format directory (a ForgeTrainingRun's final model, resolved to its
+URI by the operator), loaded with `load_hf`; its tokenizer.json is the tokenizer (the dataset's when the
+directory has none). The export goes to `<output>/model/` (adapters merged when `lora.merge`, else the
+base) and, for lora/qlora, the PEFT adapter to `<output>/adapter/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from forge_trainer.cli import ConfigError, WorkloadError
+from forge_trainer.config import SftMethod, TrainConfig
+from forge_trainer.data.shards import fetch_tokenizer
+from forge_trainer.data.tokenizer import special_token_ids
+from forge_trainer.model.args import ModelArgs, with_vocab
+from forge_trainer.model.hf_export import (
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    TOKENIZER_CONFIG_NAME,
+    TOKENIZER_NAME,
+    load_hf,
+    write_hf_dir,
+)
+from forge_trainer.model.transformer import Transformer
+from forge_trainer.serve.model_files import model_dir_digest
+from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri
+from forge_trainer.train.chat import ChatTokenizer, tokenizer_config_patch
+from forge_trainer.train.lora import apply_lora, base_state_dict, merged_state_dict, save_adapter
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class Base:
+    """The model a post-training run starts from, with its chat tokenizer."""
+
+    model: Transformer
+    args: ModelArgs
+    chat: ChatTokenizer
+    eos_id: int
+    pad_id: int
+
+
+def _read_tokenizer(config: TrainConfig) -> Tokenizer:
+    assert config.init_model is not None
+    store, prefix = open_uri(config.init_model, config.store)
+    key = join_key(prefix, TOKENIZER_NAME)
+    try:
+        if store.exists(key):
+            return Tokenizer.from_str(store.get_bytes(key).decode())
+        log.info("%s has no tokenizer.json; using the dataset's", config.init_model)
+        return Tokenizer.from_file(str(fetch_tokenizer(config.dataset, config.store)))
+    except StoreError as exc:
+        raise WorkloadError(f"tokenizer of {config.init_model}: {exc}") from exc
+
+
+def resize_vocab(model: Transformer, vocab_size: int) -> Transformer:
+    """`model` with `vocab_size` embedding and output rows; new rows start at the mean of the old ones."""
+    old = model.args.vocab_size
+    if vocab_size <= old:
+        return model
+    bigger = Transformer(with_vocab(model.args, vocab_size))
+    state = model.state_dict()
+    with torch.no_grad():
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            w = state[name]
+            state[name] = torch.cat([w, w.mean(0, keepdim=True).expand(vocab_size - old, -1)])
+    bigger.load_state_dict(state)
+    return bigger
+
+
+def load_base(config: TrainConfig) -> Base:
+    """The base model and tokenizer of a sft/rl run; chat tokens are added (and the vocabulary grown)
+    when the tokenizer lacks them."""
+    if not config.init_model:
+        raise ConfigError(f"initModel: stage {config.stage.value} starts from a base model; set initModel "
+                          "(or the run's base) to a Hugging Face–format model directory")
+    try:
+        model, args = load_hf(config.init_model, config.store)
+    except (StoreError, OSError, KeyError, ValueError) as exc:
+        raise WorkloadError(f"initModel {config.init_model}: cannot load: {exc}") from exc
+    chat = ChatTokenizer(_read_tokenizer(config))
+    if chat.added:
+        log.warning("tokenizer lacked %s; added them and grew the vocabulary to %d", chat.added, chat.vocab_size)
+    if chat.vocab_size > args.vocab_size:
+        model = resize_vocab(model, chat.vocab_size)
+        args = model.args
+    eos, pad = special_token_ids(chat.tok)
+    return Base(model, args, chat, eos, pad if pad is not None else eos)
+
+
+def prepare_for_method(model: Transformer, config: TrainConfig) -> list[str]:
+    """Freeze and add adapters for lora/qlora (QLoRA quantizes the frozen base to NF4); nothing for full.
+    Returns the adapted layer paths."""
+    if config.method is SftMethod.FULL:
+        return []
+    try:
+        return apply_lora(model, config.lora, quantize=config.method is SftMethod.QLORA)
+    except ValueError as exc:
+        raise ConfigError(f"lora.targets: {exc}") from exc
+
+
+def final_state(model: Transformer, config: TrainConfig) -> dict[str, Tensor]:
+    """Weights for the final export: adapters merged (lora.merge, the default) or the base alone."""
+    if config.method is SftMethod.FULL:
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    return merged_state_dict(model) if config.lora.merge else base_state_dict(model)
+
+
+def _upload_dir(store: ObjectStore, prefix: str, directory: Path) -> None:
+    names = sorted((p.name for p in directory.iterdir() if p.is_file()), key=lambda n: n == CONFIG_NAME)
+    for name in names:  # config.json last: a reader that finds it finds the rest
+        store.put_file(join_key(prefix, name), directory / name)
+
+
+def export_model(state: dict[str, Tensor], base: Base, store: ObjectStore, prefix: str) -> tuple[str, str]:
+    """Write the Hugging Face export with the ChatML template under `<prefix>/model`; (uri, digest)."""
+    with tempfile.TemporaryDirectory(prefix="forge-export-") as tmp:
+        staging = Path(tmp)
+        write_hf_dir(state, base.args, base.chat.tok.to_str().encode(), staging, eos_token_id=base.eos_id,
+                     pad_token_id=base.pad_id)
+        tok_config = json.loads((staging / TOKENIZER_CONFIG_NAME).read_text())
+        tok_config.update(tokenizer_config_patch())
+        (staging / TOKENIZER_CONFIG_NAME).write_text(json.dumps(tok_config, indent=2, sort_keys=True))
+        generation = json.loads((staging / GENERATION_CONFIG_NAME).read_text())
+        generation["eos_token_id"] = [base.eos_id, base.chat.im_end]  # a chat turn ends at <|im_end|>
+        (staging / GENERATION_CONFIG_NAME).write_text(json.dumps(generation, indent=2, sort_keys=True))
+        digest = model_dir_digest(staging)
+        key = join_key(prefix, MODEL_DIR)
+        _upload_dir(store, key, staging)
+        return store.uri(key), digest
+
+
+def export_adapter(model: Transformer, config: TrainConfig, store: ObjectStore, prefix: str) -> str | None:
+    """Write the PEFT adapter under `<prefix>/adapter` for lora/qlora; its URI (None for full)."""
+    if config.method is SftMethod.FULL:
+        return None
+    with tempfile.TemporaryDirectory(prefix="forge-adapter-") as tmp:
+        staging = Path(tmp)
+        save_adapter(model, config.lora, staging, base_model=config.init_model)
+        key = join_key(prefix, ADAPTER_DIR)
+        _upload_dir(store, key, staging)
+        return store.uri(key)
+
+
+class TerminateFlag:
+    """Remembers a SIGTERM so a loop can checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        with contextlib.suppress(ValueError):  # not the main thread (in-process callers): no handler
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True

@@ -1,0 +1,348 @@
+"""`stage: sft`: supervised fine-tuning on conversations (full, LoRA or QLoRA), reusing the pretraining
+machinery: the torchrun runtime, model wrapping, the Trainer's optimizer step, DCP checkpoints with
+resume, progress.json, and the Hugging Face export.
+
+Data: the sft dataset's JSONL records ({"messages": [...]} or {"prompt", "response"}) are rendered as
+ChatML with the base model's tokenizer; loss is taken only on assistant tokens; samples are packed
+into rows of `sequenceLength` with a block-diagonal causal mask (one process) or laid one per row with
+a padding mask (a worker group, whose wrapper must see the model's own forward). A record that is
+not a conversation is skipped and counted. Epoch e visits the samples in a seeded order, so the
+stream of rows — and a resumed run — is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from forge_trainer.cli import ConfigError, WorkloadError
+from forge_trainer.config import DatasetPurpose, Precision, TrainConfig, TrainProgress
+from forge_trainer.data.manifest import Manifest, ShardFormat, Split
+from forge_trainer.data.shards import iter_records, load_manifest
+from forge_trainer.store import ObjectStore, StoreError, open_uri
+from forge_trainer.train.batches import IGNORE_INDEX, Batch, micro_batch_size_for
+from forge_trainer.train.chat import ChatFormatError, ChatTokenizer, messages_of
+from forge_trainer.train.checkpoint import (
+    find_resume_point,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from forge_trainer.train.evaluate import EvalContext, write_eval
+from forge_trainer.train.packing import Example, make_example, pack, packed_logits, rows_batch
+from forge_trainer.train.parallel import unwrap, wrap_model
+from forge_trainer.train.posttrain import (
+    Base,
+    TerminateFlag,
+    export_adapter,
+    export_model,
+    final_state,
+    load_base,
+    prepare_for_method,
+)
+from forge_trainer.train.progress import ProgressReporter, read_progress
+from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
+from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
+
+log = logging.getLogger(__name__)
+
+
+def read_sft_examples(uri: str, manifest: Manifest, split: Split, chat: ChatTokenizer, max_len: int,
+                      config: TrainConfig) -> tuple[list[Example], Counter[str]]:
+    """Tokenized examples of one split of an sft dataset, and records skipped by reason."""
+    examples: list[Example] = []
+    skipped: Counter[str] = Counter()
+    for shard in manifest.shards:
+        if shard.split is not split or shard.format is not ShardFormat.JSONL:
+            continue
+        for record in iter_records(uri, shard, config.store):
+            try:
+                rendered = chat.render(messages_of(record))
+            except ChatFormatError:
+                skipped["not_a_conversation"] += 1
+                continue
+            example = make_example(rendered.ids, rendered.trained, max_len)
+            if example is None:
+                skipped["nothing_to_learn_after_truncation"] += 1
+                continue
+            examples.append(example)
+    return examples, skipped
+
+
+@dataclass
+class PackedStream:
+    """The endless seeded stream of packed rows of a set of examples."""
+
+    examples: Sequence[Example]
+    seq_len: int
+    seed: int
+    one_per_row: bool = False
+    _epoch: int = -1
+    _rows: list[list[int]] = field(default_factory=list)
+    _offsets: list[int] = field(default_factory=list)
+
+    def _rows_of(self, epoch: int) -> list[list[int]]:
+        if epoch != self._epoch:
+            order = list(range(len(self.examples)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            if self.one_per_row:
+                self._rows = [[i] for i in order]
+            else:
+                packed = pack([self.examples[i] for i in order], self.seq_len)
+                self._rows = [[order[i] for i in row] for row in packed]
+            self._epoch = epoch
+        return self._rows
+
+    def rows_per_epoch(self) -> int:
+        """Rows in one epoch (epoch 0's packing; later epochs differ by a few at most)."""
+        return len(self._rows_of(0))
+
+    def rows(self, start: int, count: int) -> list[list[int]]:
+        """Rows `start .. start + count` of the stream (epochs are consecutive)."""
+        out: list[list[int]] = []
+        if count <= 0 or not self.examples:
+            return out
+        epoch, index = 0, start
+        while True:
+            n = len(self._rows_of(epoch))
+            if index < n:
+                break
+            index -= n
+            epoch += 1
+        while len(out) < count:
+            rows = self._rows_of(epoch)
+            take = rows[index:index + count - len(out)]
+            out.extend(take)
+            index = 0
+            epoch += 1
+        return out
+
+    def batch(self, rows: Sequence[Sequence[int]]) -> Batch:
+        """A micro-batch of these rows."""
+        return rows_batch(self.examples, rows, self.seq_len, 0, self.one_per_row)
+
+
+def sft_logits(model: nn.Module, batch: Batch) -> Tensor:
+    """Logits of a packed micro-batch (block-diagonal attention) or a padded one (model forward)."""
+    if "seq_ids" in batch:
+        return packed_logits(unwrap(model), batch["input_ids"], batch["position_ids"], batch["seq_ids"])
+    logits: Tensor = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    return logits
+
+
+def sft_loss_sum(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    """(summed cross-entropy over trained tokens, number of trained tokens) of a micro-batch."""
+    logits = sft_logits(model, batch)
+    labels = batch["labels"]
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (labels != IGNORE_INDEX).sum()
+
+
+def sft_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """Mean cross-entropy over the assistant tokens of a micro-batch (+ the MoE balance loss)."""
+    total, count = sft_loss_sum(model, batch)
+    loss = total / count.clamp(min=1)
+    core = unwrap(model)
+    if core.aux_loss is not None:
+        loss = loss + core.args.router_aux_loss_coef * core.aux_loss
+    return loss
+
+
+@torch.no_grad()
+def sft_eval_loss(model: nn.Module, stream: PackedStream, max_rows: int, micro: int, runtime: Runtime) -> float | None:
+    """Token-weighted mean loss on the first `max_rows` rows of a (validation) stream, over all workers."""
+    model.eval()
+    n = min(max_rows, stream.rows_per_epoch())
+    mine = list(range(runtime.rank, n, runtime.world_size))
+    sums = torch.zeros(2, dtype=torch.float64, device=runtime.device)
+    rows = stream.rows(0, n)
+    for i in range(0, len(mine), micro):
+        batch = {k: v.to(runtime.device) for k, v in stream.batch([rows[j] for j in mine[i:i + micro]]).items()}
+        total, count = sft_loss_sum(model, batch)
+        sums += torch.stack([total.double(), count.double()])
+    total, count = all_reduce_sum(runtime, sums).tolist()
+    model.train()
+    return total / count if count else None
+
+
+@dataclass
+class SftResult:
+    """What a finished run produced (for in-process callers: tests, benchmarks)."""
+
+    progress: TrainProgress
+    losses: dict[int, float] = field(default_factory=dict)
+    """Training loss of each step this process ran (1-based)."""
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _load_split(config: TrainConfig, uri: str, split: Split, chat: ChatTokenizer,
+                max_len: int) -> tuple[list[Example], Counter[str]]:
+    try:
+        manifest, _ = load_manifest(uri, config.store)
+    except StoreError as exc:
+        raise WorkloadError(f"dataset {uri}: {exc}") from exc
+    if manifest.purpose is not DatasetPurpose.SFT:
+        raise WorkloadError(f"dataset {uri} has purpose {manifest.purpose.value}; stage sft needs an sft dataset")
+    return read_sft_examples(uri, manifest, split, chat, max_len, config)
+
+
+def run_sft(config: TrainConfig, runtime: Runtime | None = None) -> SftResult:
+    """Run (or resume) a fine-tuning run to its last step and export the model (and adapter)."""
+    runtime = runtime or init_runtime()
+    try:
+        return _run(config, runtime)
+    finally:
+        shutdown(runtime)
+
+
+def _run(config: TrainConfig, runtime: Runtime) -> SftResult:
+    hp = config.hyperparameters
+    try:
+        store, prefix = open_uri(config.output, config.store)
+    except StoreError as exc:
+        raise ConfigError(f"output: {exc}") from exc
+    torch.manual_seed(hp.seed)
+    base = load_base(config)
+    seq_len = min(hp.sequence_length, base.args.max_seq_len)
+    examples, skipped = _load_split(config, config.dataset, Split.TRAIN, base.chat, seq_len)
+    if not examples:
+        raise WorkloadError(f"dataset {config.dataset} has no usable training conversations "
+                            f"(skipped: {dict(skipped)})")
+    if skipped:
+        log.warning("skipped training records: %s", dict(skipped))
+    val_examples, _ = _load_split(config, config.dataset, Split.VALIDATION, base.chat, seq_len)
+    try:
+        micro = micro_batch_size_for(hp.global_batch_size, runtime.world_size, hp.micro_batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    one_per_row = runtime.distributed
+    train = PackedStream(examples, seq_len, hp.seed, one_per_row)
+    val = PackedStream(val_examples, seq_len, hp.seed, one_per_row)
+    adapted = prepare_for_method(base.model, config)
+    model = wrap_model(base.model, runtime, hp.activation_checkpointing, hp.compile)
+    trainer = Trainer(model, hp, runtime, loss_fn=sft_loss, params=list(model.named_parameters()),
+                      bf16=config.precision is Precision.BF16)
+    log.info("sft %s: %d examples in %d rows/epoch, %d trainable of %d parameters%s", config.method.value,
+             len(examples), train.rows_per_epoch(), sum(p.numel() for p in trainer.params),
+             sum(p.numel() for p in model.parameters()), f", adapters on {len(adapted)} layers" if adapted else "")
+
+    previous = read_progress(store, prefix) if runtime.is_main else None
+    resume = find_resume_point(store, prefix, runtime)
+    start_step, tokens_seen = 0, 0
+    if resume is not None:
+        try:
+            load_checkpoint(store, resume, model, trainer.optimizer)
+        except StoreError as exc:
+            raise WorkloadError(f"cannot resume from {store.uri(resume.key)}: {exc}") from exc
+        start_step, tokens_seen = resume.step, int(resume.state.get("tokens_seen", 0))
+        log.info("resumed from %s at step %d", store.uri(resume.key), start_step)
+    restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
+    progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,
+                             world_size=runtime.world_size, restarts=restarts,
+                             checkpoints=previous.checkpoints if previous else [])
+    reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
+    reporter.flush()
+    run = _SftRun(config, runtime, store, prefix, base, model, trainer, train, val, micro, reporter)
+    try:
+        return run.loop(start_step, tokens_seen)
+    except WorkloadError as exc:
+        reporter.update(force=True, error=str(exc).splitlines()[0])
+        raise
+
+
+@dataclass
+class _SftRun:
+    config: TrainConfig
+    runtime: Runtime
+    store: ObjectStore
+    prefix: str
+    base: Base
+    model: nn.Module
+    trainer: Trainer
+    train: PackedStream
+    val: PackedStream
+    micro: int
+    reporter: ProgressReporter
+
+    def step_batches(self, step: int) -> list[Batch]:
+        hp, rt = self.config.hyperparameters, self.runtime
+        share = hp.global_batch_size // rt.world_size
+        rows = self.train.rows(step * hp.global_batch_size + rt.rank * share, share)
+        return [self.train.batch(rows[i:i + self.micro]) for i in range(0, share, self.micro)]
+
+    def loop(self, start_step: int, tokens_seen: int) -> SftResult:
+        hp, rt = self.config.hyperparameters, self.runtime
+        losses: dict[int, float] = {}
+        terminate = TerminateFlag()
+        for step in range(start_step, hp.max_steps):
+            began = time.perf_counter()
+            batches = self.step_batches(step)
+            trained = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+            stats = self.trainer.train_step(step, batches)
+            step_tokens = int(all_reduce_sum(rt, torch.tensor(float(trained))).item())
+            tokens_seen += step_tokens
+            done = step + 1
+            losses[done] = stats.loss
+            tps = step_tokens / max(time.perf_counter() - began, 1e-9)
+            fields: dict[str, Any] = {"step": done, "tokens_seen": tokens_seen, "loss": stats.loss,
+                                      "tokens_per_second": tps, "world_size": rt.world_size}
+            record: dict[str, Any] = {"step": done, "loss": stats.loss, "lr": stats.lr,
+                                      "grad_norm": stats.grad_norm, "trained_tokens": step_tokens}
+            if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
+                metrics = self.evaluate(done, final=False)
+                fields["eval_loss"] = record["eval_loss"] = metrics.get("loss")
+            stop = bool(all_reduce_sum(rt, torch.tensor(float(terminate.requested))).item())
+            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done == hp.max_steps
+            self.reporter.update(force=checkpoint_now, step_record=record, **fields)
+            log.info("sft step %d/%d loss %.4f lr %.2e", done, hp.max_steps, stats.loss, stats.lr)
+            if checkpoint_now:
+                self.checkpoint(done, tokens_seen)
+            if stop:
+                raise WorkloadError(f"terminated by SIGTERM at step {done}; checkpoint written, the run resumes "
+                                    "from it")
+        metrics = self.evaluate(hp.max_steps, final=True)
+        return SftResult(progress=self.finish(metrics), losses=losses, eval_metrics=metrics)
+
+    def evaluate(self, step: int, final: bool) -> dict[str, float]:
+        hp = self.config.hyperparameters
+        loss = sft_eval_loss(self.model, self.val, hp.eval_batches * self.micro, self.micro, self.runtime)
+        ctx = EvalContext(self.config, self.runtime, self.store, self.prefix, self.base.chat, self.base.eos_id,
+                          self.base.pad_id)
+        metrics = write_eval(ctx, unwrap(self.model), step, final, train_split_loss=loss)
+        self.reporter.update(force=True, eval_metrics=metrics, eval_loss=metrics.get("loss"))
+        return metrics
+
+    def checkpoint(self, step: int, tokens_seen: int) -> None:
+        if not all_params_finite(self.model, self.runtime):
+            raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned checkpoint")
+        hp = self.config.hyperparameters
+        state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
+                 "global_batch_size": hp.global_batch_size, "seed": hp.seed,
+                 "data_position": step * hp.global_batch_size}
+        info = save_checkpoint(self.store, self.prefix, step, self.model, self.trainer.optimizer, state,
+                               self.runtime)
+        if self.runtime.is_main:
+            kept = prune_checkpoints(self.store, self.prefix, self.config.checkpointing.keep)
+            self.reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])
+
+    def finish(self, metrics: dict[str, float]) -> TrainProgress:
+        core = unwrap(self.model)
+        if self.runtime.is_main:
+            uri, digest = export_model(final_state(core, self.config), self.base, self.store, self.prefix)
+            export_adapter(core, self.config, self.store, self.prefix)
+            loss = metrics.get("loss")
+            self.reporter.update(force=True, eval_metrics=metrics,
+                                 eval_loss=loss if loss is not None and math.isfinite(loss) else None,
+                                 done=True, final_model_uri=uri, final_model_digest=digest, error=None)
+        return self.reporter.progress
