@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
+CHART_CRDS = Path(__file__).resolve().parents[2] / "helm" / "forge-operator" / "files" / "crds"
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -35,17 +36,19 @@ def _operator(args: argparse.Namespace) -> int:
 def _crds(args: argparse.Namespace) -> int:
     from forge_operator import crdgen
 
-    out = Path(args.out)
+    # the default run also keeps the Helm chart's copies (helm/forge-operator/files/crds/) in step
+    outs = [Path(args.out)] + ([CHART_CRDS] if Path(args.out) == REPO_CRDS and CHART_CRDS.parent.is_dir() else [])
     if args.check:
-        stale = crdgen.drift(out)
+        stale = [p for out in outs for p in crdgen.drift(out)]
         if stale:
             print("CRDs differ from the API models; run `forge crds`:\n  " +
                   "\n  ".join(str(p) for p in stale), file=sys.stderr)
             return 1
-        print(f"{out}: up to date")
+        print(", ".join(map(str, outs)) + ": up to date")
         return 0
-    changed = crdgen.write(out)
-    print(f"{out}: {len(changed)} file(s) written" if changed else f"{out}: up to date")
+    for out in outs:
+        changed = crdgen.write(out)
+        print(f"{out}: {len(changed)} file(s) written" if changed else f"{out}: up to date")
     return 0
 
 

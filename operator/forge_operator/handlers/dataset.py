@@ -10,23 +10,20 @@ import kopf
 from pydantic import ValidationError
 
 from forge_operator import metrics
-from forge_operator.api.common import API_VERSION, GROUP, VERSION, RetentionPolicy, now_rfc3339
+from forge_operator.api.common import API_VERSION, GROUP, VERSION, now_rfc3339
 from forge_operator.api.dataset import DatasetPhase, ForgeDataset, ForgeDatasetStatus
 from forge_operator.api.errors import spec_error_message
+from forge_operator.handlers.cleanup import release_artifacts
 from forge_operator.handlers.runtime import log, post_event, publish_status, runtime
 from forge_operator.plan.dataset import plan_dataset
-from forge_operator.plan.naming import audit_uri, child_name, output_uri
 from forge_operator.plan.workload import InvalidSpecError
 from forge_operator.render.dataset import render_dataset
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
 from forge_operator.status.job import observe_job
-from forge_operator.store import StoreError, open_uri
+from forge_operator.store import StoreError
 from forge_operator.store.artifacts import (
-    DeletionReport,
-    delete_artifacts,
     read_progress,
-    write_deletion_report,
 )
 from forge_trainer.config import DatasetProgress
 
@@ -144,7 +141,7 @@ def on_delete(body: kopf.Body, **_: Any) -> None:
     Waits while a training run in the namespace still uses the dataset."""
     rt = runtime()
     meta = body["metadata"]
-    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    ns, name = meta["namespace"], meta["name"]
     users = [r["metadata"]["name"] for r in rt.kube.list(API_VERSION, "ForgeTrainingRun", ns)
              if name in ((r.get("spec") or {}).get("datasetRef"), (r.get("spec") or {}).get("evalDatasetRef"))
              and not r["metadata"].get("deletionTimestamp")]
@@ -152,15 +149,4 @@ def on_delete(body: kopf.Body, **_: Any) -> None:
         message = f"still used by ForgeTrainingRun {', '.join(sorted(users))}; deletion waits until it is gone"
         post_event(dict(body), "DeletionBlocked", message, warning=True)
         raise kopf.TemporaryError(message, delay=rt.settings.reconcile_interval)
-    policy = RetentionPolicy((body.get("spec") or {}).get("retention", {}).get("onDelete", "Delete"))
-    out = output_uri(rt.settings.store_bucket, ns, KIND, name, uid)
-    store, prefix = open_uri(out, rt.settings.store)
-    report = delete_artifacts(store, prefix, policy,
-                              DeletionReport(kind=KIND, namespace=ns, name=name, uid=uid, policy=policy.value,
-                                             output_uri=out))
-    where = write_deletion_report(audit_uri(rt.settings.store_bucket, ns), rt.settings.store, report)
-    post_event(dict(body), "ArtifactsDeleted",
-               f"{len(report.deleted)} objects ({report.deleted_bytes} bytes) deleted, "
-               f"{len(report.kept)} kept ({policy.value}); report at {where}")
-    metrics.forget(KIND, ns, name)
-    log.info("dataset %s/%s deleted: %s", ns, name, child_name(name, "prepare"))
+    release_artifacts(dict(body), KIND, default_policy="Delete")

@@ -1,0 +1,167 @@
+"""Plan a ForgeTrainingRun: the resolved trainer config, and the elastic job as a TorchX AppDef.
+
+The AppDef has the shape of TorchX's `dist.ddp` component (one role, `bash -c "torchrun ..."`, a
+c10d rendezvous port, min/max replicas). `render/training.py` turns it into Kubernetes objects, and
+the local runner hands the very same AppDef to TorchX's local scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from torchx import specs
+from torchx.specs import macros
+
+from forge_operator.api.training import ForgeTrainingRun, TrainingResources
+from forge_operator.plan.naming import child_name, common_labels, output_uri
+from forge_operator.plan.quantity import parse_quantity
+from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta
+from forge_operator.settings import OperatorSettings
+from forge_trainer.config import ModelConfig, TrainConfig
+
+KIND = "ForgeTrainingRun"
+RDZV_PORT = 29400
+METRICS_PORT = 9400
+CONFIG_PATH = "/etc/forge/config.yaml"
+# Rendezvous settings learned the hard way: a short last call so a re-forming group does not wait
+# long for stragglers, a fast keep-alive so a dead node is noticed quickly.
+RDZV_CONF = "last_call_timeout=5,keep_alive_interval=1,join_timeout=600"
+ELASTIC_ENV = {
+    # without it, a re-rendezvous reads stale store addresses and fails about half the time
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedRefs:
+    """What a run's references resolved to (the handler reads them; the plan only uses them)."""
+
+    dataset_manifest: str
+    dataset_digest: str | None = None
+    eval_manifest: str | None = None
+    eval_digest: str | None = None
+    init_model_uri: str | None = None
+    init_checkpoint_uri: str | None = None
+    base_model_digest: str | None = None
+    model: ModelConfig | None = None
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Everything needed to render (or run locally) one attempt of a training run."""
+
+    meta: WorkloadMeta
+    attempt: int
+    job_name: str
+    service_name: str
+    config_name: str
+    network_policy_name: str
+    output_uri: str
+    config: TrainConfig
+    config_hash: str
+    app: specs.AppDef
+    store: StoreAccess
+    resources: TrainingResources
+    suspend: bool
+    queue: str | None
+    rdzv_id: str
+    image: str
+    image_pull_policy: str
+
+    @property
+    def rank0_host(self) -> str:
+        """DNS name of the rendezvous host: pod 0 of the indexed job, under the headless Service."""
+        return f"{self.job_name}-0.{self.service_name}"
+
+
+def torchrun_command(min_nodes: int, max_nodes: int, nproc: int, max_restarts: int, config_path: str) -> str:
+    """The torchrun command line of every node, with TorchX macros for the rendezvous host and id."""
+    return " ".join([
+        "torchrun",
+        f"--nnodes={min_nodes}:{max_nodes}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        # `$$` escapes TorchX's macro syntax: the shell sees ${<rank0 env var>:=localhost}
+        f"--rdzv-endpoint=$${{{macros.rank0_env}:=localhost}}:{RDZV_PORT}",
+        f"--rdzv-id={macros.app_id}",
+        f"--rdzv-conf={RDZV_CONF}",
+        f"--max-restarts={max_restarts}",
+        "-m", "forge_trainer.cli", "train", "--config", config_path,
+    ])
+
+
+def plan_app_def(name: str, image: str, resources: TrainingResources, max_restarts: int,
+                 config_path: str = CONFIG_PATH, env: dict[str, str] | None = None) -> specs.AppDef:
+    """The run's elastic job as a TorchX AppDef (the shape of `torchx.components.dist.ddp`)."""
+    nproc = max(1, resources.gpus_per_node)
+    cpu = math.ceil(parse_quantity(resources.cpu, "spec.resources.cpu")) if resources.cpu else 1
+    mem_mb = int(parse_quantity(resources.memory, "spec.resources.memory") // 2**20) if resources.memory else 1024
+    role = specs.Role(
+        name="trainer",
+        image=image,
+        entrypoint="bash",
+        args=["-c", torchrun_command(resources.min_nodes, resources.max_nodes, nproc, max_restarts, config_path)],
+        env={**ELASTIC_ENV, **(env or {})},
+        min_replicas=resources.min_nodes,
+        num_replicas=resources.max_nodes,
+        max_retries=max_restarts,
+        resource=specs.Resource(cpu=cpu, gpu=resources.gpus_per_node, memMB=mem_mb),
+        port_map={"c10d": RDZV_PORT, "metrics": METRICS_PORT},
+    )
+    return specs.AppDef(name=name, roles=[role])
+
+
+def config_hash(config: TrainConfig) -> str:
+    """sha256 of the resolved trainer config: part of the model's lineage."""
+    canonical = json.dumps(config.to_wire(), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: ResolvedRefs,
+                      attempt: int = 0) -> TrainingPlan:
+    """The workload of attempt `attempt` of `run` (attempts are the operator's job recreations)."""
+    meta = run.metadata
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    spec = run.spec
+    model = spec.model or refs.model
+    out = output_uri(settings.store_bucket, namespace, KIND, name, uid)
+    try:
+        config = TrainConfig(
+            stage=spec.stage, model=model, dataset=refs.dataset_manifest, output=out,
+            eval_dataset=refs.eval_manifest, init_model=refs.init_model_uri,
+            init_checkpoint=refs.init_checkpoint_uri, method=spec.method,
+            lora=spec.lora or TrainConfig.model_fields["lora"].get_default(call_default_factory=True),
+            rl=spec.rl or TrainConfig.model_fields["rl"].get_default(call_default_factory=True),
+            hyperparameters=spec.hyperparameters, precision=spec.precision, checkpointing=spec.checkpointing,
+            store=settings.store, metrics_port=METRICS_PORT,
+        )
+        app = plan_app_def(child_name(name, "train"), settings.trainer_image, spec.resources, spec.max_restarts)
+    except ValueError as exc:
+        raise InvalidSpecError(str(exc)) from exc
+    job_name = child_name(name, f"train-{attempt}")
+    return TrainingPlan(
+        meta=WorkloadMeta(namespace=namespace, owner=OwnerRef.of(run.model_dump(by_alias=True)),
+                          labels=common_labels(KIND, name, "train")),
+        attempt=attempt,
+        job_name=job_name,
+        service_name=child_name(name, "rdzv"),
+        config_name=child_name(name, "train-config"),
+        network_policy_name=child_name(name, "train"),
+        output_uri=out,
+        config=config,
+        config_hash=config_hash(config),
+        app=app,
+        store=StoreAccess(endpoint=settings.store_endpoint, secure=settings.store_secure,
+                          region=settings.store_region, credentials_secret=settings.credentials_secret),
+        resources=spec.resources,
+        suspend=spec.suspend or spec.resources.queue is not None,
+        queue=spec.resources.queue,
+        rdzv_id=uid,
+        image=settings.trainer_image,
+        image_pull_policy=settings.image_pull_policy,
+    )

@@ -1,0 +1,149 @@
+"""Render a training run's attempt: a headless Service for the rendezvous, a ConfigMap with the
+trainer config, an Indexed Job whose pods run torchrun, and a NetworkPolicy fencing the pods in."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+from torchx.specs import macros
+
+from forge_operator.plan.training import METRICS_PORT, RDZV_PORT, TrainingPlan
+from forge_operator.render.pod import (
+    CONFIG_FILE,
+    config_volume,
+    container_security_context,
+    object_meta,
+    pod_security_context,
+    resource_requirements,
+    scratch_volume,
+    store_env,
+)
+
+RANK0_ENV = "FORGE_RANK0_HOST"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+ATTEMPT_LABEL = "forge.ai/attempt"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def render_training_service(plan: TrainingPlan) -> dict[str, Any]:
+    """Headless Service giving pod 0 a stable DNS name for the c10d rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(plan.service_name, plan.meta),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # the rendezvous happens before any pod is ready
+            "selector": dict(plan.meta.labels),
+            "ports": [{"name": "c10d", "port": RDZV_PORT, "targetPort": RDZV_PORT},
+                      {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT}],
+        },
+    }
+
+
+def render_training_config(plan: TrainingPlan) -> dict[str, Any]:
+    """The ConfigMap with the TrainConfig every worker reads."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(plan.config_name, plan.meta),
+        "data": {CONFIG_FILE: yaml.safe_dump(plan.config.to_wire(), sort_keys=False)},
+    }
+
+
+def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
+    """The Indexed Job: one pod per node (completions = parallelism = max nodes), torchrun in each."""
+    role = macros.Values(img_root="", app_id=plan.rdzv_id, replica_id="$(JOB_COMPLETION_INDEX)",
+                         rank0_env=RANK0_ENV).apply(plan.app.roles[0])
+    res = plan.resources
+    config_vol, config_mount = config_volume(plan.config_name)
+    tmp_vol, tmp_mount = scratch_volume()
+    shm_vol = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}}
+    env = [{"name": k, "value": v} for k, v in sorted(role.env.items())]
+    env.append({"name": RANK0_ENV, "value": plan.rank0_host})
+    env += store_env(plan.store)
+    gpus = {GPU_RESOURCE: str(res.gpus_per_node)} if res.gpus_per_node else None
+    container = {
+        "name": "trainer",
+        "image": role.image,
+        "imagePullPolicy": plan.image_pull_policy,
+        "command": [role.entrypoint, *role.args],
+        "env": env,
+        "ports": [{"name": "c10d", "containerPort": RDZV_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
+        "volumeMounts": [config_mount, tmp_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": container_security_context(),
+        "resources": resource_requirements(res.cpu, res.memory, gpus),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": plan.service_name,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": 120,  # time to write the SIGTERM checkpoint
+        "containers": [container],
+        "volumes": [config_vol, tmp_vol, shm_vol],
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    labels = {ATTEMPT_LABEL: str(plan.attempt)}
+    if plan.queue:
+        labels[QUEUE_LABEL] = plan.queue
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(plan.job_name, plan.meta, labels),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": res.max_nodes,
+            "parallelism": res.max_nodes,
+            # a lost node's pod is recreated with the same index and rejoins the elastic group;
+            # beyond this the Job fails and the operator recreates it (spec.maxRestarts)
+            "backoffLimit": max(1, res.max_nodes),
+            "suspend": plan.suspend,
+            "template": {"metadata": {"labels": {**plan.meta.labels, ATTEMPT_LABEL: str(plan.attempt)}},
+                         "spec": pod_spec},
+        },
+    }
+
+
+def store_port(endpoint: str | None, secure: bool) -> int:
+    """TCP port of the object store endpoint."""
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
+        if parsed.port:
+            return parsed.port
+    return 443 if secure else 80
+
+
+def render_training_network_policy(plan: TrainingPlan) -> dict[str, Any]:
+    """Pods talk only to their peers, DNS and the object store port; only peers (and metrics
+    scrapers in the namespace) talk to them."""
+    peers = {"podSelector": {"matchLabels": dict(plan.meta.labels)}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_meta(plan.network_policy_name, plan.meta),
+        "spec": {
+            "podSelector": {"matchLabels": dict(plan.meta.labels)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [peers]},
+                        {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
+            "egress": [
+                {"to": [peers]},
+                {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                {"ports": [{"protocol": "TCP", "port": store_port(plan.store.endpoint, plan.store.secure)}]},
+            ],
+        },
+    }
+
+
+def render_training(plan: TrainingPlan) -> list[dict[str, Any]]:
+    """Every object of the attempt, in apply order (the Job last, once what it mounts exists)."""
+    return [render_training_network_policy(plan), render_training_service(plan), render_training_config(plan),
+            render_training_job(plan)]
