@@ -3,6 +3,7 @@
     forge-trainer prepare --config prepare.yaml   # ForgeDataset workload (PrepareConfig)
     forge-trainer train   --config train.yaml     # ForgeTrainingRun workload (TrainConfig), under torchrun
     forge-trainer serve   --model URI [...]       # ForgeDeployment workload
+    forge-trainer fetch   --uri URI --dest DIR    # download a model for another runtime (vLLM)
 
 Bad configuration exits with status 2 and one line naming the field; a failed workload exits 1 with
 one line giving the reason. Neither prints a traceback.
@@ -77,8 +78,30 @@ def _serve(args: argparse.Namespace) -> None:
     serve_main(args.rest)
 
 
+def _fetch(args: argparse.Namespace) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    from forge_trainer.serve.model_files import fetch_model_dir, verify_digest
+    from forge_trainer.serve.model_files import ModelFilesError
+    from forge_trainer.store import StoreError
+
+    dest: Path = args.dest
+    try:
+        with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
+            path = fetch_model_dir(args.uri, Path(tmp))
+            verify_digest(args.uri, path, args.digest)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(path, dest)
+    except (StoreError, ModelFilesError) as exc:
+        raise WorkloadError(str(exc)) from exc
+
+
 def _schema(args: argparse.Namespace) -> None:
-    model = {"prepare": PrepareConfig, "train": TrainConfig}[args.which]
+    models: dict[str, type[BaseModel]] = {"prepare": PrepareConfig, "train": TrainConfig}
+    model = models[args.which]
     json.dump(model.model_json_schema(by_alias=True), sys.stdout, indent=2)
 
 
@@ -95,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a trained model over an OpenAI-compatible HTTP API")
     s.add_argument("rest", nargs=argparse.REMAINDER, help="server options (see forge-trainer serve --help)")
     s.set_defaults(func=_serve)
+    f = sub.add_parser("fetch", help="download a model directory from the store and verify its digest")
+    f.add_argument("--uri", required=True, help="model directory URI (s3://... or a local path)")
+    f.add_argument("--dest", type=Path, required=True, help="local directory to create")
+    f.add_argument("--digest", help="expected digest (sha256:<hex>); a mismatch fails")
+    f.set_defaults(func=_fetch)
     c = sub.add_parser("schema", help="print the JSON schema of a workload config")
     c.add_argument("which", choices=["prepare", "train"])
     c.set_defaults(func=_schema)

@@ -442,8 +442,8 @@ class TrainConfig(WireModel):
 
     stage: Stage
     """Training stage."""
-    model: ModelConfig
-    """Model architecture."""
+    model: ModelConfig | None = None
+    """Model architecture; required unless the run starts from initModel or initCheckpoint."""
     dataset: str
     """URI of the training dataset's manifest.json."""
     output: str
@@ -470,6 +470,12 @@ class TrainConfig(WireModel):
     """Object store connection (no credentials)."""
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9400
     """Port rank 0 serves Prometheus metrics on (0 disables)."""
+
+    @model_validator(mode="after")
+    def _model_source(self) -> Self:
+        if self.model is None and self.init_model is None and self.init_checkpoint is None:
+            raise ValueError("model is required when the run starts from scratch (no initModel or initCheckpoint)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from forge_operator import metrics
-from forge_operator.handlers import dataset, training  # noqa: F401  (registers handlers)
+from forge_operator.handlers import dataset, deployment, training  # noqa: F401  (registers handlers)
 from forge_operator.handlers.runtime import runtime
 
 

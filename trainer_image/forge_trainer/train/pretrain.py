@@ -76,6 +76,8 @@ def _dataset(config: TrainConfig) -> tuple[Manifest, str]:
 
 def _model_args(config: TrainConfig, manifest: Manifest) -> ModelArgs:
     try:
+        if config.model is None:
+            raise WorkloadError("model: pretraining from scratch needs a model architecture (model.size or dimensions)")
         args = resolve_model_args(config.model, manifest.tokenizer.vocab_size)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc

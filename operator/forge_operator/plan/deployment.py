@@ -1,0 +1,86 @@
+"""Plan a ForgeDeployment: which model, with which runtime, gated by the run's evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, GateRule
+from forge_operator.plan.naming import child_name, common_labels
+from forge_operator.plan.workload import OwnerRef, StoreAccess, WorkloadMeta
+from forge_operator.settings import OperatorSettings
+
+KIND = "ForgeDeployment"
+SERVING_PORT = 8000
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The outcome of the evaluation gate."""
+
+    passed: bool
+    message: str
+
+
+def evaluate_gate(rules: list[GateRule], metrics: dict[str, float]) -> GateResult:
+    """Check every rule against the run's evaluation metrics; the message names each failing metric
+    with its value and threshold."""
+    failures = []
+    for rule in rules:
+        value = metrics.get(rule.metric)
+        if value is None:
+            failures.append(f"{rule.metric} is missing from the run's evalMetrics")
+        elif rule.min is not None and value < rule.min:
+            failures.append(f"{rule.metric} = {value:g} is below the minimum {rule.min:g}")
+        elif rule.max is not None and value > rule.max:
+            failures.append(f"{rule.metric} = {value:g} is above the maximum {rule.max:g}")
+    if failures:
+        return GateResult(False, "eval gate failed: " + "; ".join(failures))
+    checked = ", ".join(r.metric for r in rules)
+    return GateResult(True, f"eval gate passed ({checked})" if rules else "no eval gate")
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """Everything needed to render a deployment's serving workload."""
+
+    meta: WorkloadMeta
+    name: str
+    deployment_name: str
+    service_name: str
+    model_uri: str
+    model_digest: str | None
+    model_name: str
+    spec: ForgeDeploymentSpec
+    trainer_image: str
+    vllm_image: str
+    image_pull_policy: str
+    store: StoreAccess
+
+    @property
+    def endpoint(self) -> str:
+        """In-cluster base URL of the OpenAI-compatible API."""
+        return f"http://{self.service_name}.{self.meta.namespace}.svc:{SERVING_PORT}/v1"
+
+
+def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri: str,
+                    model_digest: str | None) -> DeploymentPlan:
+    """The serving workload of `dep` for a resolved model."""
+    meta = dep.metadata
+    name, namespace = meta["name"], meta["namespace"]
+    return DeploymentPlan(
+        meta=WorkloadMeta(namespace=namespace, owner=OwnerRef.of(dep.model_dump(by_alias=True)),
+                          labels=common_labels(KIND, name, "serve")),
+        name=name,
+        deployment_name=child_name(name, "serve"),
+        service_name=name,
+        model_uri=model_uri,
+        model_digest=model_digest,
+        model_name=dep.spec.model_ref or name,
+        spec=dep.spec,
+        trainer_image=settings.trainer_image,
+        vllm_image=VLLM_IMAGE,
+        image_pull_policy=settings.image_pull_policy,
+        store=StoreAccess(endpoint=settings.store_endpoint, secure=settings.store_secure,
+                          region=settings.store_region, credentials_secret=settings.credentials_secret),
+    )

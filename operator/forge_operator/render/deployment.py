@@ -1,0 +1,129 @@
+"""Render a deployment's serving workload: Deployment (builtin server or vLLM), Service, and an HPA
+when autoscaling is set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forge_operator.api.deployment import ServingRuntime
+from forge_operator.plan.deployment import SERVING_PORT, DeploymentPlan
+from forge_operator.render.pod import (
+    container_security_context,
+    object_meta,
+    pod_security_context,
+    resource_requirements,
+    scratch_volume,
+    store_env,
+)
+
+MODEL_DIR = "/models/model"
+
+
+def _probes(path_ready: str, path_live: str) -> dict[str, Any]:
+    http = {"port": SERVING_PORT}
+    return {
+        "readinessProbe": {"httpGet": {**http, "path": path_ready}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {**http, "path": path_live}, "periodSeconds": 10, "failureThreshold": 6},
+        # loading a large model can take a while; liveness starts counting once it has started
+        "startupProbe": {"httpGet": {**http, "path": path_live}, "periodSeconds": 10, "failureThreshold": 90},
+    }
+
+
+def _builtin_container(plan: DeploymentPlan) -> dict[str, Any]:
+    args = ["forge-trainer", "serve", "--model", plan.model_uri, "--model-name", plan.model_name,
+            "--host", "0.0.0.0", "--port", str(SERVING_PORT), "--max-batch-size", str(plan.spec.max_batch_size),
+            "--cache-dir", "/tmp/models"]
+    if plan.model_digest:
+        args += ["--model-digest", plan.model_digest]
+    if plan.store.endpoint and not plan.store.secure:
+        args.append("--store-insecure")
+    res = plan.spec.resources
+    gpus = {"nvidia.com/gpu": str(res.gpus)} if res.gpus else None
+    return {
+        "name": "server", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
+        "command": args, "env": store_env(plan.store),
+        "ports": [{"name": "http", "containerPort": SERVING_PORT}],
+        "volumeMounts": [scratch_volume()[1]], "securityContext": container_security_context(),
+        "resources": resource_requirements(res.cpu, res.memory, gpus),
+        **_probes("/readyz", "/healthz"),
+    }
+
+
+def _vllm_containers(plan: DeploymentPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    fetch = ["forge-trainer", "fetch", "--uri", plan.model_uri, "--dest", MODEL_DIR]
+    if plan.model_digest:
+        fetch += ["--digest", plan.model_digest]
+    models = {"name": "models", "mountPath": "/models"}
+    init = {"name": "fetch-model", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
+            "command": fetch, "env": store_env(plan.store), "volumeMounts": [models, scratch_volume()[1]],
+            "securityContext": container_security_context()}
+    res = plan.spec.resources
+    server = {
+        "name": "server", "image": plan.vllm_image, "imagePullPolicy": plan.image_pull_policy,
+        "command": ["vllm", "serve", MODEL_DIR, "--served-model-name", plan.model_name, "--host", "0.0.0.0",
+                    "--port", str(SERVING_PORT), "--max-num-seqs", str(plan.spec.max_batch_size)],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
+        "ports": [{"name": "http", "containerPort": SERVING_PORT}],
+        "volumeMounts": [{**models, "readOnly": True}, scratch_volume()[1], {"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": {**container_security_context(), "readOnlyRootFilesystem": False},
+        "resources": resource_requirements(res.cpu, res.memory, {"nvidia.com/gpu": str(max(1, res.gpus))}),
+        **_probes("/health", "/health"),
+    }
+    return [init], [server]
+
+
+def render_serving_deployment(plan: DeploymentPlan) -> dict[str, Any]:
+    """The apps/v1 Deployment running the serving runtime."""
+    spec = plan.spec
+    volumes: list[dict[str, Any]] = [scratch_volume()[0]]
+    pod: dict[str, Any] = {"automountServiceAccountToken": False, "securityContext": pod_security_context()}
+    if spec.runtime is ServingRuntime.VLLM:
+        init, containers = _vllm_containers(plan)
+        pod["initContainers"] = init
+        volumes += [{"name": "models", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    else:
+        containers = [_builtin_container(plan)]
+    pod["containers"] = containers
+    pod["volumes"] = volumes
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    body: dict[str, Any] = {
+        "selector": {"matchLabels": dict(plan.meta.labels)},
+        "template": {"metadata": {"labels": dict(plan.meta.labels),
+                                  "annotations": {"forge.ai/model-digest": plan.model_digest or ""}},
+                     "spec": pod},
+    }
+    if spec.autoscaling is None:
+        body["replicas"] = spec.replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": object_meta(plan.deployment_name, plan.meta), "spec": body}
+
+
+def render_serving_service(plan: DeploymentPlan) -> dict[str, Any]:
+    """The Service clients call (named after the ForgeDeployment)."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": object_meta(plan.service_name, plan.meta),
+            "spec": {"selector": dict(plan.meta.labels),
+                     "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": SERVING_PORT}]}}
+
+
+def render_serving_hpa(plan: DeploymentPlan) -> dict[str, Any] | None:
+    """An autoscaling/v2 HPA on CPU utilisation, when autoscaling is set."""
+    auto = plan.spec.autoscaling
+    if auto is None:
+        return None
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": object_meta(plan.deployment_name, plan.meta),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan.deployment_name},
+                     "minReplicas": auto.min_replicas, "maxReplicas": auto.max_replicas,
+                     "metrics": [{"type": "Resource", "resource": {
+                         "name": "cpu", "target": {"type": "Utilization",
+                                                   "averageUtilization": auto.target_cpu_utilization}}}]}}
+
+
+def render_deployment(plan: DeploymentPlan) -> list[dict[str, Any]]:
+    """Every object of the serving workload, in apply order."""
+    objs = [render_serving_service(plan), render_serving_deployment(plan)]
+    hpa = render_serving_hpa(plan)
+    return [*objs, hpa] if hpa else objs
