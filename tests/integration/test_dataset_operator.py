@@ -18,8 +18,7 @@ from tests.integration.conftest import ACCESS, SECRET, Cluster, Operator, wait_f
 
 pytestmark = pytest.mark.integration
 
-_WORDS = ("operator cluster shard token corpus model train node queue bucket secret policy schedule "
-          "gradient batch checkpoint metric replica service volume network kernel tensor vector").split()
+_WORDS = ["operator", "cluster", "shard", "token", "corpus", "model", "train", "node", "queue", "bucket", "secret", "policy", "schedule", "gradient", "batch", "checkpoint", "metric", "replica", "service", "volume", "network", "kernel", "tensor", "vector"]
 
 
 def _doc(i: int) -> str:
@@ -54,7 +53,7 @@ def test_dataset_reaches_ready_with_counts_and_children_go_with_it(
     raw = f"raw-{cluster.ns}"
     s3.make_bucket(raw)
     import io
-    for i, doc in enumerate(DOCS + [DOCS[0]]):  # one exact duplicate
+    for i, doc in enumerate([*DOCS, DOCS[0]]):  # one exact duplicate
         data = doc.encode()
         s3.put_object(raw, f"corpus/doc-{i:03d}.txt", io.BytesIO(data), len(data), content_type="text/plain")
 

@@ -102,8 +102,8 @@ def test_every_field_is_documented() -> None:
         seen.add(model)
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
-            for arg in getattr(field.annotation, "__args__", ()) + (field.annotation,):
-                for inner in getattr(arg, "__args__", ()) + (arg,):
+            for arg in (*getattr(field.annotation, "__args__", ()), field.annotation):
+                for inner in (*getattr(arg, "__args__", ()), arg):
                     if isinstance(inner, type) and issubclass(inner, BaseModel):
                         walk(inner)
 

@@ -80,7 +80,7 @@ def test_local_source_is_refused_on_kubernetes() -> None:
 
 def test_reused_tokenizer_is_resolved_to_a_uri() -> None:
     ds = _dataset(tokenizer={"datasetRef": "base-corpus"})
-    with pytest.raises(InvalidSpecError, match="tokenizer.datasetRef"):
+    with pytest.raises(InvalidSpecError, match=r"tokenizer\.datasetRef"):
         plan_dataset(ds, SETTINGS)
     plan = plan_dataset(ds, SETTINGS, reused_tokenizer_uri="s3://acme-forge/x/tokenizer.json")
     assert plan.config.tokenizer.uri == "s3://acme-forge/x/tokenizer.json"

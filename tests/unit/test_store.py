@@ -54,7 +54,7 @@ def test_json_and_jsonl_helpers(store: ObjectStore) -> None:
     append_jsonl(store, "p/audit.jsonl", [{"n": 2}, {"n": 3}])
     assert store.get_bytes("p/audit.jsonl").decode().splitlines() == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
     store.put_bytes("p/bad.json", b"{not json")
-    with pytest.raises(StoreError, match="bad.json: not valid JSON"):
+    with pytest.raises(StoreError, match=r"bad\.json: not valid JSON"):
         read_json(store, "p/bad.json")
 
 

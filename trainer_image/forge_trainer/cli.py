@@ -83,8 +83,7 @@ def _fetch(args: argparse.Namespace) -> None:
     import shutil
     import tempfile
 
-    from forge_trainer.serve.model_files import fetch_model_dir, verify_digest
-    from forge_trainer.serve.model_files import ModelFilesError
+    from forge_trainer.serve.model_files import ModelFilesError, fetch_model_dir, verify_digest
     from forge_trainer.store import StoreError
 
     dest: Path = args.dest

@@ -4,7 +4,7 @@ job must be recreated (failed or stalled, with restarts left). One readable stat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from forge_operator.api.common import ConditionStatus
@@ -48,7 +48,7 @@ class RunObservation:
 
 
 def _ts(value: str | None) -> datetime | None:
-    return datetime.strptime(value, RFC3339) if value else None
+    return datetime.strptime(value, RFC3339).replace(tzinfo=UTC) if value else None
 
 
 def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,

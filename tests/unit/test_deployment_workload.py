@@ -1,0 +1,71 @@
+"""A ForgeDeployment renders the serving workload and its eval gate names failing metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+
+from forge_operator.api import ForgeDeployment
+from forge_operator.api.deployment import DeploymentPhase, ForgeDeploymentStatus, GateRule
+from forge_operator.plan.deployment import evaluate_gate, plan_deployment
+from forge_operator.render.deployment import render_deployment
+from forge_operator.settings import OperatorSettings
+from forge_operator.status.deployment import DeploymentObservation, derive_deployment_status
+
+SETTINGS = OperatorSettings(store_endpoint="minio:9000", store_secure=False)
+
+
+def _objs(**spec: Any) -> dict[str, dict[str, Any]]:
+    dep = ForgeDeployment.model_validate({"apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDeployment",
+                                          "metadata": {"name": "chat", "namespace": "ml", "uid": "d1"},
+                                          "spec": {"modelRef": "tuned", **spec}})
+    plan = plan_deployment(dep, SETTINGS, "s3://forge/forge/ml/forgetrainingrun/tuned/u/model", "sha256:abc")
+    return {m["kind"]: m for m in render_deployment(plan)}
+
+
+def test_builtin_runtime_serves_with_digest_and_probes() -> None:
+    objs = _objs()
+    container = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    cmd = container["command"]
+    assert cmd[:2] == ["forge-trainer", "serve"] and "--model-digest" in cmd and "sha256:abc" in cmd
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert objs["Service"]["metadata"]["name"] == "chat"
+    assert "HorizontalPodAutoscaler" not in objs
+
+
+def test_vllm_runtime_fetches_the_model_first_and_requests_a_gpu() -> None:
+    objs = _objs(runtime="vllm", resources={"gpus": 1, "memory": "64Gi"},
+                 autoscaling={"minReplicas": 1, "maxReplicas": 3})
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"][:2] == ["forge-trainer", "fetch"]
+    server = pod["containers"][0]
+    assert server["image"].startswith("vllm/vllm-openai:") and server["command"][:3] == ["vllm", "serve", "/models/model"]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert objs["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 3
+    assert "replicas" not in objs["Deployment"]["spec"]
+
+
+def test_manifests_validate_against_current_kubernetes() -> None:
+    for spec in ({}, {"runtime": "vllm", "resources": {"gpus": 1}, "autoscaling": {"maxReplicas": 2}}):
+        for obj in _objs(**spec).values():
+            kubernetes_validate.validate(obj, "1.30.0", strict=True)
+
+
+def test_eval_gate_names_metric_and_both_values() -> None:
+    rules = [GateRule(metric="pass_rate/tool_call", min=0.8), GateRule(metric="loss", max=2.0)]
+    result = evaluate_gate(rules, {"pass_rate/tool_call": 0.55, "loss": 1.2})
+    assert not result.passed and "pass_rate/tool_call = 0.55 is below the minimum 0.8" in result.message
+    assert evaluate_gate(rules, {"pass_rate/tool_call": 0.9, "loss": 1.2}).passed
+    assert "loss is missing" in evaluate_gate(rules, {"pass_rate/tool_call": 0.9}).message
+
+
+def test_status_available_once_replicas_are_ready() -> None:
+    obs = DeploymentObservation(1, gate_passed=True, deployment={"status": {"readyReplicas": 0}}, desired_replicas=2,
+                                endpoint="http://chat.ml.svc:8000/v1")
+    s = derive_deployment_status(ForgeDeploymentStatus(), obs, "t")
+    assert s.phase is DeploymentPhase.PROGRESSING
+    obs = DeploymentObservation(1, gate_passed=True, deployment={"status": {"readyReplicas": 2}}, desired_replicas=2,
+                                endpoint="http://chat.ml.svc:8000/v1", model_digest="sha256:abc")
+    s = derive_deployment_status(s, obs, "t2")
+    assert s.phase is DeploymentPhase.AVAILABLE and s.ready_replicas == 2 and s.model_digest == "sha256:abc"
