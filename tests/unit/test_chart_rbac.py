@@ -112,16 +112,17 @@ def derive_needs() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
                 func = ast.unparse(node.func)
                 if func.startswith(("kopf.on.", "kopf.timer", "kopf.daemon")) and len(node.args) >= 3:
                     module = module or _module_of(path)
-                    group, plural = _value(node.args[0], module), _value(node.args[2], module)
-                    if group and plural:
-                        handled.add(plural)
-                        add((group, plural), {"list", "watch", "patch"})
+                    kopf_group, kopf_plural = _value(node.args[0], module), _value(node.args[2], module)
+                    if kopf_group and kopf_plural:
+                        handled.add(kopf_plural)
+                        add((kopf_group, kopf_plural), {"list", "watch", "patch"})
             # manifests the renderers build for server-side apply: {"apiVersion": "...", "kind": "...", ...}
             if path.parent.name == "render" and isinstance(node, ast.Dict):
                 keys = {k.value: v for k, v in zip(node.keys, node.values, strict=True)
                         if isinstance(k, ast.Constant)}
-                if isinstance(keys.get("kind"), ast.Constant) and isinstance(keys.get("apiVersion"), ast.Constant):
-                    add(_resource(keys["apiVersion"].value, keys["kind"].value), FACADE_VERBS["apply"])
+                kind_node, version_node = keys.get("kind"), keys.get("apiVersion")
+                if isinstance(kind_node, ast.Constant) and isinstance(version_node, ast.Constant):
+                    add(_resource(str(version_node.value), str(kind_node.value)), FACADE_VERBS["apply"])
     for plural in handled:  # publish_status patches the status of whatever kind it is handed
         add(("forge.ai", f"{plural}/status"), {"patch"})
     return needs, unresolved
