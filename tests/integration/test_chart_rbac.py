@@ -1,0 +1,169 @@
+"""The chart installed into a real API server, and the operator run the way its Deployment runs it
+(the rendered args and env, the store keys from the Secret the chart names) but authenticated as the
+chart's ServiceAccount: a dataset scenario must go through on the chart's ClusterRole alone, with
+leader election on the chart's peering object. The ArgoCD health script reads the live statuses."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import free_port
+from tests.integration.conftest import ACCESS, SECRET, ROOT, Cluster, wait_for
+from tests.unit.test_argocd_health import argocd_health
+from tests.unit.test_chart import CHART, render
+
+pytestmark = pytest.mark.integration
+
+
+def _create(dyn: Any, obj: dict[str, Any]) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    res = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    try:
+        dyn.create(res, body=obj, namespace=obj["metadata"].get("namespace"))
+    except ApiException as exc:
+        if exc.status != 409 or obj["kind"] != "CustomResourceDefinition":
+            raise
+
+
+def _delete(dyn: Any, obj: dict[str, Any]) -> None:
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    res = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    try:
+        dyn.delete(res, name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
+    except NotFoundError:
+        pass
+
+
+@pytest.fixture
+def installed(api: Any, crds: None, _moto_endpoint: str, store_bucket: str) -> Iterator[tuple[str, list[Any]]]:
+    """The chart rendered for a fresh namespace and created in the API server (Forge CRDs come from the
+    session's `crds` fixture, so crds.enabled=false); yields (namespace, objects)."""
+    from kubernetes import client
+    from kubernetes.dynamic import DynamicClient
+
+    dyn = DynamicClient(api)
+    ns = f"forge-rbac-{uuid.uuid4().hex[:8]}"
+    values = {"crds": {"enabled": False}, "watchNamespaces": [ns], "reconcileInterval": 1,
+              "store": {"endpoint": _moto_endpoint, "secure": False, "bucket": store_bucket}}
+    objects = render(values, namespace=ns, release=ns)
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": ns}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "forge-store-credentials"},
+                                       "stringData": {"accessKey": ACCESS, "secretKey": SECRET}})
+    for crd in yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text()):
+        _create(dyn, crd)
+    ext = client.ApiextensionsV1Api(api)
+    wait_for("the Kopf peering CRDs", lambda: all(
+        any(c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(n).status.conditions or [])
+        for n in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")), timeout=30)
+    created = []
+    try:
+        for obj in objects:
+            _create(dyn, obj)
+            created.append(obj)
+        yield ns, objects
+    finally:
+        for obj in reversed(created):
+            if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                _delete(dyn, obj)
+        core.delete_namespace(ns)
+
+
+def _service_account_kubeconfig(api: Any, ns: str, sa: str, path: Path) -> None:
+    """A kubeconfig that authenticates as the ServiceAccount with a token the API server issues."""
+    from kubernetes import client
+
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        sa, ns, {"spec": {"audiences": [], "expirationSeconds": 3600}}).status.token
+    admin = yaml.safe_load(Path(os.environ["FORGE_TEST_KUBECONFIG"]).read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": cluster["name"], "user": sa, "namespace": ns}}],
+        "current-context": sa}))
+
+
+def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any, ns: str,
+                                        kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
+    from kubernetes import client
+
+    deploy = next(o for o in objects if o["kind"] == "Deployment")
+    c = deploy["spec"]["template"]["spec"]["containers"][0]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}, "KUBECONFIG": str(kubeconfig)}
+    for var in c["env"]:
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            data = client.CoreV1Api(api).read_namespaced_secret(ref["name"], ns).data
+            env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
+    env["FORGE_METRICS_PORT"] = str(free_port())  # the pod's port may be taken on this machine
+    args = [a for a in c["args"] if not a.startswith("--liveness")]
+    args += [f"--liveness=http://127.0.0.1:{free_port()}/healthz", "--priority=7", "--verbose"]
+    assert c["command"][-1] == "forge" and "exec forge operator" in c["command"][2]
+    return subprocess.Popen([sys.executable, "-m", "forge_operator.cli", "operator", *args], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _dataset(name: str, source: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDataset", "metadata": {"name": name},
+            "spec": {"source": {"uri": source}, "tokenizer": {"vocabSize": 300}, **spec}}
+
+
+def test_operator_works_with_only_the_charts_rbac(installed: tuple[str, list[Any]], api: Any,
+                                                   tmp_path: Path) -> None:
+    ns, objects = installed
+    sa = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    peering = next(o for o in objects if o["kind"] == "KopfPeering")["metadata"]["name"]
+    kubeconfig, log = tmp_path / "sa-kubeconfig", tmp_path / "operator.log"
+    _service_account_kubeconfig(api, ns, sa, kubeconfig)
+    proc = _operator_as_the_deployment_runs_it(objects, api, ns, kubeconfig, log)
+    cluster = Cluster(api, ns)
+    try:
+        def peered() -> Any:
+            body = cluster.custom.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", peering)
+            return [p for p in (body.get("status") or {}).values() if p.get("priority") == 7]
+        wait_for("the operator in the chart's peering object", peered, timeout=60)
+
+        cluster.create("forgedatasets", _dataset("corpus", "s3://raw-bucket/corpus/"))
+        job = wait_for("the preparation Job", lambda: cluster.job("corpus-prepare"), timeout=60)
+        assert job.metadata.owner_references[0].name == "corpus"
+        assert cluster.core.read_namespaced_config_map("corpus-prepare-config", ns)
+        wait_for("phase Running", lambda: cluster.status("forgedatasets", "corpus").get("phase") == "Running")
+        assert argocd_health(cluster.get("forgedatasets", "corpus") or {})["status"] == "Progressing"
+        wait_for("Events posted by the operator", lambda: {e.reason for e in cluster.events_for("corpus")})
+
+        bad = _dataset("bad", "s3://raw/x/", tokenizer={"vocabSize": 1000, "uri": "s3://other/tokenizer.json"})
+        cluster.create("forgedatasets", bad)
+        wait_for("InvalidSpec", lambda: cluster.condition("forgedatasets", "bad", "InvalidSpec"))
+        health = argocd_health(cluster.get("forgedatasets", "bad") or {})
+        assert health["status"] == "Degraded" and "spec.tokenizer" in health["message"]
+
+        cluster.delete("forgedatasets", "corpus")  # the finalizer runs under the ServiceAccount too
+        wait_for("the dataset to be gone", lambda: cluster.get("forgedatasets", "corpus") is None, timeout=60)
+        assert proc.poll() is None, "the operator exited"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        text = log.read_text(errors="replace")
+        print("---- operator log (tail) ----\n" + "\n".join(text.splitlines()[-80:]))
+    denied = [line for line in text.splitlines() if "Forbidden" in line or " 403" in line]
+    assert denied == [], "the chart's ClusterRole is missing a permission:\n" + "\n".join(denied[:10])
