@@ -105,14 +105,14 @@ def sum_tasks(n: int, seed: int, high: int = 5) -> list[dict[str, Any]]:
     return out
 
 
-def sum_conversations(n: int, seed: int, high: int = 5, correct: float = 1.0) -> list[dict[str, Any]]:
-    """sft conversations answering sum questions; a fraction `1 - correct` of answers is a wrong digit."""
+def sum_conversations(n: int, seed: int, high: int = 5, correct: float = 1.0,
+                      system: str | None = "Answer with a number.") -> list[dict[str, Any]]:
+    """sft conversations answering sum questions; a fraction `1 - correct` of answers is a wrong number."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         a, b = rng.randrange(high), rng.randrange(high)
         answer = a + b if rng.random() < correct else rng.choice([x for x in range(2 * high - 1) if x != a + b])
-        out.append({"messages": [{"role": "system", "content": "Answer with a number."},
-                                 {"role": "user", "content": sum_question(a, b)},
-                                 {"role": "assistant", "content": str(answer)}]})
+        turns = [{"role": "user", "content": sum_question(a, b)}, {"role": "assistant", "content": str(answer)}]
+        out.append({"messages": ([{"role": "system", "content": system}] if system else []) + turns})
     return out

@@ -202,9 +202,10 @@ def evaluate(ctx: EvalContext, model: Transformer, train_split_loss: float | Non
 
 
 def write_eval(ctx: EvalContext, model: Transformer, step: int, final: bool,
-               train_split_loss: float | None = None) -> dict[str, float]:
-    """Evaluate and (rank 0) write `<output>/eval.json`, keeping earlier evaluations as its history."""
-    metrics = evaluate(ctx, model, train_split_loss)
+               train_split_loss: float | None = None, extra: dict[str, float] | None = None) -> dict[str, float]:
+    """Evaluate and (rank 0) write `<output>/eval.json`, keeping earlier evaluations as its history;
+    `extra` metrics (e.g. training-time counts) are reported alongside."""
+    metrics = {**evaluate(ctx, model, train_split_loss), **(extra or {})}
     if ctx.runtime.is_main:
         key = join_key(ctx.prefix, EVAL_NAME)
         if not ctx.history and ctx.store.exists(key):

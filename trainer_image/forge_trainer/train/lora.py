@@ -19,9 +19,11 @@ Hugging Face export.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +99,21 @@ class LoraLinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's default initialisation
         nn.init.zeros_(self.lora_B.weight)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True
+        """When False the layer computes the frozen base alone (the RL reference policy)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self.quantized:
             _, linear_nf4 = _nf4_api()
-            y = linear_nf4(x, self.weight)
+            y: Tensor = linear_nf4(x, self.weight)
             if self.bias is not None:
                 y = y + self.bias
         else:
             y = F.linear(x, self.weight, self.bias)
-        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scale  # type: ignore[no-any-return]
+        if not self.enabled:
+            return y
+        update: Tensor = self.lora_B(self.lora_A(self.dropout(x)))
+        return y + update * self.scale
 
     @torch.no_grad()
     def merged_weight(self) -> Tensor:
@@ -140,6 +147,19 @@ def apply_lora(model: nn.Module, config: LoraConfig, quantize: bool = False) -> 
             log.warning("NF4 needs weights in blocks of %d; kept %d layers in full precision: %s",
                         NF4_BLOCK_SIZE, len(skipped), ", ".join(skipped[:4]))
     return [name for name, _ in chosen]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Within the block, `model` computes as its frozen base (adapters bypassed)."""
+    layers = list(lora_layers(model).values())
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enabled = True
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

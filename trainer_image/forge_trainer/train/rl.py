@@ -1,0 +1,398 @@
+"""`stage: rl`: GRPO with task-completion rewards, on the same machinery as sft (runtime, Trainer
+step, DCP checkpoints with resume, progress.json, export with chat template, eval.json).
+
+One step:
+  1. take the step's prompts from the rl dataset (a seeded order; `globalBatchSize / groupSize`
+     prompts per step across all workers, each worker its share);
+  2. sample `groupSize` completions per prompt from the policy (temperature, maxNewTokens, KV cache);
+  3. score every completion with the verifier (built-in or sandboxed custom; a verifier that crashes
+     or times out scores 0 and is counted);
+  4. group-relative advantages: A = (r - mean(group)) / (std(group) + eps);
+  5. one optimizer step on the GRPO objective, per completion token t:
+         -min(rho_t A, clip(rho_t, 1 - eps, 1 + eps) A) + beta * KL_t,
+     rho_t = pi(y_t) / pi_old(y_t), KL_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1 (the unbiased
+     k3 estimator against the frozen reference model), averaged over a completion's tokens, then
+     over completions. Log-probabilities are taken at the sampling temperature.
+The reference is the initial model: a frozen copy for `method: full`; for lora/qlora the same model
+with its adapters bypassed (no second copy). Progress adds mean reward, success rate and KL per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from forge_trainer.cli import ConfigError, WorkloadError
+from forge_trainer.config import DatasetPurpose, Precision, SftMethod, TrainConfig, TrainProgress
+from forge_trainer.data.manifest import Split
+from forge_trainer.data.shards import load_manifest
+from forge_trainer.model.transformer import Transformer
+from forge_trainer.store import ObjectStore, StoreError, open_uri
+from forge_trainer.train.batches import Batch
+from forge_trainer.train.checkpoint import (
+    find_resume_point,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from forge_trainer.train.evaluate import EvalContext, prompt_text, read_tasks, task_prompt, write_eval
+from forge_trainer.train.generate import sample
+from forge_trainer.train.lora import adapters_disabled
+from forge_trainer.train.parallel import autocast, unwrap, wrap_model
+from forge_trainer.train.posttrain import (
+    Base,
+    TerminateFlag,
+    export_adapter,
+    export_model,
+    final_state,
+    load_base,
+    prepare_for_method,
+)
+from forge_trainer.train.progress import ProgressReporter, read_progress
+from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
+from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
+from forge_trainer.train.verifiers import RewardModel, RewardStats, limits_of, read_custom_source
+
+log = logging.getLogger(__name__)
+
+ADV_EPS = 1e-4
+
+
+def group_advantages(rewards: Tensor) -> Tensor:
+    """(B, G) rewards -> (B, G) advantages relative to each prompt's group (0 where a group is uniform)."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + ADV_EPS)
+
+
+def rollout_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> Batch:
+    """Sequences [left-padded prompt | completion | right padding] with `attention_mask` and
+    `target_mask` (N, T - 1): 1 where the next token is a completion token."""
+    p_width = max(len(p) for p in prompts)
+    c_width = max(1, max(len(c) for c in completions))
+    n, t = len(prompts), p_width + c_width
+    ids = torch.full((n, t), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, t), dtype=torch.long)
+    target = torch.zeros((n, t), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        start = p_width - len(p)
+        ids[i, start:p_width] = torch.tensor(list(p), dtype=torch.long)
+        attn[i, start:p_width + len(c)] = 1
+        if c:
+            ids[i, p_width:p_width + len(c)] = torch.tensor(list(c), dtype=torch.long)
+            target[i, p_width:p_width + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "target_mask": target[:, 1:].contiguous()}
+
+
+def token_logprobs(model: nn.Module, batch: Batch, temperature: float) -> Tensor:
+    """log pi(token t+1 | tokens <= t) at the sampling temperature, (N, T - 1)."""
+    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])[:, :-1].float()
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token estimate of KL(pi || ref) from samples of pi: exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    diff = ref_logp - logp
+    return torch.exp(diff) - diff - 1
+
+
+def masked_mean_per_row(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of each row's masked values, (N,)."""
+    m = mask.to(values.dtype)
+    return (values * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+
+
+def grpo_loss_fn(clip_ratio: float, kl_coefficient: float, temperature: float) -> Any:
+    """The Trainer loss function of GRPO for these settings."""
+
+    def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
+        logp = token_logprobs(model, batch, temperature)
+        ratio = torch.exp(logp - batch["old_logp"])
+        adv = batch["advantages"][:, None]
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_ratio, 1 + clip_ratio) * adv)
+        per_token = -surrogate + kl_coefficient * kl_k3(logp, batch["ref_logp"])
+        return masked_mean_per_row(per_token, batch["target_mask"]).mean()
+
+    return loss_fn
+
+
+@dataclass
+class StepRollout:
+    """What sampling and scoring produced for one worker in one step."""
+
+    batch: Batch
+    stats: RewardStats
+    kl: float
+    completion_tokens: int
+    samples: list[tuple[str, str, float]] = field(default_factory=list)
+    """A few (prompt, completion, reward) for the step log."""
+
+
+class ReferencePolicy:
+    """The frozen initial model: a copy (full fine-tuning) or the policy with adapters bypassed."""
+
+    def __init__(self, policy: Transformer, method: SftMethod) -> None:
+        self.policy = policy
+        self.copy: Transformer | None = None
+        if method is SftMethod.FULL:
+            self.copy = copy.deepcopy(policy).eval()
+            for p in self.copy.parameters():
+                p.requires_grad_(False)
+
+    @contextmanager
+    def model(self) -> Iterator[Transformer]:
+        """The reference model, for the duration of the block."""
+        if self.copy is not None:
+            yield self.copy
+            return
+        with adapters_disabled(self.policy):
+            yield self.policy
+
+
+def run_rl(config: TrainConfig, runtime: Runtime | None = None) -> RlResult:
+    """Run (or resume) an RL run to its last step and export the model (and adapter)."""
+    runtime = runtime or init_runtime()
+    try:
+        return _run(config, runtime)
+    finally:
+        shutdown(runtime)
+
+
+@dataclass
+class RlResult:
+    """What a finished run produced (for in-process callers: tests, benchmarks)."""
+
+    progress: TrainProgress
+    rewards: dict[int, float] = field(default_factory=dict)
+    """Mean reward of each step this process ran (1-based)."""
+    success: dict[int, float] = field(default_factory=dict)
+    """Success rate of each step this process ran."""
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    initial_eval: dict[str, float] = field(default_factory=dict)
+    """Evaluation before the first step (fresh runs only)."""
+
+
+def _reward_model(config: TrainConfig) -> RewardModel:
+    reward = config.rl.reward
+    if reward is None:
+        raise ConfigError("rl.reward: stage rl needs a verifier (rl.reward.verifier)")
+    try:
+        source = read_custom_source() if reward.custom_source is not None else None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"rl.reward.customSource: {exc}") from exc
+    return RewardModel(reward.verifier, limits_of(reward), source)
+
+
+def _tasks(config: TrainConfig) -> list[dict[str, Any]]:
+    try:
+        manifest, _ = load_manifest(config.dataset, config.store)
+        if manifest.purpose is not DatasetPurpose.RL:
+            raise WorkloadError(f"dataset {config.dataset} has purpose {manifest.purpose.value}; stage rl needs "
+                                "an rl dataset of tasks")
+        tasks, _ = read_tasks(config.dataset, config, (Split.TRAIN,))
+    except StoreError as exc:
+        raise WorkloadError(f"dataset {config.dataset}: {exc}") from exc
+    if not tasks:
+        raise WorkloadError(f"dataset {config.dataset} has no training tasks with a prompt")
+    return tasks
+
+
+def _run(config: TrainConfig, runtime: Runtime) -> RlResult:
+    hp, rl = config.hyperparameters, config.rl
+    try:
+        store, prefix = open_uri(config.output, config.store)
+    except StoreError as exc:
+        raise ConfigError(f"output: {exc}") from exc
+    prompts_per_step = max(1, hp.global_batch_size // rl.group_size)
+    if prompts_per_step % runtime.world_size:
+        raise ConfigError(f"hyperparameters.globalBatchSize / rl.groupSize ({prompts_per_step} prompts per step) "
+                          f"must be divisible by the number of workers ({runtime.world_size})")
+    rewards = _reward_model(config)
+    tasks = _tasks(config)
+    torch.manual_seed(hp.seed)
+    base = load_base(config)
+    prepare_for_method(base.model, config)
+    reference = ReferencePolicy(base.model, config.method)
+    model = wrap_model(base.model, runtime, hp.activation_checkpointing, hp.compile)
+    if reference.copy is not None:
+        reference.copy.to(runtime.device)
+    loss_fn = grpo_loss_fn(rl.clip_ratio, rl.kl_coefficient, rl.temperature)
+    trainer = Trainer(model, hp, runtime, loss_fn=loss_fn, params=list(model.named_parameters()),
+                      bf16=config.precision is Precision.BF16)
+
+    previous = read_progress(store, prefix) if runtime.is_main else None
+    resume = find_resume_point(store, prefix, runtime)
+    start_step, tokens_seen = 0, 0
+    if resume is not None:
+        try:
+            load_checkpoint(store, resume, model, trainer.optimizer)
+        except StoreError as exc:
+            raise WorkloadError(f"cannot resume from {store.uri(resume.key)}: {exc}") from exc
+        start_step, tokens_seen = resume.step, int(resume.state.get("tokens_seen", 0))
+        log.info("resumed from %s at step %d", store.uri(resume.key), start_step)
+    restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
+    progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,
+                             world_size=runtime.world_size, restarts=restarts,
+                             checkpoints=previous.checkpoints if previous else [])
+    reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
+    reporter.flush()
+    run = _RlRun(config, runtime, store, prefix, base, model, reference, trainer, rewards, tasks,
+                 prompts_per_step, reporter)
+    try:
+        return run.loop(start_step, tokens_seen)
+    except WorkloadError as exc:
+        reporter.update(force=True, error=str(exc).splitlines()[0])
+        raise
+
+
+@dataclass
+class _RlRun:
+    config: TrainConfig
+    runtime: Runtime
+    store: ObjectStore
+    prefix: str
+    base: Base
+    model: nn.Module
+    reference: ReferencePolicy
+    trainer: Trainer
+    rewards: RewardModel
+    tasks: list[dict[str, Any]]
+    prompts_per_step: int
+    reporter: ProgressReporter
+    _order: dict[int, list[int]] = field(default_factory=dict)
+
+    def step_tasks(self, step: int) -> list[dict[str, Any]]:
+        """This worker's tasks of `step`: a contiguous share of the seeded endless task stream."""
+        rt, n = self.runtime, len(self.tasks)
+        share = self.prompts_per_step // rt.world_size
+        start = step * self.prompts_per_step + rt.rank * share
+        out = []
+        for index in range(start, start + share):
+            epoch, within = divmod(index, n)
+            if epoch not in self._order:
+                order = list(range(n))
+                random.Random(self.config.hyperparameters.seed * 1_000_003 + epoch).shuffle(order)
+                self._order = {epoch: order}
+            out.append(self.tasks[self._order[epoch][within]])
+        return out
+
+    @torch.no_grad()
+    def rollout(self, step: int) -> StepRollout:
+        """Sample, score and prepare the GRPO batch of this worker for `step`."""
+        rl, rt, chat = self.config.rl, self.runtime, self.base.chat
+        tasks = self.step_tasks(step)
+        group = [t for t in tasks for _ in range(rl.group_size)]
+        prompts = [task_prompt(chat, t) for t in group]
+        generator = torch.Generator(device=rt.device).manual_seed(
+            self.config.hyperparameters.seed * 1_000_003 + step * 1009 + rt.rank)
+        policy = unwrap(self.model)
+        policy.eval()  # no dropout while sampling and scoring old/reference log-probs
+        completions = sample(policy, prompts, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
+                             stop_ids={chat.im_end, self.base.eos_id}, pad_id=self.base.pad_id,
+                             generator=generator)
+        texts = [chat.decode(c) for c in completions]
+        outcomes, stats = self.rewards.score([prompt_text(t) for t in group], texts, group)
+        scores = torch.tensor([o.score for o in outcomes], dtype=torch.float32).view(len(tasks), rl.group_size)
+        batch = rollout_batch(prompts, completions, self.base.pad_id)
+        batch["advantages"] = group_advantages(scores).reshape(-1)
+        on_device = {k: v.to(rt.device) for k, v in batch.items()}
+        with autocast(rt, self.config.precision is Precision.BF16):
+            old = token_logprobs(policy, on_device, rl.temperature)
+            with self.reference.model() as ref_model:
+                ref = token_logprobs(ref_model, on_device, rl.temperature)
+        mask = on_device["target_mask"]
+        kl = float((kl_k3(old, ref) * mask).sum() / mask.sum().clamp(min=1))
+        batch["old_logp"], batch["ref_logp"] = old.cpu(), ref.cpu()
+        samples = [(prompt_text(group[i]), texts[i], outcomes[i].score) for i in range(min(2, len(group)))]
+        return StepRollout(batch, stats, kl, int(batch["target_mask"].sum()), samples)
+
+    def micro_batches(self, batch: Batch) -> list[Batch]:
+        micro = self.config.hyperparameters.micro_batch_size
+        n = batch["input_ids"].shape[0]
+        return [{k: v[i:i + micro] for k, v in batch.items()} for i in range(0, n, micro)]
+
+    def loop(self, start_step: int, tokens_seen: int) -> RlResult:
+        hp, rt = self.config.hyperparameters, self.runtime
+        result = RlResult(progress=self.reporter.progress)
+        terminate = TerminateFlag()
+        if start_step == 0:
+            result.initial_eval = self.evaluate(0, final=False)
+        for step in range(start_step, hp.max_steps):
+            began = time.perf_counter()
+            roll = self.rollout(step)
+            stats = self.trainer.train_step(step, self.micro_batches(roll.batch))
+            totals = all_reduce_sum(rt, torch.tensor([roll.stats.score_sum, float(roll.stats.passed),
+                                                      float(roll.stats.total), float(roll.stats.errors), roll.kl,
+                                                      float(roll.batch["attention_mask"].sum())],
+                                                     dtype=torch.float64))
+            score_sum, passed, total, errors, kl_sum, seq_tokens = totals.tolist()
+            done = step + 1
+            mean_reward, success, kl = score_sum / total, passed / total, kl_sum / rt.world_size
+            tokens_seen += int(seq_tokens)
+            result.rewards[done], result.success[done] = mean_reward, success
+            fields: dict[str, Any] = {"step": done, "tokens_seen": tokens_seen, "loss": stats.loss,
+                                      "mean_reward": mean_reward, "success_rate": success, "kl": kl,
+                                      "tokens_per_second": seq_tokens / max(time.perf_counter() - began, 1e-9),
+                                      "world_size": rt.world_size}
+            record: dict[str, Any] = {"step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                                      "mean_reward": mean_reward, "success_rate": success, "kl": kl,
+                                      "verifier_errors": int(errors), "completion_tokens": roll.completion_tokens,
+                                      "samples": roll.samples}
+            if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
+                self.evaluate(done, final=False)
+            stop = bool(all_reduce_sum(rt, torch.tensor(float(terminate.requested))).item())
+            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done == hp.max_steps
+            self.reporter.update(force=checkpoint_now, step_record=record, **fields)
+            log.info("rl step %d/%d reward %.3f success %.3f kl %.4f loss %.4f", done, hp.max_steps, mean_reward,
+                     success, kl, stats.loss)
+            if checkpoint_now:
+                self.checkpoint(done, tokens_seen)
+            if stop:
+                raise WorkloadError(f"terminated by SIGTERM at step {done}; checkpoint written, the run resumes "
+                                    "from it")
+        result.eval_metrics = self.evaluate(hp.max_steps, final=True)
+        result.progress = self.finish(result.eval_metrics)
+        return result
+
+    def evaluate(self, step: int, final: bool) -> dict[str, float]:
+        ctx = EvalContext(self.config, self.runtime, self.store, self.prefix, self.base.chat, self.base.eos_id,
+                          self.base.pad_id)
+        extra = {"train_verifier_errors": float(self.rewards.totals.errors)} if final else None
+        metrics = write_eval(ctx, unwrap(self.model), step, final, extra=extra)
+        self.reporter.update(force=True, eval_metrics=metrics, eval_loss=metrics.get("loss"))
+        return metrics
+
+    def checkpoint(self, step: int, tokens_seen: int) -> None:
+        if not all_params_finite(self.model, self.runtime):
+            raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned checkpoint")
+        hp = self.config.hyperparameters
+        state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
+                 "global_batch_size": hp.global_batch_size, "seed": hp.seed,
+                 "task_position": step * self.prompts_per_step}
+        info = save_checkpoint(self.store, self.prefix, step, self.model, self.trainer.optimizer, state,
+                               self.runtime)
+        if self.runtime.is_main:
+            kept = prune_checkpoints(self.store, self.prefix, self.config.checkpointing.keep)
+            self.reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])
+
+    def finish(self, metrics: dict[str, float]) -> TrainProgress:
+        core = unwrap(self.model)
+        if self.runtime.is_main:
+            uri, digest = export_model(final_state(core, self.config), self.base, self.store, self.prefix)
+            export_adapter(core, self.config, self.store, self.prefix)
+            loss = metrics.get("loss")
+            self.reporter.update(force=True, eval_metrics=metrics,
+                                 eval_loss=loss if loss is not None and math.isfinite(loss) else None,
+                                 done=True, final_model_uri=uri, final_model_digest=digest, error=None)
+        return self.reporter.progress
