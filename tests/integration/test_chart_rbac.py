@@ -6,6 +6,7 @@ leader election on the chart's peering object. The ArgoCD health script reads th
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.integration.conftest import ACCESS, SECRET, ROOT, Cluster, wait_for
+from tests.integration.conftest import ACCESS, ROOT, SECRET, Cluster, wait_for
 from tests.unit.test_argocd_health import argocd_health
 from tests.unit.test_chart import CHART, render
 
@@ -40,10 +41,8 @@ def _delete(dyn: Any, obj: dict[str, Any]) -> None:
     from kubernetes.dynamic.exceptions import NotFoundError
 
     res = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-    try:
+    with contextlib.suppress(NotFoundError):
         dyn.delete(res, name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
-    except NotFoundError:
-        pass
 
 
 @pytest.fixture
@@ -97,8 +96,8 @@ def _service_account_kubeconfig(api: Any, ns: str, sa: str, path: Path) -> None:
         "current-context": sa}))
 
 
-def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any, ns: str,
-                                        kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
+def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any, ns: str, kubeconfig: Path,
+                                        log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
     from kubernetes import client
 
     deploy = next(o for o in objects if o["kind"] == "Deployment")
@@ -111,12 +110,24 @@ def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any,
             ref = var["valueFrom"]["secretKeyRef"]
             data = client.CoreV1Api(api).read_namespaced_secret(ref["name"], ns).data
             env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
-    env["FORGE_METRICS_PORT"] = str(free_port())  # the pod's port may be taken on this machine
+    env["FORGE_METRICS_PORT"] = str(metrics_port)  # the pod's port may be taken on this machine
     args = [a for a in c["args"] if not a.startswith("--liveness")]
     args += [f"--liveness=http://127.0.0.1:{free_port()}/healthz", "--priority=7", "--verbose"]
     assert c["command"][-1] == "forge" and "exec forge operator" in c["command"][2]
     return subprocess.Popen([sys.executable, "-m", "forge_operator.cli", "operator", *args], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _reconciles(port: int) -> dict[str, float]:
+    """forge_reconcile_total{kind="ForgeDataset"} by result, from the operator's /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {s.labels["result"]: s.value for f in text_string_to_metric_families(text)
+            if f.name == "forge_reconcile" for s in f.samples
+            if s.name == "forge_reconcile_total" and s.labels.get("kind") == "ForgeDataset"}
 
 
 def _dataset(name: str, source: str, **spec: Any) -> dict[str, Any]:
@@ -131,7 +142,8 @@ def test_operator_works_with_only_the_charts_rbac(installed: tuple[str, list[Any
     peering = next(o for o in objects if o["kind"] == "KopfPeering")["metadata"]["name"]
     kubeconfig, log = tmp_path / "sa-kubeconfig", tmp_path / "operator.log"
     _service_account_kubeconfig(api, ns, sa, kubeconfig)
-    proc = _operator_as_the_deployment_runs_it(objects, api, ns, kubeconfig, log)
+    metrics_port = free_port()
+    proc = _operator_as_the_deployment_runs_it(objects, api, ns, kubeconfig, log, metrics_port)
     cluster = Cluster(api, ns)
     try:
         def peered() -> Any:
@@ -156,6 +168,9 @@ def test_operator_works_with_only_the_charts_rbac(installed: tuple[str, list[Any
         cluster.delete("forgedatasets", "corpus")  # the finalizer runs under the ServiceAccount too
         wait_for("the dataset to be gone", lambda: cluster.get("forgedatasets", "corpus") is None, timeout=60)
         assert proc.poll() is None, "the operator exited"
+        # this process (not some other operator on the shared API server) reconciled, without errors
+        reconciles = _reconciles(metrics_port)
+        assert reconciles.get("ok", 0) >= 1 and reconciles.get("error", 0) == 0, reconciles
     finally:
         proc.terminate()
         try:
