@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from forge_trainer.data.encode import FastEncoder
 from forge_trainer.data.manifest import ShardFormat, ShardInfo, Split
 
 if TYPE_CHECKING:
@@ -68,29 +69,29 @@ class _ShardWriter:
 
 class TokenShardWriter(_ShardWriter):
     """Packs documents' token ids back to back into shards of exactly `tokens_per_shard` tokens (the
-    last may be smaller); a document may continue in the next shard."""
+    last may be smaller); a document may continue in the next shard. A shard's `records` counts the
+    documents that end in it (its eos tokens)."""
 
-    def __init__(self, split: Split, dtype: str, tokens_per_shard: int, tmpdir: Path, publish: Publish) -> None:
+    def __init__(self, split: Split, dtype: str, tokens_per_shard: int, tmpdir: Path, publish: Publish,
+                 eos_id: int) -> None:
         super().__init__(split, ShardFormat.TOKENS, tmpdir, publish, ".bin", "shards")
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.tokens_per_shard = tokens_per_shard
+        self.eos_id = eos_id
         self.total_tokens = 0
 
     def add(self, ids: npt.NDArray[Any]) -> None:
-        """Append one document's ids (its eos separator included)."""
+        """Append ids of whole documents, each followed by its eos."""
         arr = np.asarray(ids).astype(self.dtype, copy=False)
-        self._open()
-        self._records += 1
         while len(arr):
             room = self.tokens_per_shard - self._tokens
             part, arr = arr[:room], arr[room:]
             self._write(part.tobytes())
             self._tokens += len(part)
+            self._records += int(np.count_nonzero(part == self.eos_id))
             self.total_tokens += len(part)
             if self._tokens >= self.tokens_per_shard:
                 self._finish()
-                if len(arr):
-                    self._open()
 
 
 class RecordShardWriter(_ShardWriter):
@@ -115,24 +116,18 @@ SPLITS = (Split.TRAIN, Split.VALIDATION)
 """Split of index 0 and 1, as the cleaning pass numbers them."""
 
 
-def _encoder(tok: Tokenizer) -> Callable[..., Any]:
-    # encode_batch_fast skips computing offsets, which packing does not need
-    return getattr(tok, "encode_batch_fast", tok.encode_batch)
-
-
 def pack_token_shards(batches: Iterable[list[tuple[int, str]]], tok: Tokenizer, eos_id: int, dtype: str,
                       tokens_per_shard: int, tmpdir: Path, publish: Publish,
                       on_batch: Callable[[], None] = lambda: None) -> tuple[list[ShardInfo], list[int]]:
     """Tokenize batches of (split index, text) and pack them, eos after each document, into token
     shards; returns the shards (train first) and the tokens per split."""
-    encode = _encoder(tok)
-    writers = [TokenShardWriter(s, dtype, tokens_per_shard, tmpdir, publish) for s in SPLITS]
+    encoder = FastEncoder(tok, eos_id)
+    writers = [TokenShardWriter(s, dtype, tokens_per_shard, tmpdir, publish, eos_id) for s in SPLITS]
     for batch in batches:
-        encodings = encode([text for _, text in batch], add_special_tokens=False)
-        for (split, _), enc in zip(batch, encodings, strict=True):
-            ids = enc.ids
-            ids.append(eos_id)
-            writers[split].add(np.array(ids, dtype=writers[split].dtype))
+        for index, writer in enumerate(writers):
+            texts = [text for split, text in batch if split == index]
+            if texts:
+                writer.add(encoder.encode_flat(texts, dtype))
         on_batch()
     return [s for w in writers for s in w.close()], [w.total_tokens for w in writers]
 
@@ -142,11 +137,11 @@ def pack_record_shards(batches: Iterable[list[tuple[int, str, dict[str, Any]]]],
                        ) -> tuple[list[ShardInfo], list[int]]:
     """Write batches of (split index, text, record) into JSONL shards, counting each record's tokens;
     returns the shards (train first) and the tokens per split."""
-    encode = _encoder(tok)
+    encoder = FastEncoder(tok)
     writers = [RecordShardWriter(s, tmpdir, publish) for s in SPLITS]
     for batch in batches:
-        encodings = encode([text for _, text, _ in batch], add_special_tokens=False)
-        for (split, _, record), enc in zip(batch, encodings, strict=True):
-            writers[split].add(record, tokens=len(enc.ids))
+        counts = encoder.count([text for _, text, _ in batch])
+        for (split, _, record), tokens in zip(batch, counts, strict=True):
+            writers[split].add(record, tokens=tokens)
         on_batch()
     return [s for w in writers for s in w.close()], [w.total_tokens for w in writers]

@@ -226,7 +226,8 @@ def _publisher(run: _Run) -> Any:
     return publish
 
 
-def _batches(spill: Path, with_record: bool) -> Iterator[list[Any]]:
+def spill_batches(spill: Path, with_record: bool) -> Iterator[list[Any]]:
+    """The spill file's documents in batches of ENCODE_BATCH: (split, text) or (split, text, record)."""
     batch: list[Any] = []
     for line in _spill_lines(spill):
         batch.append((line["s"], line["t"], line["r"]) if with_record else (line["s"], line["t"]))
@@ -242,11 +243,11 @@ def _pack(run: _Run, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> 
     tok = load_tokenizer(tokenizer_path)
     publish = _publisher(run)
     if run.purpose is DatasetPurpose.PRETRAIN:
-        shards, tokens = pack_token_shards(_batches(spill, False), tok, info.eos_token_id,
+        shards, tokens = pack_token_shards(spill_batches(spill, False), tok, info.eos_token_id,
                                            token_dtype(info.vocab_size), run.config.sharding.tokens_per_shard,
                                            run.tmp, publish, run.report.tick)
     else:
-        shards, tokens = pack_record_shards(_batches(spill, True), tok, run.tmp, publish, run.report.tick)
+        shards, tokens = pack_record_shards(spill_batches(spill, True), tok, run.tmp, publish, run.report.tick)
     counts = run.report.counts
     counts.train_tokens, counts.validation_tokens = tokens
     counts.tokens = sum(tokens)
