@@ -150,7 +150,7 @@ class ForgeTrainingRunSpec(WireModel):
     """Suspend the run: it checkpoints and its pods stop; set false to resume."""
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
     """Times the operator recreates a failed job before the run fails."""
-    stall_timeout_seconds: Annotated[int, Field(ge=60)] = 1800
+    stall_timeout_seconds: Annotated[int, Field(ge=10)] = 1800
     """Restart the job if the step counter does not advance for this long."""
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     """Spending limits."""

@@ -119,9 +119,9 @@ def _fail_invalid(body: dict[str, Any], prev: ForgeDatasetStatus, gen: int, mess
     raise kopf.PermanentError(message)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
+@kopf.on.create(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=_INTERVAL * 5)
 def on_change(body: kopf.Body, **_: Any) -> None:
     """Reconcile at once on creation, spec change and operator start."""
     reconcile_dataset(dict(body))
@@ -135,7 +135,7 @@ def on_timer(body: kopf.Body, **_: Any) -> None:
         reconcile_dataset(dict(body))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
 def on_delete(body: kopf.Body, **_: Any) -> None:
     """Remove what the dataset produced (as its retention says), write the audit record, then let go.
     Waits while a training run in the namespace still uses the dataset."""

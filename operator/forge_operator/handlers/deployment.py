@@ -101,9 +101,9 @@ def _reconcile(body: dict[str, Any]) -> None:
     publish_status(body, prev, derive_deployment_status(prev, obs, now))
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
+@kopf.on.create(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=_INTERVAL * 5)
 def on_change(body: kopf.Body, **_: Any) -> None:
     """Reconcile at once on creation, spec change and operator start."""
     reconcile_deployment(dict(body))

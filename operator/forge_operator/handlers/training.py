@@ -187,9 +187,9 @@ def _apply(plan: TrainingPlan, suspend: bool) -> dict[str, Any] | None:
     return job
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
+@kopf.on.create(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=_INTERVAL * 5)
 def on_change(body: kopf.Body, **_: Any) -> None:
     """Reconcile at once on creation, spec change and operator start."""
     reconcile_run(dict(body))
@@ -202,7 +202,7 @@ def on_timer(body: kopf.Body, **_: Any) -> None:
         reconcile_run(dict(body))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
 def on_delete(body: kopf.Body, **_: Any) -> None:
     """Remove what the run produced as its retention says (default: keep the final model), write the
     audit record, then let go. Waits while a deployment or a later run still uses it."""

@@ -4,6 +4,9 @@ field manager, reads, status merge patches, deletes. Nothing else in the operato
 
 from __future__ import annotations
 
+import copy
+import logging
+import re
 import threading
 from typing import Any, cast
 
@@ -14,6 +17,24 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
 from forge_operator.api.common import FIELD_MANAGER
+
+
+log = logging.getLogger("forge.kube")
+_UNKNOWN_FIELD = re.compile(r"failed to create typed patch object: (\.[\w.]+): field not declared in schema")
+
+
+def _drop_path(body: dict[str, Any], path: str) -> bool:
+    """Remove the field at a dotted path such as `.spec.completionMode`; False if it is not there."""
+    parts = path.strip(".").split(".")
+    node: Any = body
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    if isinstance(node, dict) and parts[-1] in node:
+        del node[parts[-1]]
+        return True
+    return False
 
 
 class KubeError(Exception):
@@ -51,16 +72,28 @@ class Kube:
             raise KubeError(f"the API server does not serve {kind} in {api_version}") from exc
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply `manifest` as field manager `forge-operator`; returns the live object."""
+        """Server-side apply `manifest` as field manager `forge-operator`; returns the live object.
+
+        An older API server refuses fields it predates (e.g. Job `completionMode` before 1.21); such a
+        field is dropped with a warning and the apply retried, so the rest still converges."""
         meta = manifest["metadata"]
         res = self._resource(manifest["apiVersion"], manifest["kind"])
-        try:
-            live = self.dynamic.server_side_apply(res, body=manifest, namespace=meta.get("namespace"),
-                                                  field_manager=FIELD_MANAGER, force_conflicts=True)
-        except ApiException as exc:
-            raise KubeError(f"apply {manifest['kind']} {meta.get('namespace')}/{meta['name']}: "
-                            f"{exc.status} {exc.reason}: {_api_message(exc)}") from exc
-        return cast(dict[str, Any], live.to_dict())
+        body = copy.deepcopy(manifest)
+        for _ in range(8):
+            try:
+                live = self.dynamic.server_side_apply(res, body=body, namespace=meta.get("namespace"),
+                                                      field_manager=FIELD_MANAGER, force_conflicts=True)
+                return cast(dict[str, Any], live.to_dict())
+            except ApiException as exc:
+                message = _api_message(exc)
+                unknown = _UNKNOWN_FIELD.search(message)
+                if unknown and _drop_path(body, unknown.group(1)):
+                    log.warning("apply %s %s: the API server does not know %s; applied without it",
+                                manifest["kind"], meta["name"], unknown.group(1))
+                    continue
+                raise KubeError(f"apply {manifest['kind']} {meta.get('namespace')}/{meta['name']}: "
+                                f"{exc.status} {exc.reason}: {message}") from exc
+        raise KubeError(f"apply {manifest['kind']} {meta['name']}: too many fields unknown to the API server")
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None if it does not exist."""

@@ -42,7 +42,7 @@ def _builtin_container(plan: DeploymentPlan) -> dict[str, Any]:
     return {
         "name": "server", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
         "command": args, "env": store_env(plan.store),
-        "ports": [{"name": "http", "containerPort": SERVING_PORT}],
+        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "volumeMounts": [scratch_volume()[1]], "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
         **_probes("/readyz", "/healthz"),
@@ -63,7 +63,7 @@ def _vllm_containers(plan: DeploymentPlan) -> tuple[list[dict[str, Any]], list[d
         "command": ["vllm", "serve", MODEL_DIR, "--served-model-name", plan.model_name, "--host", "0.0.0.0",
                     "--port", str(SERVING_PORT), "--max-num-seqs", str(plan.spec.max_batch_size)],
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
-        "ports": [{"name": "http", "containerPort": SERVING_PORT}],
+        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "volumeMounts": [{**models, "readOnly": True}, scratch_volume()[1], {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": {**container_security_context(), "readOnlyRootFilesystem": False},
         "resources": resource_requirements(res.cpu, res.memory, {"nvidia.com/gpu": str(max(1, res.gpus))}),
@@ -105,7 +105,7 @@ def render_serving_service(plan: DeploymentPlan) -> dict[str, Any]:
     """The Service clients call (named after the ForgeDeployment)."""
     return {"apiVersion": "v1", "kind": "Service", "metadata": object_meta(plan.service_name, plan.meta),
             "spec": {"selector": dict(plan.meta.labels),
-                     "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": SERVING_PORT}]}}
+                     "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": SERVING_PORT, "protocol": "TCP"}]}}
 
 
 def render_serving_hpa(plan: DeploymentPlan) -> dict[str, Any] | None:

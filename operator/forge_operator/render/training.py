@@ -37,8 +37,8 @@ def render_training_service(plan: TrainingPlan) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # the rendezvous happens before any pod is ready
             "selector": dict(plan.meta.labels),
-            "ports": [{"name": "c10d", "port": RDZV_PORT, "targetPort": RDZV_PORT},
-                      {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT}],
+            "ports": [{"name": "c10d", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"},
+                      {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"}],
         },
     }
 
@@ -71,7 +71,7 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         "imagePullPolicy": plan.image_pull_policy,
         "command": [role.entrypoint, *role.args],
         "env": env,
-        "ports": [{"name": "c10d", "containerPort": RDZV_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
+        "ports": [{"name": "c10d", "containerPort": RDZV_PORT, "protocol": "TCP"}, {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "volumeMounts": [config_mount, tmp_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
