@@ -172,3 +172,19 @@ def test_lora_and_qlora_sft_lower_response_loss(tmp_path: Path, method: SftMetho
     assert not torch.allclose(merged.state_dict()["model.layers.0.self_attn.q_proj.weight"], base_q)
     # untargeted weights are the base's (up to NF4 rounding for qlora's targets only)
     torch.testing.assert_close(merged.state_dict()["model.norm.weight"], base.state_dict()["model.norm.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [SftMethod.FULL, SftMethod.QLORA])
+def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path: Path, method: SftMethod) -> None:
+    config = sft_config(tmp_path, method, steps=8, lr=1e-2)
+    config = config.model_copy(update={"checkpointing": config.checkpointing.model_copy(update={"interval": 4,
+                                                                                                  "keep": 2})})
+    uninterrupted = run_sft(config)
+    # the worker died after step 4's checkpoint: step 8's checkpoint was never completed
+    (tmp_path / "out" / "checkpoints" / "step-00000008" / "checkpoint.json").unlink()
+    resumed = run_sft(config)
+    assert sorted(resumed.losses) == [5, 6, 7, 8]
+    for step in (5, 6, 7, 8):
+        assert resumed.losses[step] == pytest.approx(uninterrupted.losses[step], rel=1e-4)
+    assert resumed.progress.done and resumed.progress.step == 8

@@ -109,6 +109,12 @@ def test_python_tests_rejects_wrong_code_as_a_plain_failure() -> None:
     assert outcome.score == 0.0 and outcome.reason == "failed" and not outcome.is_error
 
 
+def test_python_tests_code_that_raises_is_a_plain_failure() -> None:
+    outcome = python_tests("def add(a, b) return a", {"tests": ADD_TESTS}, LIMITS)
+    assert (outcome.score, outcome.reason, outcome.is_error) == (0.0, "failed", False)
+    assert "SyntaxError" in outcome.detail
+
+
 def test_python_tests_rejects_code_that_exits_before_the_tests_run() -> None:
     outcome = python_tests("import sys\nsys.exit(0)", {"tests": ADD_TESTS}, LIMITS)
     assert outcome.score == 0.0

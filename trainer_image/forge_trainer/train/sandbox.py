@@ -59,7 +59,8 @@ class SandboxResult:
     score: float
     """1.0 for tests that all passed; the verify() result for a custom verifier; 0 on any failure."""
     error: str | None = None
-    """None, or one of: failed (an assert failed), crash, timeout, memory, invalid, no_result."""
+    """None, or one of: failed (generated code raised or a test failed), crash (a custom verifier
+    raised), timeout, memory, invalid (verify() returned no number), no_result (the child died)."""
     detail: str = ""
     """A short human-readable explanation of the error."""
 
