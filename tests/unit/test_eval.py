@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from tests.unit.posttrain_fixtures import (
 
 assert one_torch_thread  # imported for its autouse fixture
 
-MIXED_TASKS = [
+MIXED_TASKS: list[dict[str, Any]] = [
     {"prompt": "anything", "verifier": "regex", "pattern": ".*"},  # every completion passes
     {"prompt": "anything else", "verifier": "regex", "pattern": ".*"},
     {"prompt": "say it", "answer": "@@ no model says this @@"},  # exact_match: never passes
