@@ -5,12 +5,20 @@ lays it out."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from forge_trainer.config import DatasetCounts, DatasetPurpose
@@ -110,3 +118,70 @@ def local_dataset(root: Path, texts: list[str] | None = None, **kwargs: object) 
     """`write_dataset` into a local directory store at `root`; return the manifest URI."""
     return write_dataset(LocalStore(root), "", texts if texts is not None else real_corpus(),
                          **kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching training under torchrun, as the operator's pods do
+# ---------------------------------------------------------------------------------------------
+
+ELASTIC_ENV = {
+    # without it, re-rendezvous reads stale worker-store addresses and fails about half the time
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def torchrun_command(config_path: Path, port: int, *, nnodes: str = "1", nproc: int = 1,
+                     max_restarts: int = 0, run_id: str = "forge-test", is_host: bool | None = None) -> list[str]:
+    """`torchrun ... -m forge_trainer.cli train --config <path>` with a c10d rendezvous on loopback.
+
+    `is_host` says whether this agent hosts the rendezvous store (set it when several agents share
+    one machine, else whichever binds the port first hosts it)."""
+    host = "" if is_host is None else f",is_host={str(is_host).lower()}"
+    return [
+        str(Path(sys.executable).parent / "torchrun"),
+        f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={run_id}", f"--max-restarts={max_restarts}",
+        f"--rdzv-conf=last_call_timeout=1,keep_alive_interval=1,join_timeout=60{host}",
+        "--monitor-interval=0.5",
+        "-m", "forge_trainer.cli", "train", "--config", str(config_path),
+    ]
+
+
+def start_torchrun(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start torchrun in its own session, output to `log_path`."""
+    env = {**os.environ, **ELASTIC_ENV}
+    log = log_path.open("wb")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Kill a process and every descendant (torchrun workers run in sessions of their own)."""
+    try:
+        parent = psutil.Process(pid)
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
+
+
+def worker_pids(agent_pid: int) -> list[int]:
+    """Pids of the training workers under a torchrun agent."""
+    try:
+        children = psutil.Process(agent_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p.pid for p in children if "forge_trainer.cli" in " ".join(p.cmdline())]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll until `predicate()` holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
