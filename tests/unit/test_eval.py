@@ -20,12 +20,14 @@ from forge_trainer.train.runtime import init_runtime
 from forge_trainer.train.sft import run_sft
 from tests.unit.posttrain_fixtures import (
     TINY,
+    arithmetic_corpus,
     make_tokenizer,
     one_torch_thread,
     sum_conversations,
     write_base_model,
     write_records_dataset,
 )
+from tests.unit.train_fixtures import write_dataset
 
 assert one_torch_thread  # imported for its autouse fixture
 
@@ -52,6 +54,23 @@ def test_pass_rate_per_verifier_on_a_task_dataset(tmp_path: Path) -> None:
     assert metrics["pass_rate"] == 0.5 and metrics["tasks"] == 4 and metrics["verifier_errors"] == 0
     written = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert written["metrics"] == metrics and written["step"] == 10 and written["final"]
+
+
+def test_loss_and_perplexity_on_a_pretrain_eval_dataset(tmp_path: Path) -> None:
+    tok = make_tokenizer()
+    texts = arithmetic_corpus()
+    corpus = write_dataset(LocalStore(tmp_path / "corpus"), "", texts, tokenizer=tok, validation_every=4)
+    config = TrainConfig(stage=Stage.SFT, model=TINY, dataset=corpus, eval_dataset=corpus, output=str(tmp_path / "out"),
+                         hyperparameters=Hyperparameters(sequence_length=32, micro_batch_size=2, eval_batches=2))
+    chat = ChatTokenizer(tok)
+    torch.manual_seed(0)
+    model = Transformer(resolve_model_args(TINY, chat.vocab_size))
+    ctx = EvalContext(config, init_runtime(force_cpu=True), LocalStore(tmp_path / "out"), "", chat, 0, 1)
+    metrics = write_eval(ctx, model, step=0, final=False)
+    # an untrained model is about as good as a uniform guess over the vocabulary
+    assert abs(metrics["loss"] - math.log(chat.vocab_size)) < 0.5
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert "pass_rate" not in metrics
 
 
 @pytest.mark.slow

@@ -188,3 +188,16 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path: Path, method
     for step in (5, 6, 7, 8):
         assert resumed.losses[step] == pytest.approx(uninterrupted.losses[step], rel=1e-4)
     assert resumed.progress.done and resumed.progress.step == 8
+
+
+def test_one_sample_per_row_gives_the_same_loss_as_packing(chat: ChatTokenizer) -> None:
+    """Worker groups lay one padded sample per row (the wrapper must see the model's forward); the loss
+    is the packed one."""
+    model = tiny_model(chat).eval()
+    rendered = [chat.render(messages_of(c)) for c in sum_conversations(4, seed=5)]
+    exs = [e for r in rendered if (e := make_example(r.ids, r.trained, 96)) is not None]
+    packed = rows_batch(exs, pack(exs, 96), 96, 0)
+    padded = rows_batch(exs, [[i] for i in range(len(exs))], 96, 0, one_per_row=True)
+    assert "seq_ids" in packed and "attention_mask" in padded
+    with torch.no_grad():
+        torch.testing.assert_close(sft_loss(model, packed), sft_loss(model, padded), rtol=1e-5, atol=1e-5)
