@@ -79,6 +79,28 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
+def _choice_json(chat: bool, index: int, delta: Delta) -> bytes:
+    """One choice of a streamed chunk, serialised."""
+    finish = "null" if delta.finish_reason is None else f'"{delta.finish_reason}"'
+    if chat:
+        content = "{}" if not delta.text else '{"content":' + json.dumps(delta.text) + "}"
+        return (f'{{"index":{index},"delta":{content},"finish_reason":{finish},"logprobs":null}}').encode()
+    return (f'{{"index":{index},"text":{json.dumps(delta.text)},"finish_reason":{finish},'
+            '"logprobs":null}').encode()
+
+
+def _coalesce(batch: list[tuple[int, Delta]]) -> list[tuple[int, Delta]]:
+    """The Deltas of a batch merged per choice (text joined, the last one's finish reason and counts):
+    a listener that fell behind sends one chunk per choice instead of one per token."""
+    merged: dict[int, Delta] = {}
+    for index, delta in batch:
+        before = merged.get(index)
+        merged[index] = delta if before is None else Delta(
+            text=before.text + delta.text, finish_reason=delta.finish_reason, prompt_tokens=delta.prompt_tokens,
+            completion_tokens=delta.completion_tokens, error=delta.error)
+    return list(merged.items())
+
+
 class Api:
     """The route handlers, bound to one ServingState and ServeMetrics."""
 
@@ -194,10 +216,11 @@ class Api:
             return StreamingResponse(self._stream(job), media_type="text/event-stream", headers=headers)
         texts = [""] * len(job.prompts)
         finals: list[Delta | None] = [None] * len(job.prompts)
-        async for index, delta in self._deltas(job):
-            texts[index] += delta.text
-            if delta.finish_reason is not None:
-                finals[index] = delta
+        async for batch in self._deltas(job):
+            for index, delta in batch:
+                texts[index] += delta.text
+                if delta.finish_reason is not None:
+                    finals[index] = delta
         done = [d for d in finals if d is not None]
         failed = [d for d in done if d.finish_reason == "error"]
         if failed:
@@ -209,18 +232,19 @@ class Api:
                              "created": int(time.time()), "model": self.state.model_name, "choices": choices,
                              "usage": self._usage(job, done)})
 
-    async def _deltas(self, job: _Job) -> AsyncIterator[tuple[int, Delta]]:
-        """The engine's deltas for `job`, recording time to first token and token counts."""
+    async def _deltas(self, job: _Job) -> AsyncIterator[list[tuple[int, Delta]]]:
+        """The engine's deltas for `job` in batches, recording time to first token and token counts."""
         assert self.state.engine is not None
         first = True
-        async for index, delta in self.state.engine.generate_many(list(zip(job.prompts, job.params, strict=True))):
+        async for batch in self.state.engine.generate_many(list(zip(job.prompts, job.params, strict=True))):
             if first:
                 self.metrics.time_to_first_token.labels(job.endpoint).observe(time.monotonic() - job.started)
                 first = False
-            if delta.finish_reason is not None:
-                self.metrics.generated_tokens.inc(delta.completion_tokens)
-                self.metrics.prompt_tokens.inc(delta.prompt_tokens)
-            yield index, delta
+            for _, delta in batch:
+                if delta.finish_reason is not None:
+                    self.metrics.generated_tokens.inc(delta.completion_tokens)
+                    self.metrics.prompt_tokens.inc(delta.prompt_tokens)
+            yield batch
 
     def _choice(self, job: _Job, index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
         if job.endpoint == CHAT:
@@ -238,6 +262,8 @@ class Api:
         chat = job.endpoint == CHAT
         head = {"id": job.id, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.state.model_name}
+        # every chunk is this head, then the choice: only the choice is serialised per chunk
+        prefix = _sse(head)[:-3] + b',"choices":['
         status = 200
         finals: list[Delta] = []
         try:
@@ -245,24 +271,23 @@ class Api:
                 for i in range(len(job.prompts)):
                     yield _sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                      "finish_reason": None, "logprobs": None}]})
-            async for index, delta in self._deltas(job):
-                if delta.finish_reason == "error":
+            async for batch in self._deltas(job):
+                failed = next((d for _, d in batch if d.finish_reason == "error"), None)
+                if failed is not None:
                     status = 500
-                    err = ApiError(500, delta.error or "generation failed", type="server_error")
+                    err = ApiError(500, failed.error or "generation failed", type="server_error")
                     log.error("%s: %s", job.endpoint, err.message)
                     yield _sse(err.body())
                     break
-                if delta.finish_reason is not None:
-                    finals.append(delta)
-                elif not delta.text:
-                    continue
-                if chat:
-                    piece: dict[str, Any] = {"index": index, "delta": {"content": delta.text} if delta.text else {},
-                                             "finish_reason": delta.finish_reason, "logprobs": None}
-                else:
-                    piece = {"index": index, "text": delta.text, "finish_reason": delta.finish_reason,
-                             "logprobs": None}
-                yield _sse({**head, "choices": [piece]})
+                out = []
+                for index, delta in _coalesce(batch):
+                    if delta.finish_reason is not None:
+                        finals.append(delta)
+                    elif not delta.text:
+                        continue
+                    out.append(prefix + _choice_json(chat, index, delta) + b"]}\n\n")
+                if out:
+                    yield b"".join(out)
             else:
                 if job.body.include_usage:
                     yield _sse({**head, "choices": [], "usage": self._usage(job, finals)})

@@ -10,16 +10,19 @@ The batch's KV cache is one `DynamicCache` whose rows are left-padded to a commo
 attention mask hides the padding and each row gets its own position ids, which is how Hugging Face
 `generate` runs a left-padded batch. Rows are only re-padded when sequences join or leave.
 
-Results go back to the asyncio side in one `call_soon_threadsafe` per step.
+Results go back to the asyncio side in one `call_soon_threadsafe` per step and event loop, and a
+listener that falls behind gets everything produced meanwhile at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +34,9 @@ from forge_trainer.serve.sampling import SamplingParams, choose_tokens, make_gen
 from forge_trainer.serve.text_stream import Decoder, TextStream
 
 log = logging.getLogger(__name__)
+
+_BURST_WINDOW_S = 0.002
+"""How long an idle engine waits after the first request for others arriving with it."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,20 @@ class Delta:
     error: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class _Listener:
+    """Where a sequence's Deltas go: an asyncio queue of (choice index, Delta) on an event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[tuple[int, Delta]]
+    index: int
+
+
+def _put_all(items: list[tuple[_Listener, Delta]]) -> None:
+    for listener, delta in items:
+        listener.queue.put_nowait((listener.index, delta))
+
+
 @dataclass(eq=False)
 class _Sequence:
     """One request inside the engine."""
@@ -52,7 +72,7 @@ class _Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     text: TextStream
-    deliver: Callable[[Delta], None]
+    listener: _Listener
     generator: torch.Generator | None = None
     generated: int = 0
     last_token: int = -1
@@ -123,11 +143,9 @@ class Engine:
 
     # -- the asyncio side -----------------------------------------------------------------------
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams,
-               deliver: Callable[[Delta], None]) -> _Handle:
-        """Queue a request; `deliver` is called on the engine thread with each Delta."""
+    def _submit(self, prompt_ids: list[int], params: SamplingParams, listener: _Listener) -> _Handle:
         seq = _Sequence(prompt_ids=list(prompt_ids), params=params,
-                        text=TextStream(self.tokenizer, params.stop), deliver=deliver,
+                        text=TextStream(self.tokenizer, params.stop), listener=listener,
                         generator=make_generator(params, self.device))
         self._incoming.put(seq)
         return _Handle(seq)
@@ -135,29 +153,26 @@ class Engine:
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """The Deltas of one request as they are produced, one per generated token; the last one has a
         finish_reason."""
-        async for _, delta in self.generate_many([(prompt_ids, params)]):
-            yield delta
+        async for batch in self.generate_many([(prompt_ids, params)]):
+            for _, delta in batch:
+                yield delta
 
     async def generate_many(self, requests: list[tuple[list[int], SamplingParams]]
-                            ) -> AsyncIterator[tuple[int, Delta]]:
-        """The Deltas of several requests (the choices of one API call), as (request index, Delta) in the
-        order they are produced. Closing the iterator early cancels the requests still running."""
+                            ) -> AsyncIterator[list[tuple[int, Delta]]]:
+        """The Deltas of several requests (the choices of one API call) as (request index, Delta), in the
+        order they are produced; each batch holds all that arrived since the last one. Closing the
+        iterator early cancels the requests still running."""
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
-
-        def deliverer(index: int) -> Callable[[Delta], None]:
-            def deliver(delta: Delta) -> None:
-                loop.call_soon_threadsafe(deltas.put_nowait, (index, delta))
-            return deliver
-
-        handles = [self.submit(ids, params, deliverer(i)) for i, (ids, params) in enumerate(requests)]
+        handles = [self._submit(ids, params, _Listener(loop, deltas, i)) for i, (ids, params) in enumerate(requests)]
         unfinished = len(handles)
         try:
             while unfinished:
-                index, delta = await deltas.get()
-                if delta.finish_reason is not None:
-                    unfinished -= 1
-                yield index, delta
+                batch = [await deltas.get()]
+                while not deltas.empty():
+                    batch.append(deltas.get_nowait())
+                unfinished -= sum(1 for _, d in batch if d.finish_reason is not None)
+                yield batch
         finally:
             for handle in handles:
                 handle.cancel()
@@ -171,35 +186,43 @@ class Engine:
                     self._step()
                 except Exception as exc:  # a failed step fails its requests, not the server
                     log.exception("generation step failed")
-                    for seq in self._running + self._waiting:
-                        self._finish(seq, "error", error=f"generation failed: {exc}")
+                    self._publish_all([(s, self._finish(s, "error", error=f"generation failed: {exc}"))
+                                       for s in self._running + self._waiting])
                     self._running, self._waiting = [], []
                     self._cache, self._mask = None, None
-        for seq in self._running + self._waiting:
-            self._finish(seq, "error", error="server shutting down")
+        self._publish_all([(s, self._finish(s, "error", error="server shutting down"))
+                           for s in self._running + self._waiting])
 
-    def _take_incoming(self) -> None:
-        block = not self._running and not self._waiting
+    def _take_incoming(self, block: bool = True) -> None:
+        """Move newly submitted requests to the waiting list; block for one if there is nothing to do."""
+        block = block and not self._running and not self._waiting
         while True:
             try:
                 seq = self._incoming.get(block=block)
             except queue.Empty:
                 return
-            block = False
             if seq is None:
                 return
+            if block:
+                # woken from idle: let the rest of a burst of requests land, so it is prefilled as one batch
+                time.sleep(_BURST_WINDOW_S)
+                block = False
             self._waiting.append(seq)
 
     def _step(self) -> None:
         self._take_incoming()
-        if self._stopping:
-            return
-        self._waiting = [s for s in self._waiting if not s.cancelled]
-        free = self.max_batch_size - len(self._running)
-        if free > 0 and self._waiting:
+        # Prefill first: requests that arrive while a prompt is being prefilled are admitted before the
+        # next decoding step, so a burst of requests gets its first tokens together. The batch's free
+        # places bound how long decoding can be put off.
+        while not self._stopping:
+            self._waiting = [s for s in self._waiting if not s.cancelled]
+            free = self.max_batch_size - len(self._running)
+            if free <= 0 or not self._waiting:
+                break
             admitted, self._waiting = self._waiting[:free], self._waiting[free:]
             self._prefill(admitted)
-        if self._running:
+            self._take_incoming(block=False)
+        if self._running and not self._stopping:
             self._decode()
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
@@ -245,31 +268,36 @@ class Engine:
             seq.finish_reason = "cancelled"
             return None
         if token in self.eos_token_ids:
-            return self._finish(seq, "stop", deliver=False)
+            return self._finish(seq, "stop")
         piece = seq.text.push(token)
         if seq.text.stopped:
-            return self._finish(seq, "stop", piece, deliver=False)
+            return self._finish(seq, "stop", piece)
         if seq.generated >= seq.params.max_tokens or seq.length + 1 >= self.context_length:
-            return self._finish(seq, "length", piece, deliver=False)
+            return self._finish(seq, "length", piece)
         return Delta(text=piece)
 
-    def _finish(self, seq: _Sequence, reason: str, piece: str = "", *, deliver: bool = True,
-                error: str | None = None) -> Delta:
+    def _finish(self, seq: _Sequence, reason: str, piece: str = "", *, error: str | None = None) -> Delta:
         seq.finish_reason = reason
         if reason in ("stop", "length"):
             piece += seq.text.finish()
         delta = Delta(text=piece, finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
                       completion_tokens=seq.generated, error=error)
-        if deliver:
-            seq.deliver(delta)
         return delta
 
     def _publish(self, seqs: list[_Sequence], deltas: list[Delta | None]) -> None:
-        for seq, delta in zip(seqs, deltas, strict=True):
-            if delta is not None:
-                seq.deliver(delta)
+        self._publish_all([(s, d) for s, d in zip(seqs, deltas, strict=True) if d is not None])
         if any(s.finish_reason is not None for s in self._running):
             self._drop_finished()
+
+    @staticmethod
+    def _publish_all(items: list[tuple[_Sequence, Delta]]) -> None:
+        """Hand Deltas to their listeners: one wake-up per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Listener, Delta]]] = {}
+        for seq, delta in items:
+            by_loop.setdefault(seq.listener.loop, []).append((seq.listener, delta))
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens any more
+                loop.call_soon_threadsafe(_put_all, batch)
 
     # -- the batch's KV cache ---------------------------------------------------------------------
 
