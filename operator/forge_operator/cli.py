@@ -3,6 +3,9 @@
     forge operator [--namespace NS ...]   run the operator against $KUBECONFIG (or in-cluster)
     forge crds [--check]                  regenerate crds/ from the API models (or check for drift)
     forge validate PATH...                check Forge manifests against the API models
+    forge run PATH... [--store s3://B]    run the manifests' workloads on this machine (no cluster)
+    forge get [-o wide]                   the resources `forge run` ran, like `kubectl get forge`
+    forge describe [KIND/]NAME            one resource's phase, counts and conditions
 """
 
 from __future__ import annotations
@@ -65,6 +68,44 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from forge_operator.local.command import run_local
+    from forge_operator.local.runner import RunOptions
+
+    if args.store and not args.store.startswith("s3://"):
+        print(f"forge run: --store {args.store!r}: use s3://bucket (credentials in FORGE_S3_ACCESS_KEY, "
+              "FORGE_S3_SECRET_KEY, endpoint in FORGE_S3_ENDPOINT); leave it out for the local directory",
+              file=sys.stderr)
+        return 2
+    options = RunOptions(root=Path(args.state_dir), namespace=args.namespace, store=args.store or None,
+                         serve=not args.no_serve, host=args.host, port=args.port)
+    return run_local([Path(p) for p in args.paths], options, plain=True if args.plain else None)
+
+
+def _get(args: argparse.Namespace) -> int:
+    from forge_operator.local.listing import render_get
+    from forge_operator.local.state import saved_records
+
+    records = saved_records(Path(args.state_dir))
+    if not records:
+        print(f"No resources found in {args.state_dir}/ (run `forge run PATH` first).", file=sys.stderr)
+        return 1
+    print(render_get(records, wide=args.output == "wide"))
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from forge_operator.local.listing import find_record, render_describe
+    from forge_operator.local.state import saved_records
+
+    found = find_record(saved_records(Path(args.state_dir)), args.name)
+    if not found:
+        print(f"forge describe: {args.name} not found in {args.state_dir}/", file=sys.stderr)
+        return 1
+    print("\n\n".join(render_describe(r) for r in found))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = argparse.ArgumentParser(prog="forge", description="Forge: a private model foundry on Kubernetes.")
@@ -84,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check Forge manifests against the API models")
     val.add_argument("paths", nargs="+", help="YAML files or directories")
     val.set_defaults(func=_validate)
+    run = sub.add_parser("run", help="run the manifests' workloads on this machine, in reference order")
+    run.add_argument("paths", nargs="+", help="YAML files or directories (e.g. examples/quickstart/)")
+    run.add_argument("--store", default="", help="s3://bucket for artifacts in MinIO/S3 (default: the state dir)")
+    run.add_argument("--state-dir", default=".forge", help="status and local artifacts (default: .forge)")
+    run.add_argument("--namespace", "-n", default="default", help="namespace the resources belong to")
+    run.add_argument("--host", default="127.0.0.1", help="address the deployment listens on")
+    run.add_argument("--port", type=int, default=8000, help="port of the deployment (0: any free port)")
+    run.add_argument("--no-serve", action="store_true", help="stop after training: do not start deployments")
+    run.add_argument("--plain", action="store_true", help="log lines instead of the live display")
+    run.set_defaults(func=_run)
+    get = sub.add_parser("get", help="list what `forge run` ran, like `kubectl get forge`")
+    get.add_argument("--state-dir", default=".forge", help="where `forge run` keeps status (default: .forge)")
+    get.add_argument("--output", "-o", choices=["wide"], help="wide: more columns")
+    get.set_defaults(func=_get)
+    desc = sub.add_parser("describe", help="one resource's phase, counts and conditions")
+    desc.add_argument("name", help="NAME or KIND/NAME (e.g. ftr/base)")
+    desc.add_argument("--state-dir", default=".forge", help="where `forge run` keeps status (default: .forge)")
+    desc.set_defaults(func=_describe)
     return parser
 
 

@@ -30,15 +30,16 @@ class DatasetPlan:
 
 
 def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokenizer_uri: str | None = None,
-                 ) -> DatasetPlan:
+                 local: bool = False, output: str | None = None) -> DatasetPlan:
     """The preparation workload of `ds`.
 
     `reused_tokenizer_uri` is the tokenizer URI of the dataset named by spec.tokenizer.datasetRef,
-    resolved by the caller (the referenced dataset must be Ready)."""
+    resolved by the caller (the referenced dataset must be Ready). `local` (the local runner) also
+    accepts a local source path; `output` replaces the store prefix the dataset writes under."""
     meta = ds.metadata
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     spec = ds.spec
-    if not spec.source.uri.startswith("s3://"):
+    if not local and not spec.source.uri.startswith("s3://"):
         raise InvalidSpecError(f"spec.source.uri: {spec.source.uri!r} must be an s3://bucket/prefix URI on "
                                "Kubernetes (local paths work only with `forge run`)")
     tokenizer = spec.tokenizer
@@ -46,7 +47,7 @@ def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokeniz
         if reused_tokenizer_uri is None:
             raise InvalidSpecError("spec.tokenizer.datasetRef: the referenced dataset's tokenizer is not resolved")
         tokenizer = TokenizerConfig(uri=reused_tokenizer_uri)
-    out = output_uri(settings.store_bucket, namespace, KIND, name, uid)
+    out = output or output_uri(settings.store_bucket, namespace, KIND, name, uid)
     config = PrepareConfig(
         source=spec.source.uri, output=out, format=spec.format, purpose=spec.purpose,
         text_field=spec.text_field, processing=spec.processing, tokenizer=tokenizer, split=spec.split,

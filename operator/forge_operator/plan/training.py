@@ -123,13 +123,16 @@ def config_hash(config: TrainConfig) -> str:
 
 
 def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: ResolvedRefs,
-                      attempt: int = 0) -> TrainingPlan:
-    """The workload of attempt `attempt` of `run` (attempts are the operator's job recreations)."""
+                      attempt: int = 0, *, config_path: str = CONFIG_PATH, output: str | None = None) -> TrainingPlan:
+    """The workload of attempt `attempt` of `run` (attempts are the operator's job recreations).
+
+    The local runner passes where it writes the config file (`config_path`) and, with a local
+    directory store, the prefix the run writes under (`output`)."""
     meta = run.metadata
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     spec = run.spec
     model = spec.model or refs.model
-    out = output_uri(settings.store_bucket, namespace, KIND, name, uid)
+    out = output or output_uri(settings.store_bucket, namespace, KIND, name, uid)
     try:
         config = TrainConfig(
             stage=spec.stage, model=model, dataset=refs.dataset_manifest, output=out,
@@ -140,7 +143,8 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
             hyperparameters=spec.hyperparameters, precision=spec.precision, checkpointing=spec.checkpointing,
             store=settings.store, metrics_port=METRICS_PORT,
         )
-        app = plan_app_def(child_name(name, "train"), settings.trainer_image, spec.resources, spec.max_restarts)
+        app = plan_app_def(child_name(name, "train"), settings.trainer_image, spec.resources, spec.max_restarts,
+                           config_path=config_path)
     except ValueError as exc:
         raise InvalidSpecError(str(exc)) from exc
     job_name = child_name(name, f"train-{attempt}")
