@@ -19,6 +19,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="forge.ai")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="forge.ai")
     settings.posting.level = logging.INFO
+    # handlers are short blocking API calls: enough threads that a burst does not queue behind them,
+    # and no artificial wait to batch events of one object
+    settings.execution.max_workers = 16
+    settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
     port = runtime().settings.metrics_port
