@@ -136,8 +136,18 @@ def _mix(x: U64) -> U64:
     return x ^ (x >> np.uint64(31))
 
 
+_NON_WORD_TO_SPACE = bytes(b if chr(b).isascii() and (chr(b).isalnum() or b == ord("_")) else 32
+                           for b in range(256))
+_ASCII_DIGITS = re.compile(rb"[0-9]+")
+
+
 def simplify(text: str) -> bytes:
     """Lower-cased words (numbers folded to 0) joined by single spaces, as UTF-8: what shingles see."""
+    if text.isascii():  # the same result through bytes operations, several times faster
+        raw = text.encode().lower()
+        if _ASCII_DIGITS.search(raw):
+            raw = _ASCII_DIGITS.sub(b"0", raw)
+        return b" ".join(raw.translate(_NON_WORD_TO_SPACE).split())
     return " ".join(_WORD.findall(_DIGITS.sub("0", text.lower()))).encode()
 
 

@@ -17,10 +17,11 @@ PLACEHOLDERS: dict[PiiType, str] = {
     PiiType.IP_ADDRESS: "<IP_ADDRESS>",
 }
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# look-behinds follow a first character class so the engine can skip ahead to candidates
+_EMAIL = re.compile(r"[A-Za-z0-9](?<![\w.+-][A-Za-z0-9])[A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![\w-])")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+_IBAN = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_CARD = re.compile(r"\d(?<![\w-]\d)(?:[ -]?\d){12,18}(?![\w-])")
 _IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
                    r"(?![\w.]\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
@@ -73,14 +74,17 @@ def _phone_ok(match: str) -> bool:
 
 
 # order matters: IBANs and card numbers are digit runs a phone pattern would also take
-_RULES: list[tuple[PiiType, re.Pattern[str], Callable[[str], bool] | None, str | None]] = [
-    (PiiType.EMAIL, _EMAIL, None, "@"),
-    (PiiType.IBAN, _IBAN, iban_valid, None),
-    (PiiType.CREDIT_CARD, _CARD, _card_ok, None),
-    (PiiType.IP_ADDRESS, _IPV4, None, "."),
-    (PiiType.IP_ADDRESS, _IPV6, _ipv6_ok, ":"),
-    (PiiType.PHONE, _PHONE, _phone_ok, None),
+# (kind, pattern, validity check, substring the text must hold, needs a digit); order matters:
+# IBANs and card numbers are digit runs a phone pattern would also take
+_RULES: list[tuple[PiiType, re.Pattern[str], Callable[[str], bool] | None, str | None, bool]] = [
+    (PiiType.EMAIL, _EMAIL, None, "@", False),
+    (PiiType.IBAN, _IBAN, iban_valid, None, True),
+    (PiiType.CREDIT_CARD, _CARD, _card_ok, None, True),
+    (PiiType.IP_ADDRESS, _IPV4, None, ".", True),
+    (PiiType.IP_ADDRESS, _IPV6, _ipv6_ok, ":", False),
+    (PiiType.PHONE, _PHONE, _phone_ok, None, True),
 ]
+_ANY_DIGIT = re.compile(r"\d")
 
 
 class Redactor:
@@ -93,8 +97,9 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """`text` with personal data replaced by placeholders; `counts` is updated."""
-        for kind, pattern, check, needle in self.rules:
-            if needle is not None and needle not in text:
+        has_digit = _ANY_DIGIT.search(text) is not None
+        for kind, pattern, check, needle, needs_digit in self.rules:
+            if (needle is not None and needle not in text) or (needs_digit and not has_digit):
                 continue
             placeholder = PLACEHOLDERS[kind]
             hits = 0
