@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,7 +92,7 @@ def test_local_plan_runs_the_same_app_def_with_the_local_config_path(tmp_path: P
     assert local.app.roles[0].env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
 
 
-RECORDS = [
+RECORDS: list[dict[str, Any]] = [
     {"apiVersion": "forge.ai/v1alpha1", "kind": "ForgeTrainingRun",
      "metadata": {"name": "base", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
      "spec": {"stage": "pretrain"},
