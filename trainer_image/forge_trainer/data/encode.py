@@ -8,7 +8,7 @@ an `Encoding` object per document.
 
 The fast path is only taken for a tokenizer it is exact for (no normaliser, the ByteLevel
 pre-tokenizer with its regex and no prefix space); documents that contain a special-token string go
-through `Tokenizer.encode`; and the first batch is checked against `Tokenizer.encode_batch`, falling
+through `Tokenizer.encode`; and the first documents are checked against `Tokenizer.encode_batch`, falling
 back for good on any difference. Anything else uses the tokenizer as it is.
 """
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 _GPT2_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 MAX_CACHED_PIECES = 200_000
 """Distinct pieces whose ids are remembered (the first ones seen: the frequent ones); bounds memory."""
+VERIFY_DOCS = 256
+"""Documents of the first batch encoded both ways and compared before the fast path is trusted."""
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -95,13 +97,18 @@ class FastEncoder:
         self.cache = _PieceCache(tok, eos_id)
         self.fast = supports_fast_path(tok)
         self.verified = False
-        specials = [t.content for t in tok.get_added_tokens_decoder().values()]
-        self.specials = regex.compile("|".join(map(regex.escape, specials))) if specials else None
+        self.specials = [t.content for t in tok.get_added_tokens_decoder().values()]
+        self._specials_re = regex.compile("|".join(map(regex.escape, self.specials))) if self.specials else None
         self.eos_id = eos_id
+
+    def _has_special(self, text: str) -> bool:
+        if len(self.specials) <= 16:  # a few substring searches beat one regex alternation
+            return any(s in text for s in self.specials)
+        return self._specials_re is not None and self._specials_re.search(text) is not None
 
     def _pieces(self, texts: Sequence[str], eos: bool) -> Iterator[Any]:
         for text in texts:
-            if self.specials is not None and self.specials.search(text):
+            if self._has_special(text):
                 yield _Literal(self.tok.encode(text, add_special_tokens=False).ids)
             else:
                 yield from _GPT2_SPLIT.findall(text)
@@ -115,31 +122,31 @@ class FastEncoder:
     def encode_flat(self, texts: Sequence[str], dtype: str) -> npt.NDArray[Any]:
         """The documents' ids back to back, each followed by eos, as one array of `dtype`."""
         eos = self.eos_id is not None
+        if self.fast and not self.verified:
+            sample = texts[:VERIFY_DOCS]
+            self._verify_equal(self._fast_ids(sample, eos, dtype).tolist() == self._reference(sample, eos))
         if not self.fast:
             return np.array(self._reference(texts, eos), dtype=dtype)
-        ids = np.fromiter(chain.from_iterable(map(self.cache.__getitem__, self._pieces(texts, eos))), dtype=dtype)
-        if not self.verified:
-            self._verify(texts, ids.tolist(), eos)
-            if not self.fast:
-                return np.array(self._reference(texts, eos), dtype=dtype)
-        return ids
+        return self._fast_ids(texts, eos, dtype)
+
+    def _fast_ids(self, texts: Sequence[str], eos: bool, dtype: str) -> npt.NDArray[Any]:
+        return np.fromiter(chain.from_iterable(map(self.cache.__getitem__, self._pieces(texts, eos))), dtype=dtype)
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens in each document (no eos)."""
+        if self.fast and not self.verified:
+            sample = texts[:VERIFY_DOCS]
+            expected = [len(e.ids) for e in self.tok.encode_batch(list(sample), add_special_tokens=False)]
+            self._verify_equal(self._fast_counts(sample) == expected)
         if not self.fast:
             return [len(e.ids) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
-        counts = [sum(map(len, map(self.cache.__getitem__, self._pieces([t], False)))) for t in texts]
-        if not self.verified:
-            expected = [len(e.ids) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
-            self._verify_equal(counts == expected)
-            return expected
-        return counts
+        return self._fast_counts(texts)
 
-    def _verify(self, texts: Sequence[str], got: list[int], eos: bool) -> None:
-        self._verify_equal(got == self._reference(texts, eos))
+    def _fast_counts(self, texts: Sequence[str]) -> list[int]:
+        return [sum(map(len, map(self.cache.__getitem__, self._pieces([t], False)))) for t in texts]
 
     def _verify_equal(self, same: bool) -> None:
         self.verified = True
         if not same:
             self.fast = False
-            log.warning("cached encoding differs from the tokenizer's on the first batch; using the tokenizer")
+            log.warning("cached encoding differs from the tokenizer's on the first documents; using the tokenizer")
