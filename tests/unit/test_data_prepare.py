@@ -289,3 +289,14 @@ def test_manifest_is_valid_for_readers(tmp_path: Path) -> None:
     assert manifest.shards[0].split is Split.TRAIN
     assert [s.split for s in manifest.shards] == sorted((s.split for s in manifest.shards),
                                                         key=lambda s: s is Split.VALIDATION)
+
+
+def test_small_corpus_still_gets_a_validation_split(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_jsonl(src / "d.jsonl", [{"text": sentence_doc(i)} for i in range(3)])
+    manifest = run_prepare(_config(src, tmp_path / "out", split={"validationFraction": 0.001}))
+    assert {s.split for s in manifest.shards} == {Split.TRAIN, Split.VALIDATION}
+    assert manifest.counts.validation_tokens > 0
+    none = run_prepare(_config(src, tmp_path / "out2", split={"validationFraction": 0.0}))
+    assert {s.split for s in none.shards} == {Split.TRAIN}

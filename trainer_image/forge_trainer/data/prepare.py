@@ -103,7 +103,7 @@ def _prepare(run: _Run) -> Manifest:
     spill = run.tmp / "clean.jsonl"
     run.report.stage("reading")
     try:
-        with spill.open("w", encoding="utf-8") as out:
+        with spill.open("w+b") as out:
             kept_bytes = _clean(run, src, objects, out)
     except StoreError as exc:
         raise WorkloadError(f"reading source {cfg.source} failed: {exc}") from exc
@@ -119,7 +119,7 @@ def _prepare(run: _Run) -> Manifest:
     return _write_manifest(run, shards, info)
 
 
-def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[str]) -> int:
+def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[bytes]) -> int:
     """Pass 1: read, clean, dedup and redact every record into the spill file; cleaned bytes kept."""
     cfg, report = run.config, run.report
     structured = cfg.purpose is not DatasetPurpose.PRETRAIN
@@ -127,7 +127,8 @@ def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[str]) -> int
     cleaner = Cleaner(cfg.processing, cfg.purpose, cfg.seed)
     threshold = int(cfg.split.validation_fraction * 2**64)
     counts, progress = report.counts, report.progress
-    kept_bytes = 0
+    kept_bytes = validation = 0
+    last: tuple[int, dict[str, Any]] | None = None  # offset and content of the last spill line
     for item in reader.read(objects):
         if isinstance(item, ingest.ObjectRead):
             progress.bytes_done += item.size
@@ -145,10 +146,18 @@ def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[str]) -> int
         line: dict[str, Any] = {"s": split, "t": result.text}
         if result.record is not None:
             line["r"] = result.record
-        out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        last = (out.tell(), line)
+        out.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+        validation += split
         counts.documents_kept += 1
         kept_bytes += len(result.text)
         report.tick()
+    if last is not None and validation == 0 and threshold > 0 and counts.documents_kept >= 2:
+        # a small corpus whose hashes all fell on the train side still gets a validation document
+        offset, line = last
+        out.seek(offset)
+        out.truncate()
+        out.write(json.dumps({**line, "s": 1}, ensure_ascii=False).encode() + b"\n")
     counts.redactions = cleaner.redactions
     report.flush()
     return kept_bytes
