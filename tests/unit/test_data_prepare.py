@@ -107,7 +107,7 @@ def test_corrupt_corpus_is_counted_never_a_crash(tmp_path: Path) -> None:
     manifest = run_prepare(_config(tmp_path / "src", tmp_path / "out"))
     counts = manifest.counts
     assert counts.dropped == expected_drops
-    assert counts.documents_kept == 3  # good.txt and the two good lines
+    assert counts.documents_kept == 4  # good.txt, the two good JSON lines, the good CSV row
     assert counts.documents_read == counts.documents_kept + sum(counts.dropped.values())
     assert set(manifest.examples) == set(expected_drops)
     assert any("unterminated" in e for e in manifest.examples["invalid_json"])

@@ -2,7 +2,8 @@
 rejections with their reason), whatever its format, in bounded memory.
 
 Text, markdown and source files are one document each; JSON Lines, JSON, CSV and Parquet hold one
-record per line / element / row; a PDF is one document of its extracted text. Bad input is never an
+record per line / element / row; a PDF is one document of its extracted text. A JSON file (an array
+or one object) and a PDF are read whole, so very large ones belong in JSON Lines or Parquet. Bad input is never an
 exception: each bad record (or unreadable object) is a `Rejected` with the reason it is counted under.
 """
 
