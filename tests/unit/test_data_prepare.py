@@ -126,6 +126,7 @@ def test_dedup_filters_and_pii_counts(tmp_path: Path) -> None:
         {"text": base.replace("  ", " ") + "  "},  # exact after normalisation
         {"text": " ".join(near)},  # near
         {"text": "tiny"},
+        {"text": "to zed@example.com"},
         {"text": "$$$ ### %%% &&& *** @@@ !!! ??? ~~~ ^^^ letters"},
         {"text": sentence_doc(2) + " Mail ann@example.com or call +1 415 555 2671 from 192.168.0.1."},
         {"text": sentence_doc(3) + " Card 4242 4242 4242 4242, IBAN GB82WEST12345698765432."},
@@ -134,10 +135,12 @@ def test_dedup_filters_and_pii_counts(tmp_path: Path) -> None:
     manifest = run_prepare(_config(src, tmp_path / "out"))
     c = manifest.counts
     assert (c.exact_duplicates, c.near_duplicates) == (2, 1)
-    assert c.dropped == {"exact_duplicate": 2, "near_duplicate": 1, "too_short": 1, "low_alpha_ratio": 1}
+    assert c.dropped == {"exact_duplicate": 2, "near_duplicate": 1, "too_short": 2, "low_alpha_ratio": 1}
     assert c.redactions == {"credit_card": 1, "email": 1, "iban": 1, "ip_address": 1, "phone": 1}
     text = "\n".join(_decoded_documents(str(tmp_path / "out")))
     assert "<EMAIL>" in text and "ann@example.com" not in text
+    manifest_text = (tmp_path / "out" / "manifest.json").read_text()
+    assert "zed@example.com" not in manifest_text  # a dropped example is redacted too
     assert "<CREDIT_CARD>" in text and "4242 4242" not in text
 
 

@@ -33,6 +33,7 @@ from forge_trainer.data.manifest import (
     TokenizerInfo,
 )
 from forge_trainer.data.packing import pack_record_shards, pack_token_shards
+from forge_trainer.data.pii import Redactor
 from forge_trainer.data.report import Reporter, now_rfc3339
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
 from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
@@ -65,7 +66,8 @@ def run_prepare(config: PrepareConfig, progress_interval: float = 5.0) -> Manife
     """Prepare the dataset `config` describes; returns its manifest. A failure is a WorkloadError
     whose message names the URI at fault, after progress.json says stage `failed`."""
     out, prefix = open_uri(config.output, config.store)
-    report = Reporter(out, prefix, progress_interval)
+    pii = config.processing.pii
+    report = Reporter(out, prefix, progress_interval, Redactor(pii.types).redact if pii.enabled else None)
     try:
         with tempfile.TemporaryDirectory(prefix="forge-prepare-") as tmp:
             return _prepare(_Run(config, out, prefix, report, Path(tmp)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +27,10 @@ def now_rfc3339() -> str:
 class Reporter:
     """Counts, examples, progress.json and the audit log of one prepare run."""
 
-    def __init__(self, store: ObjectStore, prefix: str, interval: float = 5.0) -> None:
+    def __init__(self, store: ObjectStore, prefix: str, interval: float = 5.0,
+                 scrub: Callable[[str], str] | None = None) -> None:
         self.store, self.prefix, self.interval = store, prefix, interval
+        self.scrub = scrub  # applied to dropped examples, so personal data never reaches the manifest
         self.progress = DatasetProgress()
         self.examples: dict[str, list[str]] = {}
         self._audit: list[dict[str, Any]] = []
@@ -44,7 +47,7 @@ class Reporter:
         dropped[reason] = dropped.get(reason, 0) + 1
         kept = self.examples.setdefault(reason, [])
         if len(kept) < MAX_EXAMPLES:
-            kept.append(example[:200])
+            kept.append((self.scrub(example[:400]) if self.scrub else example)[:200])
 
     def audit(self, event: str, uri: str, sha256: str, size: int) -> None:
         """Record an object read or an artifact written (flushed with the next progress write)."""
