@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from forge_trainer.config import TrainConfig, TrainProgress
@@ -24,23 +22,14 @@ from tests.unit.train_fixtures import (
     ELASTIC_ENV,
     kill_tree,
     local_dataset,
+    one_thread,
     start_torchrun,
     torchrun_command,
     wait_for,
     worker_pids,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """In-process reference runs use one thread, like each torchrun worker (OMP_NUM_THREADS=1): on a
-    busy machine more threads than cores slow a run down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures(one_thread.__name__)]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,9 @@ from forge_trainer.train.checkpoint import list_checkpoints, load_checkpoint
 from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.progress import read_step_log
 from tests.conftest import S3Server, free_port
-from tests.unit.train_fixtures import local_dataset, real_corpus, write_dataset
+from tests.unit.train_fixtures import local_dataset, one_thread, real_corpus, write_dataset
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture(scope="module")

@@ -213,7 +213,8 @@ class _Run:
             batches = step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size,
                                          self.micro)
             stats = self.trainer.train_step(step, batches)
-            recent.append(time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            recent.append(seconds)
             done = step + 1
             tokens_seen += step_tokens
             losses[done] = stats.loss
@@ -222,8 +223,11 @@ class _Run:
                 "step": done, "tokens_seen": tokens_seen, "loss": stats.loss, "tokens_per_second": tps,
                 "mfu": fpt * tps / (peak * rt.world_size) if peak else None, "world_size": rt.world_size,
             }
-            record: dict[str, object] = {"step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
-                      "tokens_per_second": tps, "world_size": rt.world_size}
+            record: dict[str, object] = {
+                "step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                "step_seconds": seconds, "tokens_per_second": tps, "world_size": rt.world_size,
+                "time": time.time(),
+            }
             if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
                 fields["eval_loss"] = self.evaluate()
                 record["eval_loss"] = fields["eval_loss"]

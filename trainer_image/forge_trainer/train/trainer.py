@@ -84,7 +84,7 @@ class Trainer:
         self.model, self.hp, self.runtime, self.loss_fn, self.bf16 = model, hp, runtime, loss_fn, bf16
         named = list(params) if params is not None else list(model.named_parameters())
         self.params = [p for _, p in named if p.requires_grad]
-        self.optimizer = build_optimizer(named, hp, fused=runtime.device.type == "cuda")
+        self.optimizer = build_optimizer(named, hp, fused=True)
 
     def train_step(self, step: int, micro_batches: Sequence[Batch]) -> StepStats:
         """One optimizer step over this worker's micro-batches (the global batch across workers)."""
@@ -137,7 +137,7 @@ def _grad_norm(params: list[nn.Parameter], clip: float) -> float:
     if not grads:
         return 0.0
     max_norm = clip if clip > 0 else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
+    norm = torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
     full = getattr(norm, "full_tensor", None)
     return float(full() if full is not None else norm)
 

@@ -1,0 +1,129 @@
+"""Throughput of our pretraining loop against a plain PyTorch loop, tiny preset on CPU.
+
+Both train the same model (same seed) on the same batches with the same optimizer, schedule,
+clipping and accumulation; ours runs the whole workload (`run_pretrain`: store reads with digest
+checks, progress.json, step log, a final checkpoint and export), the reference is a bare loop over
+batches already in memory. Prints median step times, tokens/s, the ratio (target >= 1.0x), and
+the largest loss difference over the first 50 steps.
+
+    .venv/bin/python benchmarks/bench_train_throughput.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.unit.train_fixtures import local_dataset
+
+from forge_trainer.config import TrainConfig
+from forge_trainer.data.manifest import Split
+from forge_trainer.data.shards import load_manifest
+from forge_trainer.model import Transformer, resolve_model_args
+from forge_trainer.store import LocalStore
+from forge_trainer.train.batches import TokenSequences, step_micro_batches
+from forge_trainer.train.pretrain import run_pretrain
+from forge_trainer.train.progress import read_step_log
+from forge_trainer.train.schedule import lr_at
+
+STEPS_COMPARED = 50
+
+
+def make_config(dataset: str, output: Path, steps: int) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "stage": "pretrain", "model": {"size": "tiny"}, "dataset": dataset, "output": str(output),
+        "precision": "fp32", "metricsPort": 0,
+        "hyperparameters": {"maxSteps": steps, "globalBatchSize": 16, "microBatchSize": 8, "sequenceLength": 128,
+                            "warmupSteps": 10, "learningRate": 3e-3, "evalInterval": 0, "evalBatches": 1},
+        "checkpointing": {"interval": steps, "keep": 1},
+    })
+
+
+def ours(config: TrainConfig) -> tuple[list[float], list[float]]:
+    """(step seconds, losses) of our full workload."""
+    run_pretrain(config)
+    log = read_step_log(LocalStore(Path(config.output)), "")
+    steps = sorted(log)
+    return [log[s]["step_seconds"] for s in steps], [log[s]["loss"] for s in steps]
+
+
+def plain(config: TrainConfig) -> tuple[list[float], list[float]]:
+    """(step seconds, losses) of a bare PyTorch loop over the same batches."""
+    hp = config.hyperparameters
+    manifest, _ = load_manifest(config.dataset)
+    data = TokenSequences(config.dataset, manifest, Split.TRAIN, hp.sequence_length, hp.seed)
+    batches = [step_micro_batches(data, s, hp.global_batch_size, 0, 1, hp.micro_batch_size)
+               for s in range(hp.max_steps)]
+    torch.manual_seed(hp.seed)
+    model = Transformer(resolve_model_args(config.model, manifest.tokenizer.vocab_size))
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=hp.learning_rate, betas=(hp.beta1, hp.beta2))
+    times, losses = [], []
+    for step, micro in enumerate(batches):
+        began = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, hp)
+        total = 0.0
+        for batch in micro:
+            logits = model(batch["input_ids"])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+            (loss / len(micro)).backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+        losses.append(total / len(micro))
+    return times, losses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 60 steps (about a minute)")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both loops")
+    a = parser.parse_args()
+    rounds = a.rounds or (3 if a.quick else 5)
+    steps = a.steps or (60 if a.quick else 200)
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dataset = local_dataset(root / "ds")
+        ours_times: list[float] = []
+        plain_times: list[float] = []
+        max_diff = 0.0
+        for r in range(rounds):  # alternated so machine load hits both alike
+            if r % 2:
+                t_plain, l_plain = plain(make_config(dataset, root / f"plain-{r}", steps))
+                t_ours, l_ours = ours(make_config(dataset, root / f"ours-{r}", steps))
+            else:
+                t_ours, l_ours = ours(make_config(dataset, root / f"ours-{r}", steps))
+                t_plain, l_plain = plain(make_config(dataset, root / f"plain-{r}", steps))
+            warm = 5
+            ours_times += t_ours[warm:]
+            plain_times += t_plain[warm:]
+            max_diff = max(max_diff, *(abs(x - y) for x, y in zip(l_ours[:STEPS_COMPARED], l_plain[:STEPS_COMPARED],
+                                                                  strict=True)))
+        tokens = 16 * 128
+        med_ours, med_plain = statistics.median(ours_times), statistics.median(plain_times)
+        print(f"tiny preset, CPU, {a.threads} thread(s), {rounds} rounds x {steps} steps, {tokens} tokens/step")
+        print(f"plain PyTorch loop : median step {med_plain * 1e3:7.2f} ms  {tokens / med_plain:9.0f} tokens/s")
+        print(f"forge trainer      : median step {med_ours * 1e3:7.2f} ms  {tokens / med_ours:9.0f} tokens/s")
+        print(f"ratio forge/plain tokens/s: {med_plain / med_ours:.3f}x (target >= 1.0x)")
+        print(f"max |loss difference| over the first {STEPS_COMPARED} steps: {max_diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
