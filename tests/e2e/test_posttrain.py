@@ -68,11 +68,12 @@ def rl_run(sft_model: Path, out: Path, method: SftMethod, steps: int, lr: float)
 
 
 def test_grpo_raises_mean_reward_over_step_zero(sft_model: Path, tmp_path: Path) -> None:
-    result = rl_run(sft_model, tmp_path, SftMethod.FULL, steps=30, lr=3e-3)
+    # lr and margin chosen over seeds 11-14: gains of 0.25-0.33 in mean reward, KL below 0.3
+    result = rl_run(sft_model, tmp_path, SftMethod.FULL, steps=30, lr=1e-3)
     rewards = [result.rewards[s] for s in sorted(result.rewards)]
     start, end = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
     assert 0.2 < rewards[0] < 0.8, rewards  # the sft'd model is right some of the time: there is room
-    assert end > start + 0.2, rewards
+    assert end > start + 0.15, rewards
     assert result.success[30] > result.success[1]
 
     progress = json.loads((tmp_path / "rl_out" / "progress.json").read_text())
@@ -93,9 +94,9 @@ def test_grpo_raises_mean_reward_over_step_zero(sft_model: Path, tmp_path: Path)
 def test_lora_grpo_trains_adapters_and_exports_a_chat_model(sft_model: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = rl_run(sft_model, tmp_path, SftMethod.LORA, steps=15, lr=1e-2)
+    result = rl_run(sft_model, tmp_path, SftMethod.LORA, steps=15, lr=5e-3)
     rewards = [result.rewards[s] for s in sorted(result.rewards)]
-    assert sum(rewards[-5:]) / 5 > sum(rewards[:3]) / 3, rewards
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:3]) / 3 + 0.1, rewards
     assert result.progress.kl is not None and result.progress.kl > 0
     out = tmp_path / "rl_out"
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
