@@ -109,3 +109,16 @@ def test_manifests_validate_against_current_kubernetes() -> None:
 def test_bad_quantity_names_the_field() -> None:
     with pytest.raises(InvalidSpecError, match=r"spec\.resources\.memory: 'lots' is not a Kubernetes quantity"):
         plan_training_run(_run(resources={"memory": "lots"}), SETTINGS, REFS)
+
+
+def test_custom_verifier_source_is_mounted_from_its_configmap() -> None:
+    run = _run(stage="rl", datasetRef="tasks", init={"baseRun": "tuned"}, model=None,
+               rl={"reward": {"verifier": "custom", "customSource": {"name": "my-verifier", "key": "check.py"}}})
+    refs = ResolvedRefs(dataset_manifest="s3://b/tasks/manifest.json", init_model_uri="s3://b/tuned/model")
+    objs = {m["kind"]: m for m in render_training(plan_training_run(run, SETTINGS, refs))}
+    pod = objs["Job"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "verifier")
+    assert volume["configMap"] == {"name": "my-verifier", "items": [{"key": "check.py", "path": "verifier.py"}]}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["FORGE_CUSTOM_VERIFIER"] == "/etc/forge/verifier/verifier.py"
+    assert {"name": "verifier", "mountPath": "/etc/forge/verifier", "readOnly": True} in pod["containers"][0]["volumeMounts"]

@@ -18,7 +18,6 @@ from kubernetes.dynamic.resource import Resource
 
 from forge_operator.api.common import FIELD_MANAGER
 
-
 log = logging.getLogger("forge.kube")
 _UNKNOWN_FIELD = re.compile(r"failed to create typed patch object: (\.[\w.]+): field not declared in schema")
 

@@ -94,11 +94,12 @@ class LiveDisplay:
         self.progress.console.print(f"{SHORT.get(kind, kind)}/{name}: {message}")
 
     def serving(self, name: str, endpoint: str, model: str) -> None:
-        self.progress.console.print(
-            f"\n[bold green]fdep/{name} is serving[/] at [bold]{endpoint}[/] (model \"{model}\")\n"
-            f"  curl {endpoint}/chat/completions -H 'Content-Type: application/json' \\\n"
-            f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is 1 plus 2?\"}}]}}'\n"
-            "Ctrl-C stops it.")
+        console = self.progress.console
+        console.print(f"\n[bold green]fdep/{name} is serving[/] at [bold]{endpoint}[/] (model \"{model}\")")
+        console.print(f"  curl {endpoint}/chat/completions -H 'Content-Type: application/json' \\\n"
+                      f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
+                      f"\"content\": \"What is 1 plus 2?\"}}]}}'", markup=False, highlight=False, soft_wrap=True)
+        console.print("Ctrl-C stops it (`forge get` in another terminal shows every resource).")
 
     def close(self) -> None:
         self.progress.stop()

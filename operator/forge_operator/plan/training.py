@@ -12,9 +12,11 @@ import json
 import math
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from torchx import specs
 from torchx.specs import macros
 
+from forge_operator.api.errors import spec_error_message
 from forge_operator.api.training import ForgeTrainingRun, TrainingResources
 from forge_operator.plan.naming import child_name, common_labels, output_uri
 from forge_operator.plan.quantity import parse_quantity
@@ -145,6 +147,8 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         )
         app = plan_app_def(child_name(name, "train"), settings.trainer_image, spec.resources, spec.max_restarts,
                            config_path=config_path)
+    except ValidationError as exc:
+        raise InvalidSpecError(spec_error_message(exc, root="spec")) from exc
     except ValueError as exc:
         raise InvalidSpecError(str(exc)) from exc
     job_name = child_name(name, f"train-{attempt}")

@@ -25,6 +25,7 @@ RANK0_ENV = "FORGE_RANK0_HOST"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ATTEMPT_LABEL = "forge.ai/attempt"
 GPU_RESOURCE = "nvidia.com/gpu"
+VERIFIER_DIR = "/etc/forge/verifier"
 
 
 def render_training_service(plan: TrainingPlan) -> dict[str, Any]:
@@ -76,6 +77,15 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
     }
+    reward = plan.config.rl.reward if plan.config.stage.value == "rl" else None
+    if reward is not None and reward.custom_source is not None:
+        # the custom verifier's source, from a ConfigMap in the run's namespace, read-only
+        container["volumeMounts"].append({"name": "verifier", "mountPath": VERIFIER_DIR, "readOnly": True})
+        container["env"].append({"name": "FORGE_CUSTOM_VERIFIER", "value": f"{VERIFIER_DIR}/verifier.py"})
+        extra_volumes = [{"name": "verifier", "configMap": {
+            "name": reward.custom_source.name, "items": [{"key": reward.custom_source.key, "path": "verifier.py"}]}}]
+    else:
+        extra_volumes = []
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "subdomain": plan.service_name,
@@ -83,7 +93,7 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": 120,  # time to write the SIGTERM checkpoint
         "containers": [container],
-        "volumes": [config_vol, tmp_vol, shm_vol],
+        "volumes": [config_vol, tmp_vol, shm_vol, *extra_volumes],
     }
     if res.node_selector:
         pod_spec["nodeSelector"] = dict(res.node_selector)
