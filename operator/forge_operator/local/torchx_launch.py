@@ -4,6 +4,7 @@ local scheduler (`local_cwd`), and observe it the way the operator observes a Jo
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ class LocalApp:
         self.token = token
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
+        # TorchX's local scheduler installs SIGINT/SIGTERM handlers that raise its own exception; the
+        # runner keeps its own (Ctrl-C is a KeyboardInterrupt that ends every workload, then exits 130)
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._runner: Any = get_runner()
         # the local scheduler starts replicas with a copy of this process's environment: the token tags
         # the whole tree, and PATH leads to this installation's torchrun
@@ -34,6 +38,8 @@ class LocalApp:
             self.handle: str = self._runner.run(app, scheduler=SCHEDULER, cfg={"log_dir": str(log_dir)})
         finally:
             os.environ.pop(TOKEN_ENV, None)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
     def observe(self) -> JobObservation:
         """The app's state as a Job observation (running, complete, or failed with a reason)."""
