@@ -1,0 +1,108 @@
+"""Model FLOPs utilisation of our training step on one GPU (1b preset, bf16 autocast), against a
+plain PyTorch loop of the same model and batch measured in the same run. Prints "skipped: no GPU"
+and exits 0 where no CUDA device is available.
+
+    .venv/bin/python benchmarks/bench_train_mfu_gpu.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from forge_trainer.config import Hyperparameters, ModelConfig, SizePreset
+from forge_trainer.model import Transformer, resolve_model_args
+from forge_trainer.model.flops import flops_per_token, peak_flops
+from forge_trainer.train.parallel import wrap_model
+from forge_trainer.train.runtime import Runtime
+from forge_trainer.train.trainer import Trainer
+
+VOCAB = 32_000
+
+
+def batches(n: int, micro: int, seq: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    rows = torch.randint(0, VOCAB, (n, micro, seq + 1), generator=g)
+    return [{"input_ids": r[:, :-1].to(device), "labels": r[:, 1:].to(device)} for r in rows]
+
+
+def time_steps(step: object, data: list[dict[str, torch.Tensor]], accum: int, warmup: int) -> list[float]:
+    times = []
+    for i in range(len(data) // accum):
+        torch.cuda.synchronize()
+        began = time.perf_counter()
+        step(i, data[i * accum:(i + 1) * accum])  # type: ignore[operator]
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - began)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 warm-up + 10 measured steps")
+    parser.add_argument("--size", default=SizePreset.B1.value, choices=[s.value for s in SizePreset])
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--accum", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    a = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("skipped: no GPU (this benchmark needs a CUDA device)")
+        return 0
+    device = torch.device("cuda", 0)
+    warmup, measured = (5, 10) if a.quick else (10, 40)
+    steps = warmup + measured
+    args = resolve_model_args(ModelConfig(size=SizePreset(a.size)), VOCAB)
+    hp = Hyperparameters(max_steps=steps, warmup_steps=2, micro_batch_size=a.micro_batch,
+                         global_batch_size=a.micro_batch * a.accum, sequence_length=a.seq)
+    data = batches(steps * a.accum, a.micro_batch, a.seq, device)
+    runtime = Runtime(0, 1, 0, device, False)
+    step_tokens = a.micro_batch * a.accum * a.seq
+    fpt = flops_per_token(args, a.seq)
+    peak = peak_flops(device)
+    results: dict[str, float] = {}
+
+    torch.manual_seed(0)
+    model = wrap_model(Transformer(args), runtime, a.activation_checkpointing, a.compile)
+    trainer = Trainer(model, hp, runtime, bf16=True)
+    results["forge trainer"] = statistics.median(time_steps(trainer.train_step, data, a.accum, warmup))
+    del trainer, model
+    torch.cuda.empty_cache()
+
+    torch.manual_seed(0)
+    plain_model = Transformer(args).to(device)
+    opt = torch.optim.AdamW(plain_model.parameters(), lr=hp.learning_rate, fused=True)
+
+    def plain_step(_: int, micro: list[dict[str, torch.Tensor]]) -> None:
+        for batch in micro:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = plain_model(batch["input_ids"])
+            loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), batch["labels"].reshape(-1))
+            (loss / len(micro)).backward()
+        torch.nn.utils.clip_grad_norm_(plain_model.parameters(), hp.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    results["plain PyTorch loop"] = statistics.median(time_steps(plain_step, data, a.accum, warmup))
+    print(f"{torch.cuda.get_device_name(device)}: {a.size} preset, {args.num_layers} layers x {args.hidden_size}, "
+          f"seq {a.seq}, {step_tokens} tokens/step, bf16 autocast, peak {peak or 0:.3g} FLOP/s")
+    for name, seconds in results.items():
+        tps = step_tokens / seconds
+        mfu = f"{fpt * tps / peak:6.1%}" if peak else "n/a"
+        print(f"{name:20s}: median step {seconds * 1e3:8.1f} ms  {tps:10.0f} tokens/s  MFU {mfu}")
+    print(f"ratio forge/plain tokens/s: {results['plain PyTorch loop'] / results['forge trainer']:.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
