@@ -32,7 +32,7 @@ from forge_trainer.data.manifest import (
     ShardInfo,
     TokenizerInfo,
 )
-from forge_trainer.data.packing import pack_record_shards, pack_token_shards
+from forge_trainer.data.packing import Publish, pack_record_shards, pack_token_shards
 from forge_trainer.data.pii import Redactor
 from forge_trainer.data.report import Reporter, now_rfc3339
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
@@ -227,7 +227,8 @@ def _fetch_reused_tokenizer(run: _Run, uri: str, dest: Path) -> None:
     run.report.audit("read", uri, sha256_file(dest), dest.stat().st_size)
 
 
-def _publisher(run: _Run) -> Any:
+def _publisher(run: _Run) -> Publish:
+    """Uploads a finished shard under the dataset prefix and audits it."""
     def publish(path: Path, info: ShardInfo) -> None:
         key = join_key(run.prefix, info.path)
         run.out.put_file(key, path)
