@@ -303,3 +303,13 @@ def test_small_corpus_still_gets_a_validation_split(tmp_path: Path) -> None:
     assert manifest.counts.validation_tokens > 0
     none = run_prepare(_config(src, tmp_path / "out2", split={"validationFraction": 0.0}))
     assert {s.split for s in none.shards} == {Split.TRAIN}
+
+
+def test_unusable_tokenizer_reference_fails_naming_it(tmp_path: Path) -> None:
+    mixed_corpus(tmp_path / "src")
+    missing = str(tmp_path / "elsewhere" / "tokenizer.json")
+    with pytest.raises(WorkloadError, match=missing):
+        run_prepare(_config(tmp_path / "src", tmp_path / "out", tokenizer={"uri": missing}))
+    with pytest.raises(WorkloadError, match="datasetRef"):
+        run_prepare(_config(tmp_path / "src", tmp_path / "out", tokenizer={"datasetRef": "other"}))
+    assert not (tmp_path / "out" / "manifest.json").exists()
