@@ -92,6 +92,8 @@ def _record_failure(report: Reporter, message: str) -> None:
 
 def _prepare(run: _Run) -> Manifest:
     cfg = run.config
+    if cfg.tokenizer.vocab_size is None and cfg.tokenizer.uri is None:
+        raise WorkloadError("tokenizer.datasetRef must be resolved to tokenizer.uri before the workload runs")
     run.report.stage("listing")
     try:
         src, src_prefix = ingest.open_source(cfg.source, cfg.store)
