@@ -1,5 +1,5 @@
-"""Pretraining under torchrun, as the operator launches it: two gloo workers agree with one, and an
-elastic group that loses a worker, then a whole node, re-forms and finishes on the same loss
+"""Pretraining under torchrun, as the operator launches it: two gloo workers (FSDP2 or DDP) agree
+with one, and an elastic group (FSDP2) that loses a worker, then a whole node, re-forms and finishes on the same loss
 trajectory as an uninterrupted run."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import yaml
 
 from forge_trainer.config import TrainConfig, TrainProgress
 from forge_trainer.store import LocalStore
+from forge_trainer.train.parallel import DATA_PARALLEL_ENV
 from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.progress import read_step_log
 from tests.conftest import free_port
@@ -57,11 +58,13 @@ def read(output: Path) -> TrainProgress | None:
         return None
 
 
-def test_two_gloo_workers_agree_with_one(dataset: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_two_gloo_workers_agree_with_one(dataset: str, tmp_path: Path, strategy: str) -> None:
     config = write_config(tmp_path / "train.yaml", dataset, tmp_path / "two", {"maxSteps": 8}, interval=4)
     alone = run_pretrain(config.model_copy(update={"output": str(tmp_path / "one")}))
     done = subprocess.run(torchrun_command(tmp_path / "train.yaml", free_port(), nproc=2), timeout=120,
-                          capture_output=True, text=True, env={**os.environ, **ELASTIC_ENV})
+                          capture_output=True, text=True,
+                          env={**os.environ, **ELASTIC_ENV, DATA_PARALLEL_ENV: strategy})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = read_step_log(LocalStore(tmp_path / "two"), "")
     assert sorted(log) == list(range(1, 9)) and {r["world_size"] for r in log.values()} == {2}
@@ -73,7 +76,7 @@ def test_two_gloo_workers_agree_with_one(dataset: str, tmp_path: Path) -> None:
 
 
 def test_elastic_group_survives_a_killed_worker_and_a_lost_node(dataset: str, tmp_path: Path) -> None:
-    steps = 100
+    steps = 60
     hp = {"maxSteps": steps, "globalBatchSize": 16, "microBatchSize": 8, "sequenceLength": 128}
     config = write_config(tmp_path / "train.yaml", dataset, tmp_path / "elastic", hp, interval=5)
     out = tmp_path / "elastic"

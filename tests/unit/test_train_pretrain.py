@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from tokenizers import Tokenizer
 
 from forge_trainer.cli import WorkloadError, main
 from forge_trainer.config import TrainConfig, TrainProgress
@@ -166,3 +167,36 @@ def test_pretrain_reads_and_writes_s3(s3: S3Server, tmp_path: Path) -> None:
     assert remote["step"] == 6 and [c["step"] for c in remote["checkpoints"]] == [3, 6]
     model, _ = load_hf(s3.uri("runs/pre/model"), s3.config)
     assert model.args.vocab_size == 512
+
+
+def test_activation_checkpointing_keeps_the_losses(dataset: str, tmp_path: Path) -> None:
+    plain = run_pretrain(config(dataset, tmp_path / "a", hyperparameters={"maxSteps": 4}))
+    recomputed = run_pretrain(config(dataset, tmp_path / "b",
+                                     hyperparameters={"maxSteps": 4, "activationCheckpointing": True}))
+    for step, loss in plain.losses.items():
+        assert recomputed.losses[step] == pytest.approx(loss, rel=1e-5)
+
+
+def test_pretraining_from_a_base_model_starts_where_it_ended(dataset: str, tmp_path: Path) -> None:
+    base = run_pretrain(config(dataset, tmp_path / "base", hyperparameters={"maxSteps": 30}))
+    scratch = run_pretrain(config(dataset, tmp_path / "scratch", hyperparameters={"maxSteps": 2}))
+    cont = run_pretrain(config(dataset, tmp_path / "cont", initModel=str(tmp_path / "base" / "model"),
+                               hyperparameters={"maxSteps": 2}))
+    assert base.progress.eval_loss is not None
+    assert cont.losses[1] < scratch.losses[1] - 1.0
+    assert cont.losses[1] == pytest.approx(base.losses[30], abs=0.5)
+
+
+def test_eval_dataset_is_used_for_validation(dataset: str, tmp_path: Path) -> None:
+    root = Path(dataset.removeprefix("file://")).parent
+    other = write_dataset(LocalStore(tmp_path / "other"), "", real_corpus(400)[-30:],
+                          tokenizer=Tokenizer.from_file(str(root / "tokenizer.json")), validation_every=2)
+    result = run_pretrain(config(dataset, tmp_path / "run", evalDataset=other, hyperparameters={"maxSteps": 3}))
+    model, _ = load_hf(tmp_path / "run" / "model")
+    manifest, _ = load_manifest(other)
+    sequences = TokenSequences(other, manifest, Split.VALIDATION, 64, seed=0, shuffle=False)
+    batch = sequences.batch(range(min(16, sequences.total)))  # evalBatches (4) x microBatchSize (4)
+    with torch.no_grad():
+        logits = model(batch["input_ids"])
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), batch["labels"].reshape(-1)).item()
+    assert result.progress.eval_loss == pytest.approx(expected, rel=1e-4)

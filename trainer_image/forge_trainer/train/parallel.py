@@ -1,8 +1,10 @@
-"""Wrapping the model for data-parallel training: FSDP2 (`fully_shard`) on GPUs, DDP on CPU/gloo,
-nothing for a single process; plus the activation-checkpointing and torch.compile switches."""
+"""Wrapping the model for data-parallel training: FSDP2 (`fully_shard`) where available, DDP
+otherwise, nothing for a single process; plus the activation-checkpointing and torch.compile
+switches."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, cast
 
 import torch
@@ -12,10 +14,24 @@ from torch.nn.parallel import DistributedDataParallel
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.train.runtime import Runtime
 
+DATA_PARALLEL_ENV = "FORGE_DATA_PARALLEL"
+"""Force `fsdp` or `ddp` for a worker group (default: FSDP2 wherever torch provides fully_shard)."""
 
-def uses_fsdp(runtime: Runtime) -> bool:
-    """FSDP2 shards parameters across GPUs; gloo lacks the reduce-scatter it needs, so CPU groups use DDP."""
-    return runtime.distributed and runtime.device.type == "cuda"
+
+def data_parallel_strategy(runtime: Runtime) -> str:
+    """`none` for a single process; else FSDP2 (parameters, gradients and optimizer state sharded
+    across workers; gloo and nccl both work) where torch provides it, DDP otherwise, unless
+    FORGE_DATA_PARALLEL says which."""
+    if not runtime.distributed:
+        return "none"
+    forced = os.environ.get(DATA_PARALLEL_ENV, "").strip().lower()
+    if forced in ("fsdp", "ddp"):
+        return forced
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        return "ddp"
+    return "fsdp"
 
 
 def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: bool = False,
@@ -26,14 +42,15 @@ def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: b
     if compile_model:
         for layer in model.model.layers:
             cast(Any, layer).compile()
-    if uses_fsdp(runtime):
+    strategy = data_parallel_strategy(runtime)
+    if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
         return model
-    if runtime.distributed:
+    if strategy == "ddp":
         return DistributedDataParallel(model)
     return model
 

@@ -74,6 +74,25 @@ def _dataset(config: TrainConfig) -> tuple[Manifest, str]:
     return manifest, digest
 
 
+def _validation(config: TrainConfig, manifest: Manifest) -> TokenSequences:
+    """Sequences evaluated on: the validation split of `evalDataset` (or its train split when it has
+    no validation split), else the validation split of the training dataset."""
+    hp = config.hyperparameters
+    if config.eval_dataset is None:
+        return TokenSequences(config.dataset, manifest, Split.VALIDATION, hp.sequence_length, hp.seed,
+                              config.store, shuffle=False)
+    try:
+        other, _ = load_manifest(config.eval_dataset, config.store)
+    except StoreError as exc:
+        raise WorkloadError(f"evalDataset {config.eval_dataset}: {exc}") from exc
+    if other.tokenizer.sha256 != manifest.tokenizer.sha256:
+        raise ConfigError(f"evalDataset {config.eval_dataset} was tokenized with another tokenizer than "
+                          f"dataset {config.dataset}")
+    split = Split.VALIDATION if any(s.split is Split.VALIDATION for s in other.shards) else Split.TRAIN
+    return TokenSequences(config.eval_dataset, other, split, hp.sequence_length, hp.seed, config.store,
+                          shuffle=False)
+
+
 def _model_args(config: TrainConfig, manifest: Manifest) -> ModelArgs:
     try:
         if config.model is None:
@@ -124,8 +143,7 @@ def _run(config: TrainConfig, runtime: Runtime) -> PretrainResult:
     if train.total < hp.global_batch_size:
         raise WorkloadError(f"dataset {config.dataset} holds {train.total} training sequences of "
                             f"{hp.sequence_length} tokens, fewer than one global batch ({hp.global_batch_size})")
-    val = TokenSequences(config.dataset, manifest, Split.VALIDATION, hp.sequence_length, hp.seed, config.store,
-                         shuffle=False)
+    val = _validation(config, manifest)
 
     torch.manual_seed(hp.seed)
     core = _initial_model(config, args)
