@@ -337,8 +337,7 @@ class LocalRunner:
             raise
         app.close()
         if status.phase != RunPhase.SUCCEEDED:
-            tail = next((log_tail(p, 3) for p in app.stderr_files() if log_tail(p)), "")
-            raise RunFailed(f"ForgeTrainingRun {m.name}: {status.message}\n{tail}".rstrip())
+            raise RunFailed(f"ForgeTrainingRun {m.name}: {status.message}{_worker_error(app.stderr_files())}")
 
     # -- deployments ----------------------------------------------------------------------------
 
@@ -413,6 +412,16 @@ class LocalRunner:
             model_uri=prev.model_uri, model_digest=prev.model_digest), now_rfc3339())
         status.message = "stopped (forge run ended); run it again to serve"
         self._save(m, status, {k: v for k, v in saved.items() if k in ("log",)})
+
+
+def _worker_error(stderr_files: list[Path]) -> str:
+    """The workers' last error line (torchrun's own summary says little), and where the logs are."""
+    for path in stderr_files:
+        lines = [line for line in path.read_text(errors="replace").splitlines()
+                 if line.startswith("[rank") and "Error" in line]
+        if lines:
+            return f"\n  {lines[-1]}\n  (log: {path})"
+    return f"\n  (logs: {', '.join(map(str, stderr_files))})" if stderr_files else ""
 
 
 def _hash(obj: Any) -> str:
