@@ -180,11 +180,15 @@ def test_activation_checkpointing_keeps_the_losses(dataset: str, tmp_path: Path)
 def test_pretraining_from_a_base_model_starts_where_it_ended(dataset: str, tmp_path: Path) -> None:
     base = run_pretrain(config(dataset, tmp_path / "base", hyperparameters={"maxSteps": 30}))
     scratch = run_pretrain(config(dataset, tmp_path / "scratch", hyperparameters={"maxSteps": 2}))
-    cont = run_pretrain(config(dataset, tmp_path / "cont", initModel=str(tmp_path / "base" / "model"),
-                               hyperparameters={"maxSteps": 2}))
-    assert base.progress.eval_loss is not None
-    assert cont.losses[1] < scratch.losses[1] - 1.0
-    assert cont.losses[1] == pytest.approx(base.losses[30], abs=0.5)
+    from_model = run_pretrain(config(dataset, tmp_path / "m", model=None, initModel=str(tmp_path / "base" / "model"),
+                                     hyperparameters={"maxSteps": 2}))
+    from_checkpoint = run_pretrain(config(dataset, tmp_path / "c", model=None,
+                                          initCheckpoint=str(tmp_path / "base" / "checkpoints" / "step-00000030"),
+                                          hyperparameters={"maxSteps": 2}))
+    for cont in (from_model, from_checkpoint):
+        assert cont.losses[1] < scratch.losses[1] - 1.0
+        assert cont.losses[1] == pytest.approx(base.losses[30], abs=0.5)
+    assert from_model.losses[1] == pytest.approx(from_checkpoint.losses[1], rel=1e-5)
 
 
 def test_eval_dataset_is_used_for_validation(dataset: str, tmp_path: Path) -> None:

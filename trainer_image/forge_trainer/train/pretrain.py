@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -26,7 +26,7 @@ from forge_trainer.data.manifest import Manifest, Split
 from forge_trainer.data.shards import fetch_tokenizer, load_manifest
 from forge_trainer.model.args import ModelArgs, resolve_model_args
 from forge_trainer.model.flops import flops_per_token, peak_flops
-from forge_trainer.model.hf_export import export_hf, load_hf
+from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, export_hf, load_hf
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json
 from forge_trainer.train.batches import (
@@ -94,16 +94,48 @@ def _validation(config: TrainConfig, manifest: Manifest) -> TokenSequences:
 
 
 def _model_args(config: TrainConfig, manifest: Manifest) -> ModelArgs:
-    try:
-        if config.model is None:
-            raise WorkloadError("model: pretraining from scratch needs a model architecture (model.size or dimensions)")
-        args = resolve_model_args(config.model, manifest.tokenizer.vocab_size)
-    except ValueError as exc:
-        raise ConfigError(f"model: {exc}") from exc
+    """Dimensions from `model` (preset / explicit), else those of the base model or checkpoint the
+    run starts from; the vocabulary is the dataset tokenizer's."""
+    vocab = manifest.tokenizer.vocab_size
+    if config.model is not None:
+        try:
+            args = resolve_model_args(config.model, vocab)
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from exc
+    elif config.init_model:
+        args = _read_base_args(config.init_model, config)
+    elif config.init_checkpoint:
+        raw = _read_marker(config).get("state", {}).get("model_args")
+        if raw is None:
+            raise ConfigError(f"initCheckpoint {config.init_checkpoint} does not record its model; set model")
+        args = ModelArgs.from_dict(raw)
+    else:
+        raise ConfigError("model: pretraining from scratch needs model.size or explicit dimensions")
+    if args.vocab_size != vocab:
+        raise ConfigError(f"the model's vocabulary ({args.vocab_size}) differs from the dataset tokenizer's "
+                          f"({vocab})")
     if config.hyperparameters.sequence_length > args.max_seq_len:
         raise ConfigError(f"hyperparameters.sequenceLength ({config.hyperparameters.sequence_length}) exceeds "
                           f"the model's maxSeqLen ({args.max_seq_len})")
     return args
+
+
+def _read_base_args(uri: str, config: TrainConfig) -> ModelArgs:
+    store, key = open_uri(uri, config.store)
+    try:
+        return args_from_hf_config(read_json(store, join_key(key, CONFIG_NAME)))
+    except (StoreError, KeyError, TypeError) as exc:
+        raise WorkloadError(f"initModel {uri}: {exc}") from exc
+
+
+def _read_marker(config: TrainConfig) -> dict[str, Any]:
+    assert config.init_checkpoint is not None
+    store, key = open_uri(config.init_checkpoint, config.store)
+    try:
+        marker: dict[str, Any] = read_json(store, join_key(key, MARKER_NAME))
+    except StoreError as exc:
+        raise WorkloadError(f"initCheckpoint {config.init_checkpoint}: {exc}") from exc
+    return marker
 
 
 class _Terminate:
@@ -184,19 +216,18 @@ def _initial_model(config: TrainConfig, args: ModelArgs) -> Transformer:
         model, base_args = load_hf(config.init_model, config.store)
     except StoreError as exc:
         raise WorkloadError(f"initModel {config.init_model}: {exc}") from exc
-    if base_args.vocab_size != args.vocab_size:
-        raise ConfigError(f"initModel {config.init_model} has a vocabulary of {base_args.vocab_size}, the "
-                          f"dataset's tokenizer {args.vocab_size}")
+    if base_args != args:
+        raise ConfigError(f"initModel {config.init_model} has other dimensions than model: {base_args} vs {args}")
     return model
 
 
 def _load_weights_from_checkpoint(config: TrainConfig, model: torch.nn.Module) -> None:
     """Start from the weights (only) of the checkpoint directory `initCheckpoint` names."""
     assert config.init_checkpoint is not None
-    ext_store, key = open_uri(config.init_checkpoint, config.store)
+    marker = _read_marker(config)
+    store, key = open_uri(config.init_checkpoint, config.store)
     try:
-        marker = read_json(ext_store, join_key(key, MARKER_NAME))
-        load_checkpoint(ext_store, Checkpoint(step=int(marker["step"]), key=key, marker=marker), model, None)
+        load_checkpoint(store, Checkpoint(step=int(marker["step"]), key=key, marker=marker), model, None)
     except StoreError as exc:
         raise WorkloadError(f"initCheckpoint {config.init_checkpoint}: {exc}") from exc
 
@@ -273,7 +304,7 @@ class _Run:
         hp = self.config.hyperparameters
         state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
                  "global_batch_size": hp.global_batch_size, "sequence_length": hp.sequence_length,
-                 "seed": hp.seed, "data_position": step * hp.global_batch_size}
+                 "seed": hp.seed, "data_position": step * hp.global_batch_size, "model_args": self.args.to_dict()}
         info = save_checkpoint(self.store, self.prefix, step, self.model, self.trainer.optimizer, state,
                                self.runtime)
         if self.runtime.is_main:
