@@ -1,8 +1,10 @@
 """What rank 0 reports while training: progress.json in the store (atomically, throttled), a step
-log (logs/steps-NNNNNNNN.jsonl, one file per start of the run), and Prometheus metrics on a port."""
+log (logs/steps-NNNNNNNN.jsonl, named after the first step it holds: a new file per start of the
+run and per 1000 steps), and Prometheus metrics on a port."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_NAME = "progress.json"
 LOGS_DIR = "logs"
+LOG_SEGMENT_STEPS = 1000
 
 _GAUGES = {
     "step": "Optimizer steps completed",
@@ -45,12 +48,13 @@ class ProgressReporter:
     """Rank 0's progress.json, step log and /metrics; every method is a no-op on other ranks."""
 
     def __init__(self, store: ObjectStore, prefix: str, enabled: bool, progress: TrainProgress,
-                 metrics_port: int = 0, min_interval: float = 1.0) -> None:
+                 metrics_port: int = 0, min_interval: float = 1.0, segment_steps: int = LOG_SEGMENT_STEPS) -> None:
         self.store, self.prefix, self.enabled = store, prefix, enabled
         self.progress = progress
         self.min_interval = min_interval
+        self.segment_steps = segment_steps
         self._last_write = 0.0
-        self._log_key = join_key(prefix, LOGS_DIR, f"steps-{progress.step:08d}.jsonl")
+        self._log_key = ""
         self._log_lines: list[bytes] = []
         self._gauges: dict[str, Any] = {}
         if enabled and metrics_port:
@@ -80,8 +84,8 @@ class ProgressReporter:
             return
         self.progress = self.progress.model_copy(update=fields)
         if step_record is not None:
-            import json
-
+            if not self._log_lines:  # a new segment, named after its first step
+                self._log_key = join_key(self.prefix, LOGS_DIR, f"steps-{int(step_record['step']):08d}.jsonl")
             self._log_lines.append(json.dumps(step_record, sort_keys=True).encode() + b"\n")
         self._refresh_gauges()
         now = time.monotonic()
@@ -96,17 +100,19 @@ class ProgressReporter:
         self.progress.updated_at = datetime.now(UTC).isoformat()
         if self._log_lines:
             self.store.put_bytes(self._log_key, b"".join(self._log_lines), content_type="application/x-ndjson")
+            if len(self._log_lines) >= self.segment_steps:  # bound what each flush rewrites
+                self._log_lines = []
         write_json_atomic(self.store, join_key(self.prefix, PROGRESS_NAME), self.progress.to_wire())
 
 
 def read_step_log(store: ObjectStore, prefix: str) -> dict[int, dict[str, Any]]:
     """Every step record of a run by step; a step trained again after a restart keeps its latest record."""
-    import json
-
     records: dict[int, dict[str, Any]] = {}
-    for obj in sorted(store.list(join_key(prefix, LOGS_DIR) + "/"), key=lambda o: o.key):
+    for obj in store.list(join_key(prefix, LOGS_DIR) + "/"):
         for line in store.get_bytes(obj.key).splitlines():
             if line.strip():
                 rec = json.loads(line)
-                records[int(rec["step"])] = rec
+                step = int(rec["step"])
+                if step not in records or rec.get("time", 0) >= records[step].get("time", 0):
+                    records[step] = rec
     return records
