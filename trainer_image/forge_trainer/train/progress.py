@@ -1,6 +1,6 @@
 """What rank 0 reports while training: progress.json in the store (atomically, throttled), a step
-log (logs/steps-NNNNNNNN.jsonl, named after the first step it holds: a new file per start of the
-run and per 1000 steps), and Prometheus metrics on a port."""
+log (logs/steps-NNNNNNNN.jsonl: a file per start of the run, named after the step it starts from,
+and a new one, named after its first step, every 1000 steps), and Prometheus metrics on a port."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ class ProgressReporter:
         self.min_interval = min_interval
         self.segment_steps = segment_steps
         self._last_write = 0.0
-        self._log_key = ""
+        self._log_key = join_key(prefix, LOGS_DIR, f"steps-{progress.step:08d}.jsonl")
         self._log_lines: list[bytes] = []
+        self._rotate = False
         self._gauges: dict[str, Any] = {}
         if enabled and metrics_port:
             self._serve_metrics(metrics_port)
@@ -84,8 +85,9 @@ class ProgressReporter:
             return
         self.progress = self.progress.model_copy(update=fields)
         if step_record is not None:
-            if not self._log_lines:  # a new segment, named after its first step
+            if self._rotate:  # a new segment, named after its first step
                 self._log_key = join_key(self.prefix, LOGS_DIR, f"steps-{int(step_record['step']):08d}.jsonl")
+                self._rotate = False
             self._log_lines.append(json.dumps(step_record, sort_keys=True).encode() + b"\n")
         self._refresh_gauges()
         now = time.monotonic()
@@ -102,6 +104,7 @@ class ProgressReporter:
             self.store.put_bytes(self._log_key, b"".join(self._log_lines), content_type="application/x-ndjson")
             if len(self._log_lines) >= self.segment_steps:  # bound what each flush rewrites
                 self._log_lines = []
+                self._rotate = True
         write_json_atomic(self.store, join_key(self.prefix, PROGRESS_NAME), self.progress.to_wire())
 
 
