@@ -83,29 +83,28 @@ def no_eos(loaded: LoadedModel) -> dict[int, float]:
     return {t: -100.0 for t in loaded.eos_token_ids}
 
 
-def round_engine(engine: Engine, loaded: LoadedModel, texts: list[str], max_tokens: int) -> tuple[float, float, int]:
-    async def one(ids: list[int], start: float) -> tuple[float, int]:
+async def round_engine(engine: Engine, loaded: LoadedModel, texts: list[str],
+                       max_tokens: int) -> tuple[float, float, int]:
+    async def one(text: str, start: float) -> tuple[float, int]:
         ttft, count = 0.0, 0
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias=no_eos(loaded))
-        async for delta in engine.generate(ids, params):
+        # tokenizing is part of "calling generation with the same prompts"
+        async for delta in engine.generate(loaded.tokenizer(text)["input_ids"], params):
             if not ttft:
                 ttft = time.perf_counter() - start
             if delta.finish_reason:
                 count = delta.completion_tokens
         return ttft, count
 
-    async def run() -> tuple[float, float, int]:
-        start = time.perf_counter()
-        # tokenizing is part of "calling generation with the same prompts"
-        results = await asyncio.gather(*(one(loaded.tokenizer(t)["input_ids"], start) for t in texts))
-        wall = time.perf_counter() - start
-        return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
-
-    return asyncio.run(run())
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(t, start) for t in texts))
+    wall = time.perf_counter() - start
+    return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
 
 
-def round_server(url: str, texts: list[str], max_tokens: int, bias: dict[int, float]) -> tuple[float, float, int]:
-    async def one(client: httpx.AsyncClient, text: str, start: float) -> tuple[float, int]:
+async def round_server(client: httpx.AsyncClient, url: str, texts: list[str], max_tokens: int,
+                       bias: dict[int, float]) -> tuple[float, float, int]:
+    async def one(text: str, start: float) -> tuple[float, int]:
         body = {"model": "bench", "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}, "logit_bias": {str(k): v for k, v in bias.items()}}
         ttft, count = 0.0, 0
@@ -121,14 +120,10 @@ def round_server(url: str, texts: list[str], max_tokens: int, bias: dict[int, fl
                     count = chunk["usage"]["completion_tokens"]
         return ttft, count
 
-    async def run() -> tuple[float, float, int]:
-        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=CLIENTS)) as client:
-            start = time.perf_counter()
-            results = await asyncio.gather(*(one(client, t, start) for t in texts))
-            wall = time.perf_counter() - start
-        return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
-
-    return asyncio.run(run())
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(t, start) for t in texts))
+    wall = time.perf_counter() - start
+    return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
 
 
 def start_server(model_dir: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
@@ -166,6 +161,47 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+async def measure(loaded: LoadedModel, model_dir: Path, texts: list[str], max_tokens: int, rounds: int,
+                  threads: int) -> dict[str, tuple[float, float, float]]:
+    """Warm up, then run interleaved rounds of the three contenders; their summaries by name."""
+    from tests.conftest import free_port
+
+    engine = Engine(loaded.model, loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, max_batch_size=CLIENTS,
+                    context_length=loaded.context_length, pad_token_id=loaded.pad_token_id)
+    engine.start()
+    port = free_port()
+    server = start_server(model_dir, port, threads)
+    url = f"http://127.0.0.1:{port}"
+    bias = no_eos(loaded)
+    me, server_proc = psutil.Process(), psutil.Process(server.pid)
+    measured: dict[str, list[tuple[float, float, int]]] = {"hf_generate": [], "engine": [], "server": []}
+    cpu: dict[str, list[float]] = {name: [] for name in measured}
+    # one client for every round, its connections kept alive: connecting is the client's cost, not the server's
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=CLIENTS)) as client:
+
+        async def run(name: str) -> tuple[float, float, int]:
+            if name == "hf_generate":
+                return round_hf_generate(loaded, texts, max_tokens)
+            if name == "engine":
+                return await round_engine(engine, loaded, texts, max_tokens)
+            return await round_server(client, url, texts, max_tokens, bias)
+
+        try:
+            for name in measured:  # warm-up: first calls allocate, load kernels and open connections
+                await run(name)
+            for _ in range(rounds):
+                for name in measured:
+                    proc = server_proc if name == "server" else me
+                    before = cpu_seconds(proc)
+                    measured[name].append(await run(name))
+                    cpu[name].append(cpu_seconds(proc) - before)
+        finally:
+            engine.stop()
+            server.terminate()
+            server.wait(timeout=30)
+    return {name: summarize(name, rounds_, cpu[name]) for name, rounds_ in measured.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and tokens (under 3 minutes)")
@@ -180,7 +216,6 @@ def main() -> None:
     rounds = args.rounds or (7 if args.quick else 11)
     max_tokens = args.max_tokens or (32 if args.quick else 128)
     texts = prompts(CLIENTS)
-    from tests.conftest import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", hidden_size=args.hidden_size, num_layers=args.layers,
@@ -190,35 +225,7 @@ def main() -> None:
         n_params = sum(p.numel() for p in loaded.model.parameters())
         print(f"model: {n_params / 1e6:.1f}M parameters, {CLIENTS} concurrent clients, {max_tokens} tokens each, "
               f"{rounds} rounds, torch threads {torch.get_num_threads()}, cpu")
-        engine = Engine(loaded.model, loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, max_batch_size=CLIENTS,
-                        context_length=loaded.context_length, pad_token_id=loaded.pad_token_id)
-        engine.start()
-        port = free_port()
-        server = start_server(model_dir, port, args.torch_threads)
-        url = f"http://127.0.0.1:{port}"
-        bias = no_eos(loaded)
-        contenders = {
-            "hf_generate": lambda: round_hf_generate(loaded, texts, max_tokens),
-            "engine": lambda: round_engine(engine, loaded, texts, max_tokens),
-            "server": lambda: round_server(url, texts, max_tokens, bias),
-        }
-        measured: dict[str, list[tuple[float, float, int]]] = {name: [] for name in contenders}
-        cpu: dict[str, list[float]] = {name: [] for name in contenders}
-        me, server_proc = psutil.Process(), psutil.Process(server.pid)
-        try:
-            for run in contenders.values():  # warm-up: first calls allocate and load kernels
-                run()
-            for _ in range(rounds):
-                for name, run in contenders.items():
-                    proc = server_proc if name == "server" else me
-                    before = cpu_seconds(proc)
-                    measured[name].append(run())
-                    cpu[name].append(cpu_seconds(proc) - before)
-        finally:
-            engine.stop()
-            server.terminate()
-            server.wait(timeout=30)
-        results = {name: summarize(name, rounds_, cpu[name]) for name, rounds_ in measured.items()}
+        results = asyncio.run(measure(loaded, model_dir, texts, max_tokens, rounds, args.torch_threads))
 
     s_tps, s_ttft, s_cpu = results["server"]
     for ref in ("hf_generate", "engine"):

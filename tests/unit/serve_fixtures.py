@@ -21,11 +21,20 @@ from pathlib import Path
 import torch
 import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from forge_trainer.serve.app import ServingState, build_app
 from forge_trainer.serve.loading import LoadedModel
 from forge_trainer.serve.metrics import ServeMetrics
+from forge_trainer.serve.server import default_cpu_threads
 from tests.conftest import free_port
 
 EOS = "<|endoftext|>"
@@ -66,21 +75,25 @@ def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 def build_tiny_model(path: Path, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                      num_kv_heads: int = 2, intermediate_size: int = 128, max_positions: int = 256,
-                     vocab_size: int = 300, seed: int = 0, init_std: float = 0.2) -> Path:
-    """Write a random tiny LlamaForCausalLM and its tokenizer to `path` in our export format.
+                     vocab_size: int = 300, seed: int = 0, init_std: float = 0.2, moe: bool = False) -> Path:
+    """Write a random tiny LlamaForCausalLM (MixtralForCausalLM with `moe`) and its tokenizer to `path` in
+    our export format.
 
     `init_std` is large so that next-token logits are well separated: greedy decoding then picks the
     same token whatever the batch composition, which the batching tests rely on."""
     tokenizer = build_tokenizer(vocab_size)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     pad_id = tokenizer.convert_tokens_to_ids(PAD)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                         intermediate_size=intermediate_size, max_position_embeddings=max_positions,
-                         initializer_range=init_std, eos_token_id=eos_id, pad_token_id=pad_id,
-                         bos_token_id=None, tie_word_embeddings=False)
+    dims = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+                max_position_embeddings=max_positions, initializer_range=init_std, eos_token_id=eos_id,
+                pad_token_id=pad_id, bos_token_id=None, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model: PreTrainedModel
+    if moe:
+        model = MixtralForCausalLM(MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **dims))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**dims))
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -116,11 +129,12 @@ def running_server(app: object, port: int) -> Iterator[str]:
 
 
 @functools.cache
-def shared_tiny_model() -> Path:
-    """One tiny model directory per test process (built on first use, removed at exit)."""
+def shared_tiny_model(moe: bool = False, max_positions: int = 256) -> Path:
+    """One tiny model directory per kind (dense or MoE, context) and test process, built on first use and
+    removed at exit."""
     root = Path(tempfile.mkdtemp(prefix="forge-serve-test-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return build_tiny_model(root / "model")
+    return build_tiny_model(root / "model", moe=moe, max_positions=max_positions)
 
 
 @contextmanager
@@ -135,3 +149,15 @@ def serving(loaded: LoadedModel, model_name: str, max_batch_size: int = 8) -> It
     finally:
         assert state.engine is not None
         state.engine.stop()
+
+
+@contextmanager
+def server_torch_threads() -> Iterator[None]:
+    """Run torch on as many CPU threads as `forge-trainer serve` does (every core but one, kept for the
+    event loop); on a busy machine torch's default of every core stalls generation many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(default_cpu_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

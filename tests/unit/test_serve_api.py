@@ -13,9 +13,15 @@ import pytest
 from forge_trainer.serve.app import ServingState, build_app
 from forge_trainer.serve.loading import LoadedModel, load_model
 from forge_trainer.serve.metrics import ServeMetrics
-from tests.unit.serve_fixtures import EOS, serving, shared_tiny_model
+from tests.unit.serve_fixtures import EOS, server_torch_threads, serving, shared_tiny_model
 
 MODEL = "tiny-chat"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _server_torch_threads() -> Iterator[None]:
+    with server_torch_threads():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,22 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
 from forge_trainer.serve.loading import LoadedModel, load_model
-from tests.unit.serve_fixtures import serving, shared_tiny_model
+from tests.unit.serve_fixtures import server_torch_threads, serving, shared_tiny_model
 
 MODEL = "tiny"
 PROMPTS = ["Hello", "The quick brown fox jumps over the lazy dog.", "def add(a, b):",
            "Kubernetes operators reconcile the desired state", "1 2 3"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _server_torch_threads() -> Iterator[None]:
+    with server_torch_threads():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +97,41 @@ def test_short_request_finishes_before_a_long_one_started_earlier(base_url: str,
     when_short_done, total, reason = asyncio.run(run())
     assert reason == "length"
     assert when_short_done < total  # the long one was still generating when the short one had finished
+
+
+def test_a_client_that_disconnects_frees_its_place_in_the_batch(tmp_path_factory: pytest.TempPathFactory) -> None:
+    long_context = load_model(str(shared_tiny_model(max_positions=8192)), cache_dir=tmp_path_factory.mktemp("long"),
+                              device="cpu")
+    with serving(long_context, MODEL) as url:
+        def metric(name: str) -> float:
+            lines = httpx.get(url + "/metrics").text.splitlines()
+            return float(next((line.split()[-1] for line in lines if line.startswith(name + " ")), "0"))
+
+        body = {"model": MODEL, "prompt": PROMPTS[1], "max_tokens": 8000, "temperature": 0, "stream": True,
+                "logit_bias": no_eos(long_context)}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
+            next(r.iter_lines())
+        deadline = time.monotonic() + 30
+        while metric("forge_serve_running_sequences") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert metric("forge_serve_running_sequences") == 0
+        assert metric("forge_serve_decode_steps_total") < 7999  # stopped before the 8000 tokens asked for
+        assert metric('forge_serve_requests_total{endpoint="/v1/completions",status="499"}') == 1
+
+
+def test_moe_export_is_served_like_dense(tmp_path_factory: pytest.TempPathFactory) -> None:
+    moe = load_model(str(shared_tiny_model(moe=True)), cache_dir=tmp_path_factory.mktemp("moe"), device="cpu")
+    assert type(moe.model).__name__ == "MixtralForCausalLM"
+    ids = moe.tokenizer(PROMPTS[1], return_tensors="pt")
+    expected = moe.model.generate(**ids, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    expected_text = moe.tokenizer.decode(expected[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    async def run(client: openai.AsyncOpenAI) -> list[str]:
+        outs = await asyncio.gather(*(client.completions.create(model=MODEL, prompt=p, max_tokens=10, temperature=0,
+                                                               logit_bias=no_eos(moe)) for p in PROMPTS[:3]))
+        await client.close()
+        return [o.choices[0].text for o in outs]
+
+    with serving(moe, MODEL) as url:
+        texts = asyncio.run(run(openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)))
+    assert texts[1] == expected_text

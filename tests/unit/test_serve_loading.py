@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from forge_trainer.serve.loading import LoadError, load_model
 from forge_trainer.serve.model_files import model_dir_digest
 from forge_trainer.store import open_uri
 from tests.conftest import S3Server
-from tests.unit.serve_fixtures import shared_tiny_model
+from tests.unit.serve_fixtures import server_torch_threads, shared_tiny_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _server_torch_threads() -> Iterator[None]:
+    with server_torch_threads():
+        yield
 
 
 def test_digest_is_sha256_of_sorted_path_and_file_hash_lines(tmp_path: Path) -> None:

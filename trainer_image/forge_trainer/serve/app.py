@@ -59,7 +59,7 @@ class ServingState:
                         max_batch_size=max_batch_size, context_length=loaded.context_length,
                         pad_token_id=loaded.pad_token_id)
         engine.start()
-        metrics.watch(lambda: engine.running, lambda: engine.waiting)
+        metrics.watch(lambda: engine.running, lambda: engine.waiting, lambda: engine.steps)
         self.loaded, self.engine = loaded, engine
 
 
@@ -264,7 +264,7 @@ class Api:
                 "created": int(time.time()), "model": self.state.model_name}
         # every chunk is this head, then the choice: only the choice is serialised per chunk
         prefix = _sse(head)[:-3] + b',"choices":['
-        status = 200
+        status = 499  # until the end is sent: a client that goes away first closed the request (nginx's 499)
         finals: list[Delta] = []
         try:
             if chat:
@@ -292,6 +292,7 @@ class Api:
                 if job.body.include_usage:
                     yield _sse({**head, "choices": [], "usage": self._usage(job, finals)})
             yield b"data: [DONE]\n\n"
+            status = 200 if status == 499 else status
         finally:
             self._record(job.endpoint, status, job.started)
 

@@ -6,9 +6,11 @@ gauges are read from the engine at scrape time, so they never go stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -37,12 +39,24 @@ class ServeMetrics:
         self.model_loaded = Gauge("forge_serve_model_loaded", "1 once the model is loaded and serving",
                                   registry=self.registry)
 
-    def watch(self, running: Callable[[], float], waiting: Callable[[], float]) -> None:
-        """Read the batch gauges from these functions at scrape time."""
+    def watch(self, running: Callable[[], float], waiting: Callable[[], float], steps: Callable[[], float]) -> None:
+        """Read the batch gauges and the decoding step count from these functions at scrape time."""
         self.running.set_function(running)
         self.waiting.set_function(waiting)
+        self.registry.register(_StepsCollector(steps))
         self.model_loaded.set(1)
 
     def render(self) -> bytes:
         """The metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _StepsCollector(Collector):
+    """forge_serve_decode_steps_total, read from the engine: tokens generated over steps is the mean batch."""
+
+    def __init__(self, steps: Callable[[], float]) -> None:
+        self._steps = steps
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("forge_serve_decode_steps", "Decoding steps run (each advances every running "
+                                  "sequence by one token)", value=self._steps())
