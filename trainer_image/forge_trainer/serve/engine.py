@@ -1,9 +1,10 @@
 """The generation engine: continuous batching over one model, with a KV cache per running sequence.
 
-One background thread owns the model. At every decoding step it first admits the requests that
+One background thread owns the model. Before every decoding step it admits the requests that
 arrived since the last step (up to `max_batch_size` running sequences): their prompts are prefilled
-together, their first token is chosen at once, and their caches join the running batch. Then one
-forward pass advances every running sequence by one token. A finished sequence leaves the batch at
+together, their first token is chosen at once, and their caches join the running batch; requests
+arriving during a prefill are admitted too before decoding goes on. Then one forward pass advances
+every running sequence by one token. A finished sequence leaves the batch at
 the step it finishes, so a short request never waits for a long one.
 
 The batch's KV cache is one `DynamicCache` whose rows are left-padded to a common length; an
@@ -110,6 +111,7 @@ class Engine:
         self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
         self._waiting: list[_Sequence] = []
         self._running: list[_Sequence] = []
+        self._admitting: list[_Sequence] = []  # taken from _waiting, being prefilled
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # batch x cached columns, 1 where a real token is
         self._thread: threading.Thread | None = None
@@ -133,8 +135,8 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Sequences in the running batch."""
-        return len(self._running)
+        """Sequences in the running batch (or being prefilled to join it)."""
+        return len(self._running) + len(self._admitting)
 
     @property
     def waiting(self) -> int:
@@ -186,9 +188,10 @@ class Engine:
                     self._step()
                 except Exception as exc:  # a failed step fails its requests, not the server
                     log.exception("generation step failed")
+                    failed = self._running + self._admitting + self._waiting
                     self._publish_all([(s, self._finish(s, "error", error=f"generation failed: {exc}"))
-                                       for s in self._running + self._waiting])
-                    self._running, self._waiting = [], []
+                                       for s in failed])
+                    self._running, self._admitting, self._waiting = [], [], []
                     self._cache, self._mask = None, None
         self._publish_all([(s, self._finish(s, "error", error="server shutting down"))
                            for s in self._running + self._waiting])
@@ -219,8 +222,8 @@ class Engine:
             free = self.max_batch_size - len(self._running)
             if free <= 0 or not self._waiting:
                 break
-            admitted, self._waiting = self._waiting[:free], self._waiting[free:]
-            self._prefill(admitted)
+            self._admitting, self._waiting = self._waiting[:free], self._waiting[free:]
+            self._prefill(self._admitting)
             self._take_incoming(block=False)
         if self._running and not self._stopping:
             self._decode()
@@ -244,6 +247,7 @@ class Engine:
         deltas = [self._advance(s, t) for s, t in zip(seqs, tokens, strict=True)]
         self._merge(cache, mask)
         self._running.extend(seqs)
+        self._admitting = []
         self._publish(seqs, deltas)
 
     def _decode(self) -> None:
