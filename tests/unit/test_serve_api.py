@@ -226,3 +226,20 @@ def test_loaded_model_carries_its_digest(loaded: LoadedModel) -> None:
     from forge_trainer.serve.model_files import model_dir_digest
 
     assert loaded.digest == model_dir_digest(Path(shared_tiny_model()))
+
+
+def test_streamed_chat_with_two_choices_and_usage(client: openai.OpenAI, loaded: LoadedModel) -> None:
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0.9, seed=5, n=2,
+        stream=True, stream_options={"include_usage": True}, logit_bias=no_eos(loaded)))
+    texts = {0: "", 1: ""}
+    finished = {}
+    for c in chunks[:-1]:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert finished == {0: "length", 1: "length"}
+    assert texts[0] and texts[1]
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None and usage.completion_tokens == 12
