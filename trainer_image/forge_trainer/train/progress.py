@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,13 +46,62 @@ def read_progress(store: ObjectStore, prefix: str) -> TrainProgress | None:
         return None
 
 
+class _Writer:
+    """One background thread that performs the store writes of the latest snapshot handed to it, so
+    training never waits on S3 or fsync; a failed write is raised in the training thread at the next
+    hand-over (never swallowed)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._pending: Callable[[], None] | None = None
+        self._busy = False
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="forge-progress-writer", daemon=True).start()
+
+    def submit(self, write: Callable[[], None], wait: bool) -> None:
+        """Hand over `write` (replacing a not yet started one); with `wait`, return once it is done."""
+        with self._cv:
+            self._raise()
+            self._pending = write
+            self._cv.notify_all()
+            if wait:
+                while self._pending is not None or self._busy:
+                    self._cv.wait()
+                self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._pending is None:
+                    self._cv.wait()
+                write, self._pending, self._busy = self._pending, None, True
+            try:
+                write()
+            except BaseException as exc:
+                with self._cv:
+                    self._error = exc
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+
 class ProgressReporter:
-    """Rank 0's progress.json, step log and /metrics; every method is a no-op on other ranks."""
+    """Rank 0's progress.json, step log and /metrics; every method is a no-op on other ranks.
+
+    Throttled writes happen in a background thread; forced ones (checkpoints, the end, errors) and
+    `flush()` wait until they are in the store."""
 
     def __init__(self, store: ObjectStore, prefix: str, enabled: bool, progress: TrainProgress,
                  metrics_port: int = 0, min_interval: float = 1.0, segment_steps: int = LOG_SEGMENT_STEPS) -> None:
         self.store, self.prefix, self.enabled = store, prefix, enabled
-        self.progress = progress
+        self._progress = progress
+        self._changes: dict[str, Any] = {}
         self.min_interval = min_interval
         self.segment_steps = segment_steps
         self._last_write = 0.0
@@ -58,8 +109,17 @@ class ProgressReporter:
         self._log_lines: list[bytes] = []
         self._rotate = False
         self._gauges: dict[str, Any] = {}
+        self._writer = _Writer() if enabled else None
         if enabled and metrics_port:
             self._serve_metrics(metrics_port)
+
+    @property
+    def progress(self) -> TrainProgress:
+        """The progress as of the latest update."""
+        if self._changes:
+            self._progress = self._progress.model_copy(update=self._changes)
+            self._changes = {}
+        return self._progress
 
     def _serve_metrics(self, port: int) -> None:
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -70,42 +130,49 @@ class ProgressReporter:
             start_http_server(port, registry=registry)
         except OSError as exc:  # metrics are best effort; training goes on without them
             log.warning("cannot serve metrics on port %d: %s", port, exc)
-        self._refresh_gauges()
+        self._set_gauges(self.progress.model_dump())
 
-    def _refresh_gauges(self) -> None:
-        for name, gauge in self._gauges.items():
-            value = getattr(self.progress, name)
-            if value is not None:
+    def _set_gauges(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            gauge = self._gauges.get(name)
+            if gauge is not None and isinstance(value, int | float):
                 gauge.set(value)
 
     def update(self, force: bool = False, step_record: dict[str, Any] | None = None, **fields: Any) -> None:
         """Apply `fields` to the progress; append `step_record` to the step log; write both when
-        `force` or at most every `min_interval` seconds."""
+        `force` (waiting for the write) or at most every `min_interval` seconds (in the background)."""
         if not self.enabled:
             return
-        self.progress = self.progress.model_copy(update=fields)
+        self._changes.update(fields)
         if step_record is not None:
             if self._rotate:  # a new segment, named after its first step
                 self._log_key = join_key(self.prefix, LOGS_DIR, f"steps-{int(step_record['step']):08d}.jsonl")
                 self._rotate = False
             self._log_lines.append(json.dumps(step_record, sort_keys=True).encode() + b"\n")
-        self._refresh_gauges()
+        self._set_gauges(fields)
         now = time.monotonic()
         if force or now - self._last_write >= self.min_interval:
-            self.flush()
+            self.flush(wait=force)
             self._last_write = now
 
-    def flush(self) -> None:
-        """Write progress.json and the step log now."""
-        if not self.enabled:
+    def flush(self, wait: bool = True) -> None:
+        """Write progress.json and the step log (and, with `wait`, return once they are stored)."""
+        if not self.enabled or self._writer is None:
             return
-        self.progress.updated_at = datetime.now(UTC).isoformat()
-        if self._log_lines:
-            self.store.put_bytes(self._log_key, b"".join(self._log_lines), content_type="application/x-ndjson")
-            if len(self._log_lines) >= self.segment_steps:  # bound what each flush rewrites
-                self._log_lines = []
-                self._rotate = True
-        write_json_atomic(self.store, join_key(self.prefix, PROGRESS_NAME), self.progress.to_wire())
+        self._progress = self.progress.model_copy(update={"updated_at": datetime.now(UTC).isoformat()})
+        wire = self._progress.to_wire()
+        log_key, log_bytes = self._log_key, b"".join(self._log_lines)
+        if len(self._log_lines) >= self.segment_steps:  # bound what each write rewrites
+            self._log_lines = []
+            self._rotate = True
+            wait = True  # a later hand-over must not replace this segment's last write
+
+        def write() -> None:
+            if log_bytes:
+                self.store.put_bytes(log_key, log_bytes, content_type="application/x-ndjson")
+            write_json_atomic(self.store, join_key(self.prefix, PROGRESS_NAME), wire)
+
+        self._writer.submit(write, wait)
 
 
 def read_step_log(store: ObjectStore, prefix: str) -> dict[int, dict[str, Any]]:
