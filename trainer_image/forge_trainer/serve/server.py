@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -58,11 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: the cores it may run on, capped by its cgroup's CPU quota (a pod's CPU
+    limit), which the core count does not show."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
 def default_cpu_threads() -> int:
-    """Torch threads when generating on the CPU: every available core but one, which the HTTP event loop
-    needs. With a spinning OpenMP team on every core, the event loop thread gets descheduled while it
+    """Torch threads when generating on the CPU: every available CPU but one, which the HTTP event loop
+    needs. With a spinning OpenMP team on every CPU, the event loop thread gets descheduled while it
     holds the GIL and generation stalls behind it (measured: 15x slower on 2 cores)."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, available_cpus() - 1)
 
 
 def main(argv: list[str]) -> None:
