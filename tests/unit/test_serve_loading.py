@@ -18,7 +18,7 @@ from forge_trainer.serve.loading import LoadError, load_model
 from forge_trainer.serve.model_files import model_dir_digest
 from forge_trainer.store import open_uri
 from tests.conftest import S3Server
-from tests.unit.serve_fixtures import server_torch_threads, shared_tiny_model
+from tests.unit.serve_fixtures import EOS, PAD, build_tokenizer, server_torch_threads, shared_tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,12 +31,30 @@ def test_digest_is_sha256_of_sorted_path_and_file_hash_lines(tmp_path: Path) -> 
     (tmp_path / "sub").mkdir()
     (tmp_path / "b.json").write_bytes(b"{}")
     (tmp_path / "sub" / "a.bin").write_bytes(b"\x00\x01")
-    lines = "".join(f"{rel} {hashlib.sha256(data).hexdigest()}\n"
+    lines = "".join(f"{rel} sha256:{hashlib.sha256(data).hexdigest()}\n"
                     for rel, data in sorted([("b.json", b"{}"), ("sub/a.bin", b"\x00\x01")]))
     assert model_dir_digest(tmp_path) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
     before = model_dir_digest(tmp_path)
     (tmp_path / "sub" / "a.bin").write_bytes(b"\x00\x02")
     assert model_dir_digest(tmp_path) != before
+
+
+def test_an_export_from_the_training_side_loads_with_its_recorded_digest(tmp_path: Path) -> None:
+    from forge_trainer.model.args import ModelArgs
+    from forge_trainer.model.hf_export import export_hf
+    from forge_trainer.model.transformer import Transformer
+
+    tokenizer = build_tokenizer()
+    tokenizer.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    args = ModelArgs(vocab_size=len(tokenizer), hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                     intermediate_size=64, max_seq_len=64)
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    result = export_hf(Transformer(args), args, tmp_path / "tokenizer.json", str(tmp_path / "export"),
+                       eos_token_id=eos, pad_token_id=tokenizer.convert_tokens_to_ids(PAD))
+    loaded = load_model(result.uri, cache_dir=tmp_path / "cache", digest=result.digest, device="cpu")
+    assert loaded.digest == result.digest
+    assert loaded.context_length == 64
+    assert eos in loaded.eos_token_ids
 
 
 def upload(s3: S3Server, local: Path, prefix: str) -> str:

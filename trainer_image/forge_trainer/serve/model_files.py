@@ -2,10 +2,11 @@
 
 The digest of a model directory is the one the operator records and passes as `--model-digest`:
 
-    sha256 over the lines "<relative path> <hex sha256 of the file>\\n", sorted by relative path,
+    sha256 over the lines "<relative path> sha256:<hex of the file>\\n", sorted by relative path,
 
-over every regular file under the directory (relative paths use "/"), written `sha256:<hex>`.
-`model_dir_digest` is the one definition; the export computes it with the same function.
+over every regular file under the directory (relative paths use "/"; each file's digest is
+`forge_trainer.store.sha256_file`), written `sha256:<hex>`. `model_dir_digest` is the one definition;
+`forge_trainer.model.hf_export` computes the same value over the files it writes.
 """
 
 from __future__ import annotations
@@ -17,21 +18,13 @@ import shutil
 from pathlib import Path
 
 from forge_trainer.config import StoreConfig
-from forge_trainer.store import StoreError, open_uri, split_uri
+from forge_trainer.store import StoreError, open_uri, sha256_file, split_uri
 
 log = logging.getLogger(__name__)
 
 
 class ModelFilesError(Exception):
     """The model's files could not be fetched or are not the ones expected; the message names the URI."""
-
-
-def _file_hex(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_dir_digest(path: Path) -> str:
@@ -41,7 +34,7 @@ def model_dir_digest(path: Path) -> str:
         raise ModelFilesError(f"{path}: no files to digest")
     h = hashlib.sha256()
     for rel in files:
-        h.update(f"{rel} {_file_hex(path / rel)}\n".encode())
+        h.update(f"{rel} {sha256_file(path / rel)}\n".encode())
     return "sha256:" + h.hexdigest()
 
 
