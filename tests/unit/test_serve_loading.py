@@ -57,6 +57,37 @@ def test_an_export_from_the_training_side_loads_with_its_recorded_digest(tmp_pat
     assert eos in loaded.eos_token_ids
 
 
+def test_adapter_saved_by_lora_training_serves_the_fine_tuned_model(tmp_path: Path) -> None:
+    from forge_trainer.config import LoraConfig
+    from forge_trainer.model.args import ModelArgs
+    from forge_trainer.model.hf_export import export_hf
+    from forge_trainer.model.transformer import Transformer
+    from forge_trainer.train.lora import apply_lora, save_adapter
+
+    tokenizer = build_tokenizer()
+    tokenizer.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    args = ModelArgs(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                     intermediate_size=64, max_seq_len=64)
+    torch.manual_seed(3)
+    trained = Transformer(args).eval()
+    base = export_hf(trained, args, tmp_path / "tokenizer.json", str(tmp_path / "base"),
+                     eos_token_id=tokenizer.convert_tokens_to_ids(EOS))
+    lora = LoraConfig(rank=4, alpha=8.0, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
+    apply_lora(trained, lora)
+    with torch.no_grad():  # stand-in for fine-tuning: B starts at zero, which would make the adapter a no-op
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    save_adapter(trained, lora, tmp_path / "adapter")
+    served = load_model(base.uri, cache_dir=tmp_path / "cache", digest=base.digest,
+                        adapter_uri=str(tmp_path / "adapter"), device="cpu")
+    ids = torch.tensor([tokenizer("Hello world, how are you")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(served.model(ids).logits, trained(ids), rtol=1e-4, atol=1e-4)
+        plain = load_model(base.uri, cache_dir=tmp_path / "cache2", device="cpu")
+        assert not torch.allclose(plain.model(ids).logits, trained(ids), atol=1e-3)
+
+
 def upload(s3: S3Server, local: Path, prefix: str) -> str:
     store, _ = open_uri(s3.uri(), s3.config)
     for f in sorted(local.rglob("*")):
