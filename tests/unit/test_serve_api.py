@@ -161,6 +161,7 @@ def test_end_of_text_stops_generation(client: openai.OpenAI, loaded: LoadedModel
     ({"model": MODEL}, 400, "prompt"),
     ({"model": MODEL, "prompt": "hi", "echo": True}, 400, "echo"),
     ({"model": MODEL, "prompt": "hi", "logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ({"model": MODEL, "prompt": ["hi"] * 65}, 400, "prompt"),
 ])
 def test_bad_completion_requests_get_an_openai_error(base_url: str, body: dict[str, object], status: int,
                                                      param: str) -> None:

@@ -43,6 +43,8 @@ COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 _DEFAULT_COMPLETION_MAX_TOKENS = 16
 """OpenAI's default max_tokens for /v1/completions; chat completions default to the rest of the context."""
+_MAX_CHOICES = 64
+"""Most completions one request may ask for (prompts x n)."""
 
 
 @dataclass
@@ -147,6 +149,9 @@ class Api:
         vocab = int(loaded.model.config.vocab_size)
         requested = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
         requested = requested or body.max_tokens
+        if len(prompts) * (body.n or 1) > _MAX_CHOICES:
+            raise ApiError(400, f"At most {_MAX_CHOICES} completions per request (prompts times n); got "
+                           f"{len(prompts)} x {body.n or 1}.", param="prompt" if len(prompts) > 1 else "n")
         plan_prompts, params = [], []
         for ids in prompts:
             if not ids:
