@@ -140,11 +140,18 @@ def measure(api: Any, count: int, label: str, runner: Any) -> tuple[float, list[
     latencies = [watcher.first_status[n] - watcher.created[n] for n in names]
     watcher.stop()
     stop()
-    custom = client.CustomObjectsApi(api)
-    for name in names:  # release the reference's finalizers so the namespace can go
-        custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, {"metadata": {"finalizers": []}})
-    client.CoreV1Api(api).delete_namespace(ns)
+    cleanup(api, ns, names)
     return end - start, latencies
+
+
+def cleanup(api: Any, ns: str, names: list[str]) -> None:
+    """Drop the benchmark's objects without leaving finalizers that nobody will ever process."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api)
+    for name in names:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, {"metadata": {"finalizers": None}})
+    client.CoreV1Api(api).delete_namespace(ns)
 
 
 def _kubeconfig(arg: str | None) -> tuple[str | None, Any]:
@@ -220,7 +227,7 @@ def main() -> int:
         print(f"  operator RSS with {2 * args.count} objects: {rss:.0f} MB (target < 150 MB at 1000)")
         watcher.stop()
         stop()
-        kc.CoreV1Api(api).delete_namespace(ns)
+        cleanup(api, ns, names)
     finally:
         if stop_harness:
             stop_harness()

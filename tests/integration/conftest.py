@@ -25,6 +25,7 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 ACCESS, SECRET = "forge-test", "forge-test-secret"
+NAMESPACE_PREFIX = "forge-it-"
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5) -> T:
@@ -89,6 +90,21 @@ def store_bucket(_moto_endpoint: str) -> str:
     return bucket
 
 
+def _wait_for_test_namespaces_to_go(kubeconfig: str, timeout: float = 120) -> None:
+    """Let the operator release the finalizers of the suite's namespaces before it stops, so nothing is
+    left Terminating on a shared API server."""
+    from kubernetes import client, config
+
+    config.load_kube_config(config_file=kubeconfig)
+    core = client.CoreV1Api()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [n for n in core.list_namespace().items if n.metadata.name.startswith(NAMESPACE_PREFIX)]
+        if not left:
+            return
+        time.sleep(1)
+
+
 class Operator:
     """A running `forge operator` process."""
 
@@ -99,7 +115,9 @@ class Operator:
     def start(self) -> None:
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
+            # only the suite's own namespaces: whatever else lives on a shared API server is not ours
             [sys.executable, "-m", "forge_operator.cli", "operator", "--standalone", "--verbose",
+             "--namespace", f"{NAMESPACE_PREFIX}*",
              "--liveness", f"http://127.0.0.1:{self.env['FORGE_LIVENESS_PORT']}/healthz"],
             env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -134,6 +152,7 @@ def operator(kubeconfig: str, crds: None, _moto_endpoint: str, store_bucket: str
     op = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op
+    _wait_for_test_namespaces_to_go(kubeconfig)
     op.stop()
     print("---- operator log (tail) ----\n" + op.tail(200))
 
@@ -143,7 +162,7 @@ def namespace(api: Any, operator: Operator) -> Iterator[str]:
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    name = f"forge-it-{uuid.uuid4().hex[:8]}"
+    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
     core.create_namespaced_secret(name, {"metadata": {"name": "forge-store-credentials"},
                                          "stringData": {"accessKey": ACCESS, "secretKey": SECRET}})
