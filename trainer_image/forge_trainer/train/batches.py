@@ -54,7 +54,8 @@ class TokenSequences:
             self._epochs = {epoch: (order.astype(np.int64), cum.astype(np.int64))}
         return self._epochs[epoch]
 
-    def _offset(self, epoch: int, shard: int, pos: int) -> int:
+    def _offsets(self, epoch: int, shard: int, pos: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Sequence numbers within `shard` of positions `pos` of its epoch order."""
         if not self.shuffle:
             return pos
         key = (epoch, shard)
@@ -62,7 +63,7 @@ class TokenSequences:
             if len(self._perms) > 4:
                 self._perms.clear()
             self._perms[key] = np.random.default_rng([self.seed, epoch, shard]).permutation(self.counts[shard])
-        return int(self._perms[key][pos])
+        return self._perms[key][pos]
 
     def _tokens(self, shard: int) -> npt.NDArray[Any]:
         if shard in self._cache:
@@ -74,19 +75,32 @@ class TokenSequences:
                 self._cache.popitem(last=False)
         return self._cache[shard]
 
+    def rows(self, indices: range | list[int]) -> npt.NDArray[np.int64]:
+        """Sequences at `indices` of the endless stream, one row of `seq_len + 1` token ids each."""
+        idx = np.asarray(list(indices), dtype=np.int64)
+        out = np.empty((len(idx), self.seq_len + 1), dtype=np.int64)
+        epochs, within = np.divmod(idx, self.total)
+        span = np.arange(self.seq_len + 1)
+        for epoch in np.unique(epochs):
+            in_epoch = np.flatnonzero(epochs == epoch)
+            order, cum = self._epoch(int(epoch))
+            slots = np.searchsorted(cum, within[in_epoch], side="right")
+            shards = order[slots]
+            pos = within[in_epoch] - np.where(slots > 0, cum[slots - 1], 0)
+            for shard in np.unique(shards):
+                mine = shards == shard
+                starts = self._offsets(int(epoch), int(shard), pos[mine]) * self.seq_len
+                out[in_epoch[mine]] = self._tokens(int(shard))[starts[:, None] + span]
+        return out
+
     def sequence(self, index: int) -> npt.NDArray[np.int64]:
         """Sequence `index` of the endless stream: `seq_len + 1` token ids."""
-        epoch, within = divmod(index, self.total)
-        order, cum = self._epoch(epoch)
-        slot = int(np.searchsorted(cum, within, side="right"))
-        shard = int(order[slot])
-        pos = within - (int(cum[slot - 1]) if slot else 0)
-        start = self._offset(epoch, shard, pos) * self.seq_len
-        return self._tokens(shard)[start:start + self.seq_len + 1].astype(np.int64)
+        row: npt.NDArray[np.int64] = self.rows([index])[0]
+        return row
 
     def batch(self, indices: range | list[int]) -> Batch:
         """The sequences at `indices` as a micro-batch."""
-        rows = torch.from_numpy(np.stack([self.sequence(i) for i in indices]))
+        rows = torch.from_numpy(self.rows(indices))
         return {"input_ids": rows[:, :-1].contiguous(), "labels": rows[:, 1:].contiguous()}
 
 

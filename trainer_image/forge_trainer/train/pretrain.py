@@ -13,6 +13,7 @@ import math
 import signal
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, cast
@@ -30,6 +31,7 @@ from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, expo
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json
 from forge_trainer.train.batches import (
+    Batch,
     TokenSequences,
     eval_micro_batches,
     micro_batch_size_for,
@@ -250,6 +252,10 @@ class _Run:
     reporter: ProgressReporter
 
     def loop(self, start_step: int, tokens_seen: int) -> PretrainResult:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-batches") as loader:
+            return self._steps(start_step, tokens_seen, loader)
+
+    def _steps(self, start_step: int, tokens_seen: int, loader: ThreadPoolExecutor) -> PretrainResult:
         hp, rt = self.config.hyperparameters, self.runtime
         step_tokens = hp.global_batch_size * hp.sequence_length
         fpt = flops_per_token(self.args, hp.sequence_length)
@@ -257,10 +263,17 @@ class _Run:
         recent: deque[float] = deque(maxlen=10)
         losses: dict[int, float] = {}
         terminate = _Terminate()
+
+        def load(step: int) -> list[Batch]:
+            return step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size, self.micro)
+
+        # the next step's batches (shard reads included) are read while this step computes
+        upcoming: Future[list[Batch]] | None = loader.submit(load, start_step) if start_step < hp.max_steps else None
         for step in range(start_step, hp.max_steps):
             began = time.perf_counter()
-            batches = step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size,
-                                         self.micro)
+            assert upcoming is not None
+            batches = upcoming.result()
+            upcoming = loader.submit(load, step + 1) if step + 1 < hp.max_steps else None
             stats = self.trainer.train_step(step, batches)
             seconds = time.perf_counter() - began
             recent.append(seconds)
