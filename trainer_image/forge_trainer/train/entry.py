@@ -19,10 +19,10 @@ def run_training(config: TrainConfig) -> None:
 
         run_pretrain(config)
     elif config.stage is Stage.SFT:
-        from forge_trainer.train.sft import run_sft  # type: ignore[import-not-found,unused-ignore]
+        from forge_trainer.train.sft import run_sft
 
         run_sft(config)
     else:
-        from forge_trainer.train.rl import run_rl  # type: ignore[import-not-found,unused-ignore]
+        from forge_trainer.train.rl import run_rl
 
         run_rl(config)
