@@ -31,20 +31,28 @@ def content_hash(text: str) -> bytes:
 
 
 class U64Set:
-    """A set of non-zero 64-bit integers in one numpy array (open addressing, linear probing)."""
+    """A set of non-zero 64-bit integers in one numpy array (open addressing, linear probing, at most
+    70% full: about 11-23 bytes a key)."""
+
+    MAX_LOAD = 0.7
 
     def __init__(self, capacity: int = 1 << 16) -> None:
-        self.table: U64 = np.zeros(1 << max(4, (capacity - 1).bit_length()), dtype=np.uint64)
+        self._allocate(max(4, (capacity - 1).bit_length()))
+
+    def _allocate(self, bits: int) -> None:
+        self.table: U64 = np.zeros(1 << bits, dtype=np.uint64)
+        self.shift = 64 - bits
+        self.limit = int(len(self.table) * self.MAX_LOAD)
         self.size = 0
 
     def _slot(self, key: int) -> int:
         mask = len(self.table) - 1
-        i = (key * 0x9E3779B97F4A7C15 & _MASK64) >> 40 & mask
+        i = ((key * 0x9E3779B97F4A7C15) & _MASK64) >> self.shift  # Fibonacci hashing: the top bits
         table = self.table
         while True:
             cur = int(table[i])
             if cur == 0 or cur == key:
-                return int(i)
+                return i
             i = (i + 1) & mask
 
     def add(self, key: int) -> bool:
@@ -55,17 +63,22 @@ class U64Set:
             return True
         self.table[i] = key
         self.size += 1
-        if self.size * 2 > len(self.table):
+        if self.size > self.limit:
             self._grow()
         return False
 
+    def __contains__(self, key: int) -> bool:
+        key = key or 1
+        return int(self.table[self._slot(key)]) == key
+
     def _grow(self) -> None:
-        old = self.table[self.table != 0]
-        self.table = np.zeros(len(self.table) * 2, dtype=np.uint64)
-        self.size = 0
-        for key in old.tolist():
-            self.table[self._slot(key)] = key
-            self.size += 1
+        old = self.table
+        self._allocate(64 - self.shift + 1)
+        for start in range(0, len(old), 1 << 16):  # in chunks: no full copy of the old keys
+            chunk = old[start : start + (1 << 16)]
+            for key in chunk[chunk != 0].tolist():
+                self.table[self._slot(key)] = key
+                self.size += 1
 
 
 class ExactDedup:
