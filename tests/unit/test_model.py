@@ -14,7 +14,9 @@ from forge_trainer.model import KVCache, ModelArgs, Transformer, resolve_model_a
 from forge_trainer.model.flops import active_params
 from forge_trainer.model.hf_export import export_hf, load_hf
 from tests.conftest import S3Server
-from tests.unit.train_fixtures import EOS, PAD, real_corpus, train_tokenizer
+from tests.unit.train_fixtures import EOS, PAD, one_thread, real_corpus, train_tokenizer
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 VOCAB = 300
 
