@@ -22,27 +22,14 @@ from tests.unit.serve_fixtures import shared_tiny_model
 FORGE_TRAINER = str(Path(sys.executable).parent / "forge-trainer")
 
 
-def _cli_passes_serve_options() -> bool:
-    """Whether `forge-trainer serve --model ...` reaches the server's own parser (cli.py's REMAINDER
-    positional rejects options that come first, a bug of argparse's)."""
-    from forge_trainer.cli import build_parser
-
-    try:
-        return bool(build_parser().parse_args(["serve", "--model", "m"]).rest == ["--model", "m"])
-    except SystemExit:
-        return False
-
-
-CLI_OK = _cli_passes_serve_options()
-SEP = [] if CLI_OK else ["--"]  # until cli.py passes leading options through, use the `--` separator
-
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.mark.xfail(not CLI_OK, strict=True,
-                   reason="forge_trainer/cli.py rejects `serve --model ...` (argparse.REMAINDER); fix there")
 def test_cli_passes_serve_options_to_the_server() -> None:
-    assert CLI_OK
+    proc = subprocess.run([FORGE_TRAINER, "serve", "--model", "/nonexistent/model", "--model-name", "m"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "unrecognized arguments" not in proc.stderr and "/nonexistent/model" in proc.stderr
 
 
 @pytest.fixture
@@ -57,7 +44,7 @@ def model_uri(s3: S3Server) -> str:
 
 def serve(s3: S3Server, model_uri: str, digest: str, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [FORGE_TRAINER, "serve", *SEP, "--model", model_uri, "--model-name", "chat", "--model-digest", digest,
+        [FORGE_TRAINER, "serve", "--model", model_uri, "--model-name", "chat", "--model-digest", digest,
          "--store-endpoint", s3.endpoint, "--store-insecure", "--host", "127.0.0.1", "--port", str(port),
          "--max-batch-size", "4"],
         env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from forge_trainer.serve.server import main as serve_main
 
-    serve_main(args.rest)
+    serve_main(args.serve_args)
 
 
 def _fetch(args: argparse.Namespace) -> None:
@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="run one training stage (pretrain, sft, rl)")
     t.add_argument("--config", type=Path, required=True, help="TrainConfig as YAML or JSON")
     t.set_defaults(func=_train)
-    s = sub.add_parser("serve", help="serve a trained model over an OpenAI-compatible HTTP API")
-    s.add_argument("rest", nargs=argparse.REMAINDER, help="server options (see forge-trainer serve --help)")
+    # the server parses its own options (forge-trainer serve --help lists them)
+    s = sub.add_parser("serve", help="serve a trained model over an OpenAI-compatible HTTP API", add_help=False)
     s.set_defaults(func=_serve)
     f = sub.add_parser("fetch", help="download a model directory from the store and verify its digest")
     f.add_argument("--uri", required=True, help="model directory URI (s3://... or a local path)")
@@ -130,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "serve":
+        args.serve_args = [a for a in unknown if a != "--"]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.func(args)
     except WorkloadError as exc:

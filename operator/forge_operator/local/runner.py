@@ -370,7 +370,7 @@ class LocalRunner:
         endpoint = f"http://{self.options.host}:{port}/v1"
         rd = self._dir(m.kind, m.name)
         log = rd.path / "logs" / "serve.log"
-        argv = [sys.executable, "-m", "forge_trainer.cli", "serve", *_serve_separator(), "--model", plan.model_uri,
+        argv = [sys.executable, "-m", "forge_trainer.cli", "serve", "--model", plan.model_uri,
                 "--model-name", plan.model_name, "--host", self.options.host, "--port", str(port),
                 "--max-batch-size", str(spec.max_batch_size)]
         if plan.model_digest:
@@ -412,18 +412,6 @@ class LocalRunner:
             model_uri=prev.model_uri, model_digest=prev.model_digest), now_rfc3339())
         status.message = "stopped (forge run ended); run it again to serve"
         self._save(m, status, {k: v for k, v in saved.items() if k in ("log",)})
-
-
-def _serve_separator() -> list[str]:
-    """`--` while `forge-trainer serve` rejects leading options (argparse.REMAINDER), nothing once it
-    passes them through."""
-    from forge_trainer.cli import build_parser
-
-    try:
-        passes = build_parser().parse_args(["serve", "--model", "m"]).rest == ["--model", "m"]
-    except SystemExit:
-        passes = False
-    return [] if passes else ["--"]
 
 
 def _worker_error(stderr_files: list[Path]) -> str:

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer
@@ -118,9 +119,16 @@ def prepare_for_method(model: Transformer, config: TrainConfig) -> list[str]:
 
 
 def final_state(model: Transformer, config: TrainConfig) -> dict[str, Tensor]:
-    """Weights for the final export: adapters merged (lora.merge, the default) or the base alone."""
+    """Weights for the final export: adapters merged (lora.merge, the default) or the base alone.
+
+    Collective: every rank calls it, since under FSDP2 (any torchrun worker group, even of one) the
+    full tensors are gathered from all shards."""
     if config.method is SftMethod.FULL:
-        return {k: v.detach() for k, v in model.state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = cast(dict[str, Tensor], get_model_state_dict(model, options=options))
+        return {k: v.detach() for k, v in full.items()}
     return merged_state_dict(model) if config.lora.merge else base_state_dict(model)
 
 

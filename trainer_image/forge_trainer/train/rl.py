@@ -388,8 +388,9 @@ class _RlRun:
 
     def finish(self, metrics: dict[str, float]) -> TrainProgress:
         core = unwrap(self.model)
+        state = final_state(core, self.config)  # collective: every rank takes part in the gather
         if self.runtime.is_main:
-            uri, digest = export_model(final_state(core, self.config), self.base, self.store, self.prefix)
+            uri, digest = export_model(state, self.base, self.store, self.prefix)
             export_adapter(core, self.config, self.store, self.prefix)
             loss = metrics.get("loss")
             self.reporter.update(force=True, eval_metrics=metrics,
