@@ -1,6 +1,6 @@
 """Pretraining under torchrun, as the operator launches it: two gloo workers (FSDP2 or DDP) agree
-with one, and an elastic group (FSDP2) that loses a worker, then a whole node, re-forms and finishes on the same loss
-trajectory as an uninterrupted run."""
+with one; an elastic group (FSDP2) that loses a worker, then a whole node, or gains a node, re-forms
+and finishes on the same loss trajectory as an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -115,6 +115,38 @@ def test_elastic_group_survives_a_killed_worker_and_a_lost_node(dataset: str, tm
     assert sorted(log) == list(range(1, steps + 1))
     assert {r["world_size"] for r in log.values()} == {1, 2}
     # the same global batches in the same order: the loss trajectory of an uninterrupted run
+    reference = run_pretrain(config.model_copy(update={"output": str(tmp_path / "reference")}))
+    for step in range(1, steps + 1):
+        assert log[step]["loss"] == pytest.approx(reference.losses[step], rel=2e-3, abs=2e-3), step
+
+
+def test_a_node_that_joins_grows_the_group(dataset: str, tmp_path: Path) -> None:
+    steps = 120
+    hp = {"maxSteps": steps, "globalBatchSize": 16, "microBatchSize": 8, "sequenceLength": 128}
+    config = write_config(tmp_path / "train.yaml", dataset, tmp_path / "grow", hp, interval=5)
+    out = tmp_path / "grow"
+    port = free_port()
+
+    def command(is_host: bool) -> list[str]:
+        return torchrun_command(tmp_path / "train.yaml", port, nnodes="1:2", max_restarts=5, run_id="grow",
+                                is_host=is_host)
+
+    host = start_torchrun(command(True), tmp_path / "host.log")
+    joiner = None
+    try:
+        wait_for(lambda: (read(out) or TrainProgress()).step >= 5, 60, "one worker training")
+        joiner = start_torchrun(command(False), tmp_path / "joiner.log")
+        wait_for(lambda: (read(out) or TrainProgress()).world_size == 2, 60, "the group to grow to two")
+        assert host.wait(timeout=60) == 0, (tmp_path / "host.log").read_text()[-3000:]
+        assert joiner.wait(timeout=30) == 0, (tmp_path / "joiner.log").read_text()[-3000:]
+    finally:
+        kill_tree(host.pid)
+        if joiner is not None:
+            kill_tree(joiner.pid)
+    final = read(out)
+    assert final is not None and final.done and final.world_size == 2 and final.restarts >= 1
+    log = read_step_log(LocalStore(out), "")
+    assert sorted(log) == list(range(1, steps + 1)) and {r["world_size"] for r in log.values()} == {1, 2}
     reference = run_pretrain(config.model_copy(update={"output": str(tmp_path / "reference")}))
     for step in range(1, steps + 1):
         assert log[step]["loss"] == pytest.approx(reference.losses[step], rel=2e-3, abs=2e-3), step
