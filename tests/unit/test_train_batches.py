@@ -16,6 +16,7 @@ from forge_trainer.train.batches import (
     TokenSequences,
     eval_micro_batches,
     micro_batch_size_for,
+    step_indices,
     step_micro_batches,
 )
 from forge_trainer.train.schedule import lr_at
@@ -60,6 +61,16 @@ def test_an_epoch_visits_every_sequence_once_and_labels_are_shifted(dataset: str
     batch = data.batch([0, 1])
     assert torch.equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])
     assert batch["input_ids"].shape == (2, 32)
+
+
+def test_shards_are_read_ahead_of_use(dataset: str) -> None:
+    data, fresh = sequences(dataset), sequences(dataset)
+    indices = step_indices(5, 8, rank=1, world_size=2)
+    missing = data.missing_shards(indices)
+    assert missing
+    data.warm(missing)
+    assert data.missing_shards(indices) == []
+    assert torch.equal(data.batch(indices)["input_ids"], fresh.batch(indices)["input_ids"])
 
 
 def test_validation_batches_split_across_workers(dataset: str) -> None:

@@ -5,11 +5,13 @@ targets are contiguous). An epoch visits the shards in a seeded random order and
 sequences in a seeded random order, so the stream is a pure function of the seed: global batch `s`
 is sequences `[s * G, (s + 1) * G)` of it whatever the world size, and rank r of W takes its
 contiguous `G / W` of them. A resumed or resized run therefore sees exactly the batches an
-uninterrupted one would. Shards are read (digest-verified) when first needed; a few stay cached.
+uninterrupted one would. Shards are read (digest-verified) when first needed, or ahead of time by
+`warm` in a background thread; a few stay cached.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -26,7 +28,7 @@ Batch = dict[str, torch.Tensor]
 -100 where no loss is taken."""
 
 IGNORE_INDEX = -100
-_CACHED_SHARDS = 2
+_CACHED_SHARDS = 3
 
 
 class TokenSequences:
@@ -43,6 +45,7 @@ class TokenSequences:
         self._cache: OrderedDict[int, npt.NDArray[Any]] = OrderedDict()
         self._epochs: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
         self._perms: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
+        self._lock = threading.RLock()  # `warm` may run in a background thread
 
     def _epoch(self, epoch: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """(shard order, cumulative sequence counts in that order) of an epoch."""
@@ -69,15 +72,50 @@ class TokenSequences:
         if shard in self._cache:
             self._cache.move_to_end(shard)
         else:
-            self._cache[shard] = read_token_shard(self.uri, self.shards[shard], self.store,
-                                                  dtype=self.manifest.dtype)
-            while len(self._cache) > _CACHED_SHARDS:
-                self._cache.popitem(last=False)
+            self._store_shard(shard, self._read(shard))
         return self._cache[shard]
+
+    def _read(self, shard: int) -> npt.NDArray[Any]:
+        return read_token_shard(self.uri, self.shards[shard], self.store, dtype=self.manifest.dtype)
+
+    def _store_shard(self, shard: int, tokens: npt.NDArray[Any]) -> None:
+        self._cache[shard] = tokens
+        while len(self._cache) > _CACHED_SHARDS:
+            self._cache.popitem(last=False)
+
+    def _shards_of(self, indices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        epochs, within = np.divmod(indices, self.total)
+        out = np.empty(len(indices), dtype=np.int64)
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            order, cum = self._epoch(int(epoch))
+            out[sel] = order[np.searchsorted(cum, within[sel], side="right")]
+        return out
+
+    def missing_shards(self, indices: range | list[int]) -> list[int]:
+        """Shards the sequences at `indices` need that are not read yet."""
+        with self._lock:
+            shards = np.unique(self._shards_of(np.asarray(list(indices), dtype=np.int64)))
+            return [int(s) for s in shards if int(s) not in self._cache]
+
+    def warm(self, shards: list[int]) -> None:
+        """Read (and verify) `shards` into the cache ahead of use; safe to run in a background thread
+        while the training thread reads batches."""
+        for shard in shards:
+            with self._lock:
+                if shard in self._cache:
+                    continue
+            tokens = self._read(shard)  # the slow part, without the lock
+            with self._lock:
+                if shard not in self._cache:
+                    self._store_shard(shard, tokens)
 
     def rows(self, indices: range | list[int]) -> npt.NDArray[np.int64]:
         """Sequences at `indices` of the endless stream, one row of `seq_len + 1` token ids each."""
-        idx = np.asarray(list(indices), dtype=np.int64)
+        with self._lock:
+            return self._rows(np.asarray(list(indices), dtype=np.int64))
+
+    def _rows(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         out = np.empty((len(idx), self.seq_len + 1), dtype=np.int64)
         epochs, within = np.divmod(idx, self.total)
         span = np.arange(self.seq_len + 1)
@@ -114,12 +152,18 @@ def micro_batch_size_for(global_batch: int, world_size: int, micro_batch: int) -
     return max(d for d in range(1, min(micro_batch, share) + 1) if share % d == 0)
 
 
+def step_indices(step: int, global_batch: int, rank: int, world_size: int) -> range:
+    """Stream positions of this worker's sequences in optimizer step `step`."""
+    share = global_batch // world_size
+    start = step * global_batch + rank * share
+    return range(start, start + share)
+
+
 def step_micro_batches(data: TokenSequences, step: int, global_batch: int, rank: int, world_size: int,
                        micro_batch: int) -> list[Batch]:
     """This worker's micro-batches of optimizer step `step`."""
-    share = global_batch // world_size
-    start = step * global_batch + rank * share
-    return [data.batch(range(start + i, start + i + micro_batch)) for i in range(0, share, micro_batch)]
+    mine = step_indices(step, global_batch, rank, world_size)
+    return [data.batch(mine[i:i + micro_batch]) for i in range(0, len(mine), micro_batch)]
 
 
 def eval_micro_batches(data: TokenSequences, num_sequences: int, rank: int, world_size: int,

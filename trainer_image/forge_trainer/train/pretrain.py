@@ -31,10 +31,10 @@ from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, expo
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json
 from forge_trainer.train.batches import (
-    Batch,
     TokenSequences,
     eval_micro_batches,
     micro_batch_size_for,
+    step_indices,
     step_micro_batches,
 )
 from forge_trainer.train.checkpoint import (
@@ -252,7 +252,7 @@ class _Run:
     reporter: ProgressReporter
 
     def loop(self, start_step: int, tokens_seen: int) -> PretrainResult:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-batches") as loader:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-shards") as loader:
             return self._steps(start_step, tokens_seen, loader)
 
     def _steps(self, start_step: int, tokens_seen: int, loader: ThreadPoolExecutor) -> PretrainResult:
@@ -264,16 +264,21 @@ class _Run:
         losses: dict[int, float] = {}
         terminate = _Terminate()
 
-        def load(step: int) -> list[Batch]:
-            return step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size, self.micro)
-
-        # the next step's batches (shard reads included) are read while this step computes
-        upcoming: Future[list[Batch]] | None = loader.submit(load, start_step) if start_step < hp.max_steps else None
+        warming: Future[None] | None = None
         for step in range(start_step, hp.max_steps):
             began = time.perf_counter()
-            assert upcoming is not None
-            batches = upcoming.result()
-            upcoming = loader.submit(load, step + 1) if step + 1 < hp.max_steps else None
+            try:
+                batches = step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size,
+                                             self.micro)
+            except StoreError as exc:
+                raise WorkloadError(f"dataset {self.config.dataset}: {exc}") from exc
+            # shards the next step needs are read (from S3, say) while this step computes
+            upcoming = self.train.missing_shards(step_indices(step + 1, hp.global_batch_size, rt.rank,
+                                                              rt.world_size))
+            if upcoming and (warming is None or warming.done()):
+                if warming is not None:
+                    warming.result()  # a failed read surfaces here
+                warming = loader.submit(self.train.warm, upcoming)
             stats = self.trainer.train_step(step, batches)
             seconds = time.perf_counter() - began
             recent.append(seconds)
