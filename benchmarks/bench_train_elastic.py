@@ -44,6 +44,11 @@ def progress(out: Path) -> TrainProgress:
         return TrainProgress()
 
 
+def stepped_after(out: Path, moment: float) -> bool:
+    """Whether the step log holds a step completed after `moment`."""
+    return any(r["time"] > moment for r in read_step_log(LocalStore(out), "").values())
+
+
 def next_step_after(out: Path, moment: float) -> float:
     """Seconds from `moment` to the first training step completed after it."""
     log = read_step_log(LocalStore(out), "")
@@ -72,16 +77,15 @@ def trial(root: Path, dataset: str, n: int) -> tuple[float, float]:
         wait_for(lambda: progress(out).step >= 10 and progress(out).world_size == 2, 120, "two workers")
         killed_worker = time.time()
         kill_tree(worker_pids(other.pid)[0])
-        wait_for(lambda: progress(out).restarts >= 1 and progress(out).world_size == 2
-                 and progress(out).step >= 10, 120, "re-formed group of two")
+        wait_for(lambda: progress(out).restarts >= 1 and progress(out).world_size == 2, 120, "re-formed group of two")
+        wait_for(lambda: stepped_after(out, killed_worker), 60, "a step after the worker loss")
         worker_recovery = next_step_after(out, killed_worker)
         mark = progress(out).step
         wait_for(lambda: progress(out).step >= mark + 5, 60, "training with two")
         killed_node = time.time()
         kill_tree(other.pid)
         wait_for(lambda: progress(out).world_size == 1 and progress(out).step > 0, 120, "group of one")
-        wait_for(lambda: any(r["time"] > killed_node for r in read_step_log(LocalStore(out), "").values()),
-                 30, "a step after the node loss")
+        wait_for(lambda: stepped_after(out, killed_node), 60, "a step after the node loss")
         node_recovery = next_step_after(out, killed_node)
     finally:
         kill_tree(other.pid)
