@@ -148,6 +148,8 @@ def test_missing_dataset_and_bad_config_fail_with_one_line(tmp_path: Path, datas
     missing = config(str(tmp_path / "nowhere" / "manifest.json"), tmp_path / "o1")
     with pytest.raises(WorkloadError, match="nowhere"):
         run_pretrain(missing)
+    failed = progress(tmp_path / "o1")
+    assert failed.error and "nowhere" in failed.error and not failed.done
     too_long = tmp_path / "bad.yaml"
     too_long.write_text(yaml.safe_dump(config(dataset, tmp_path / "o2",
                                               hyperparameters={"sequenceLength": 4096}).to_wire()))

@@ -162,11 +162,28 @@ def run_pretrain(config: TrainConfig, runtime: Runtime | None = None) -> Pretrai
 
 
 def _run(config: TrainConfig, runtime: Runtime) -> PretrainResult:
-    hp = config.hyperparameters
     try:
         store, prefix = open_uri(config.output, config.store)
     except StoreError as exc:
         raise ConfigError(f"output: {exc}") from exc
+    try:
+        return _train(config, runtime, store, prefix)
+    except WorkloadError as exc:
+        if runtime.is_main:
+            _record_error(store, prefix, str(exc).splitlines()[0])
+        raise
+
+
+def _record_error(store: ObjectStore, prefix: str, line: str) -> None:
+    """Put the one-line reason into progress.json (unless the loop already did)."""
+    progress = read_progress(store, prefix) or TrainProgress()
+    if progress.error != line:
+        reporter = ProgressReporter(store, prefix, True, progress.model_copy(update={"error": line, "done": False}))
+        reporter.flush()
+
+
+def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: str) -> PretrainResult:
+    hp = config.hyperparameters
     manifest, _ = _dataset(config)
     args = _model_args(config, manifest)
     try:
