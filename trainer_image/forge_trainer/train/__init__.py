@@ -1,1 +1,15 @@
-"""Training: pretrain, sft (full / LoRA / QLoRA), rl; elastic, checkpoints, progress."""
+"""Training: pretrain, sft (full / LoRA / QLoRA), rl; elastic, checkpoints, progress.
+
+    entry.py       run_training(config): dispatch on config.stage
+    pretrain.py    run_pretrain: the pretraining workload (resume, eval, checkpoints, export)
+    runtime.py     the worker group (torchrun, gloo/nccl) and the few collectives used
+    parallel.py    FSDP2 / DDP wrapping, activation checkpointing, torch.compile, autocast
+    trainer.py     Trainer: one optimizer step (accumulation, NaN guard, clipping, AdamW), evaluation
+    schedule.py    warm-up + cosine learning rate, a pure function of the step
+    batches.py     deterministic token batches from a dataset's shards, each rank its slice
+    checkpoint.py  torch.distributed.checkpoint in the object store: save, find, load, prune
+    progress.py    progress.json, the step log and Prometheus metrics (rank 0)
+
+sft.py, rl.py, lora.py, posttrain.py, chat.py, packing.py, evaluate.py, generate.py, verifiers.py
+and sandbox.py build the post-training stages on these.
+"""
