@@ -17,10 +17,11 @@ import yaml
 from tokenizers import Tokenizer
 
 from forge_trainer.cli import WorkloadError, main
-from forge_trainer.config import TrainConfig, TrainProgress
+from forge_trainer.config import ModelConfig, SizePreset, TrainConfig, TrainProgress
 from forge_trainer.data.manifest import Split
 from forge_trainer.data.shards import load_manifest
 from forge_trainer.model import Transformer, resolve_model_args
+from forge_trainer.model.flops import PEAK_FLOPS_ENV, flops_per_token
 from forge_trainer.model.hf_export import load_hf
 from forge_trainer.store import LocalStore, open_uri
 from forge_trainer.train.batches import TokenSequences
@@ -206,3 +207,14 @@ def test_eval_dataset_is_used_for_validation(dataset: str, tmp_path: Path) -> No
         logits = model(batch["input_ids"])
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), batch["labels"].reshape(-1)).item()
     assert result.progress.eval_loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_mfu_is_reported_against_the_device_peak(dataset: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PEAK_FLOPS_ENV, "1e12")
+    result = run_pretrain(config(dataset, tmp_path / "mfu", hyperparameters={"maxSteps": 3}))
+    args = resolve_model_args(ModelConfig(size=SizePreset.TINY), 512)
+    tps = result.progress.tokens_per_second
+    assert tps and result.progress.mfu == pytest.approx(flops_per_token(args, 64) * tps / 1e12)
+    # 6 FLOPs per parameter and token, plus attention: the tiny model has about 0.1M active parameters
+    assert 6 * 0.08e6 < flops_per_token(args, 64) < 6 * 0.2e6
