@@ -4,6 +4,7 @@ switches."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, cast
 
@@ -65,8 +66,6 @@ def unwrap(model: nn.Module) -> Transformer:
 
 def gradient_sync(model: nn.Module, enabled: bool) -> Any:
     """Context in which backward passes do (or, between accumulation steps, do not) all-reduce."""
-    import contextlib
-
     if isinstance(model, DistributedDataParallel) and not enabled:
         return model.no_sync()
     setter = getattr(model, "set_requires_gradient_sync", None)
@@ -77,5 +76,6 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Any:
 
 def autocast(runtime: Runtime, bf16: bool) -> Any:
     """bf16 autocast on GPU when asked; CPUs compute in fp32."""
-    enabled = bf16 and runtime.device.type == "cuda"
-    return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16, enabled=enabled)
+    if not (bf16 and runtime.device.type == "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)

@@ -88,7 +88,8 @@ class Trainer:
 
     def train_step(self, step: int, micro_batches: Sequence[Batch]) -> StepStats:
         """One optimizer step over this worker's micro-batches (the global batch across workers)."""
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         lr = lr_at(step, self.hp)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
