@@ -148,4 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m forge_trainer.cli` (how torchrun starts workers) runs this file as __main__; the
+    # workloads raise forge_trainer.cli's exception classes, so dispatch through that module.
+    from forge_trainer.cli import main as _main
+
+    sys.exit(_main())
