@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any, NoReturn
 
 import kopf
 from pydantic import ValidationError
 
-from forge_operator import metrics
 from forge_operator.api.common import API_VERSION, GROUP, VERSION, now_rfc3339
 from forge_operator.api.dataset import DatasetPhase, ForgeDataset, ForgeDatasetStatus
 from forge_operator.api.errors import spec_error_message
 from forge_operator.handlers.cleanup import release_artifacts
-from forge_operator.handlers.runtime import log, post_event, publish_status, runtime
+from forge_operator.handlers.runtime import (
+    log,
+    parse_status,
+    post_event,
+    publish_status,
+    runtime,
+    timed_reconcile,
+)
 from forge_operator.plan.dataset import plan_dataset
 from forge_operator.plan.workload import InvalidSpecError
 from forge_operator.render.dataset import render_dataset
@@ -34,38 +39,16 @@ SETTLED = {DatasetPhase.READY, DatasetPhase.FAILED}
 _INTERVAL = OperatorSettings.from_env().reconcile_interval
 
 
-def _status_of(body: dict[str, Any]) -> ForgeDatasetStatus:
-    try:
-        return ForgeDatasetStatus.model_validate(body.get("status") or {})
-    except ValidationError:
-        return ForgeDatasetStatus()
-
-
 def reconcile_dataset(body: dict[str, Any]) -> None:
     """One reconcile of a ForgeDataset."""
-    started = time.monotonic()
-    result = "ok"
-    try:
-        _reconcile(body)
-    except kopf.PermanentError:
-        result = "invalid"
-        raise
-    except kopf.TemporaryError:
-        result = "waiting"
-        raise
-    except Exception:
-        result = "error"
-        raise
-    finally:
-        metrics.RECONCILES.labels(KIND, result).inc()
-        metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+    timed_reconcile(KIND, _reconcile, body)
 
 
 def _reconcile(body: dict[str, Any]) -> None:
     rt = runtime()
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation") or 1)
-    prev = _status_of(body)
+    prev = parse_status(ForgeDatasetStatus, body)
     now = now_rfc3339()
     if prev.phase in SETTLED and prev.observed_generation == gen:
         return

@@ -4,18 +4,16 @@ observe, derive, patch once."""
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any, NoReturn
 
 import kopf
 from pydantic import ValidationError
 
-from forge_operator import metrics
 from forge_operator.api.common import GROUP, VERSION, now_rfc3339
 from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentStatus
 from forge_operator.api.errors import spec_error_message
 from forge_operator.handlers.references import Waiting, foreign_namespace, succeeded_run
-from forge_operator.handlers.runtime import publish_status, runtime
+from forge_operator.handlers.runtime import parse_status, publish_status, runtime, timed_reconcile
 from forge_operator.plan.deployment import evaluate_gate, plan_deployment
 from forge_operator.render.deployment import render_deployment
 from forge_operator.settings import OperatorSettings
@@ -26,31 +24,9 @@ PLURAL = "forgedeployments"
 _INTERVAL = OperatorSettings.from_env().reconcile_interval
 
 
-def _status_of(body: dict[str, Any]) -> ForgeDeploymentStatus:
-    try:
-        return ForgeDeploymentStatus.model_validate(body.get("status") or {})
-    except ValidationError:
-        return ForgeDeploymentStatus()
-
-
 def reconcile_deployment(body: dict[str, Any]) -> None:
     """One reconcile of a ForgeDeployment."""
-    started = time.monotonic()
-    result = "ok"
-    try:
-        _reconcile(body)
-    except kopf.PermanentError:
-        result = "invalid"
-        raise
-    except kopf.TemporaryError:
-        result = "waiting"
-        raise
-    except Exception:
-        result = "error"
-        raise
-    finally:
-        metrics.RECONCILES.labels(KIND, result).inc()
-        metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+    timed_reconcile(KIND, _reconcile, body)
 
 
 def _fail_invalid(body: dict[str, Any], prev: ForgeDeploymentStatus, gen: int, message: str, now: str) -> NoReturn:
@@ -62,7 +38,7 @@ def _reconcile(body: dict[str, Any]) -> None:
     rt = runtime()
     meta = body["metadata"]
     ns, gen = meta["namespace"], int(meta.get("generation") or 1)
-    prev = _status_of(body)
+    prev = parse_status(ForgeDeploymentStatus, body)
     now = now_rfc3339()
     try:
         dep = ForgeDeployment.model_validate(body)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from forge_operator import metrics
 from forge_operator.api.common import API_VERSION
@@ -84,3 +86,34 @@ def event_target(body: dict[str, Any]) -> dict[str, Any]:
     """The minimal body kopf needs to post an Event about a resource."""
     return {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body["kind"],
             "metadata": body["metadata"]}
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def parse_status(model: type[S], body: dict[str, Any]) -> S:
+    """The resource's current status; an unreadable one (hand-edited, older version) counts as empty."""
+    try:
+        return model.model_validate(body.get("status") or {})
+    except ValidationError:
+        return model()
+
+
+def timed_reconcile(kind: str, reconcile: Callable[[dict[str, Any]], None], body: dict[str, Any]) -> None:
+    """Run one reconcile, counting it by result (ok, invalid, waiting, error) and timing it."""
+    started = time.monotonic()
+    result = "ok"
+    try:
+        reconcile(body)
+    except kopf.PermanentError:
+        result = "invalid"
+        raise
+    except kopf.TemporaryError:
+        result = "waiting"
+        raise
+    except Exception:
+        result = "error"
+        raise
+    finally:
+        metrics.RECONCILES.labels(kind, result).inc()
+        metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)

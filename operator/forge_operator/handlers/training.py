@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import kopf
 from pydantic import ValidationError
 
-from forge_operator import metrics
 from forge_operator.api.common import API_VERSION, GROUP, VERSION
 from forge_operator.api.errors import spec_error_message
 from forge_operator.api.training import ForgeTrainingRun, ForgeTrainingRunStatus, Lineage, RunPhase
@@ -24,7 +22,14 @@ from forge_operator.handlers.references import (
     ready_dataset,
     succeeded_run,
 )
-from forge_operator.handlers.runtime import log, post_event, publish_status, runtime
+from forge_operator.handlers.runtime import (
+    log,
+    parse_status,
+    post_event,
+    publish_status,
+    runtime,
+    timed_reconcile,
+)
 from forge_operator.plan.training import ResolvedRefs, TrainingPlan, plan_training_run
 from forge_operator.plan.workload import InvalidSpecError
 from forge_operator.render.training import render_training
@@ -42,31 +47,9 @@ SETTLED = {RunPhase.SUCCEEDED, RunPhase.FAILED}
 _INTERVAL = OperatorSettings.from_env().reconcile_interval
 
 
-def _status_of(body: dict[str, Any]) -> ForgeTrainingRunStatus:
-    try:
-        return ForgeTrainingRunStatus.model_validate(body.get("status") or {})
-    except ValidationError:
-        return ForgeTrainingRunStatus()
-
-
 def reconcile_run(body: dict[str, Any]) -> None:
     """One reconcile of a ForgeTrainingRun."""
-    started = time.monotonic()
-    result = "ok"
-    try:
-        _reconcile(body)
-    except kopf.PermanentError:
-        result = "invalid"
-        raise
-    except kopf.TemporaryError:
-        result = "waiting"
-        raise
-    except Exception:
-        result = "error"
-        raise
-    finally:
-        metrics.RECONCILES.labels(KIND, result).inc()
-        metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+    timed_reconcile(KIND, _reconcile, body)
 
 
 def _fail_invalid(body: dict[str, Any], prev: ForgeTrainingRunStatus, gen: int, message: str,
@@ -111,7 +94,7 @@ def _reconcile(body: dict[str, Any]) -> None:
     rt = runtime()
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation") or 1)
-    prev = _status_of(body)
+    prev = parse_status(ForgeTrainingRunStatus, body)
     now = datetime.now(UTC)
     if prev.phase in SETTLED and prev.observed_generation == gen:
         return

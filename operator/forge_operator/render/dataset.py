@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from forge_operator.plan.dataset import DatasetPlan
 from forge_operator.render.pod import (
     CONFIG_DIR,
     CONFIG_FILE,
+    config_map,
     config_volume,
     container_security_context,
     object_meta,
@@ -24,12 +23,7 @@ BACKOFF_LIMIT = 2
 
 def render_dataset_config(plan: DatasetPlan) -> dict[str, Any]:
     """The ConfigMap holding the PrepareConfig the workload reads."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": object_meta(plan.config_name, plan.meta),
-        "data": {CONFIG_FILE: yaml.safe_dump(plan.config.to_wire(), sort_keys=False)},
-    }
+    return config_map(plan.config_name, plan.meta, plan.config.to_wire())
 
 
 def render_dataset_job(plan: DatasetPlan) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from forge_operator.plan.workload import OwnerRef, StoreAccess, WorkloadMeta
 
 CONFIG_DIR = "/etc/forge"
@@ -79,3 +81,9 @@ def config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
     """(volume, volumeMount) of a writable /tmp, since the root filesystem is read-only."""
     return ({"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"})
+
+
+def config_map(name: str, meta: WorkloadMeta, config: dict[str, Any]) -> dict[str, Any]:
+    """A ConfigMap holding a workload's config as config.yaml (mounted at /etc/forge)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": object_meta(name, meta),
+            "data": {CONFIG_FILE: yaml.safe_dump(config, sort_keys=False)}}

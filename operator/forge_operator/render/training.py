@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
 from torchx.specs import macros
 
 from forge_operator.plan.training import METRICS_PORT, RDZV_PORT, TrainingPlan
 from forge_operator.render.pod import (
-    CONFIG_FILE,
+    config_map,
     config_volume,
     container_security_context,
     object_meta,
@@ -46,12 +45,7 @@ def render_training_service(plan: TrainingPlan) -> dict[str, Any]:
 
 def render_training_config(plan: TrainingPlan) -> dict[str, Any]:
     """The ConfigMap with the TrainConfig every worker reads."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": object_meta(plan.config_name, plan.meta),
-        "data": {CONFIG_FILE: yaml.safe_dump(plan.config.to_wire(), sort_keys=False)},
-    }
+    return config_map(plan.config_name, plan.meta, plan.config.to_wire())
 
 
 def render_training_job(plan: TrainingPlan) -> dict[str, Any]:

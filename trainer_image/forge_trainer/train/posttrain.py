@@ -9,14 +9,11 @@ base) and, for lora/qlora, the PEFT adapter to `<output>/adapter/`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import cast
 
 import torch
@@ -166,15 +163,3 @@ def export_adapter(model: Transformer, config: TrainConfig, store: ObjectStore, 
         key = join_key(prefix, ADAPTER_DIR)
         _upload_dir(store, key, staging)
         return store.uri(key)
-
-
-class TerminateFlag:
-    """Remembers a SIGTERM so a loop can checkpoint at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        with contextlib.suppress(ValueError):  # not the main thread (in-process callers): no handler
-            signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True

@@ -7,15 +7,12 @@ added) starts it again and it resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, cast
 
 import torch
@@ -47,7 +44,14 @@ from forge_trainer.train.checkpoint import (
 )
 from forge_trainer.train.parallel import wrap_model
 from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import Runtime, all_reduce_sum, barrier, init_runtime, shutdown
+from forge_trainer.train.runtime import (
+    Runtime,
+    TerminateFlag,
+    all_reduce_sum,
+    barrier,
+    init_runtime,
+    shutdown,
+)
 from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
 
 log = logging.getLogger(__name__)
@@ -138,18 +142,6 @@ def _read_marker(config: TrainConfig) -> dict[str, Any]:
     except StoreError as exc:
         raise WorkloadError(f"initCheckpoint {config.init_checkpoint}: {exc}") from exc
     return marker
-
-
-class _Terminate:
-    """Remembers a SIGTERM so the loop can checkpoint at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        with contextlib.suppress(ValueError):  # not the main thread (in-process callers): no handler
-            signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
 
 
 def run_pretrain(config: TrainConfig, runtime: Runtime | None = None) -> PretrainResult:
@@ -279,7 +271,7 @@ class _Run:
         peak = peak_flops(rt.device)
         recent: deque[float] = deque(maxlen=10)
         losses: dict[int, float] = {}
-        terminate = _Terminate()
+        terminate = TerminateFlag()
 
         warming: Future[None] | None = None
         for step in range(start_step, hp.max_steps):

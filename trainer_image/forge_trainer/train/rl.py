@@ -51,7 +51,6 @@ from forge_trainer.train.lora import adapters_disabled
 from forge_trainer.train.parallel import autocast, unwrap, wrap_model
 from forge_trainer.train.posttrain import (
     Base,
-    TerminateFlag,
     export_adapter,
     export_model,
     final_state,
@@ -59,7 +58,7 @@ from forge_trainer.train.posttrain import (
     prepare_for_method,
 )
 from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
+from forge_trainer.train.runtime import Runtime, TerminateFlag, all_reduce_sum, init_runtime, shutdown
 from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
 from forge_trainer.train.verifiers import RewardModel, RewardStats, limits_of, read_custom_source
 

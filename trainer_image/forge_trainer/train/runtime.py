@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from datetime import timedelta
+from types import FrameType
 from typing import Any
 
 import torch
@@ -87,3 +90,15 @@ def gather_objects(runtime: Runtime, obj: Any) -> list[Any]:
     out: list[Any] = [None] * runtime.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+class TerminateFlag:
+    """Remembers a SIGTERM so a training loop can checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        with contextlib.suppress(ValueError):  # not the main thread (in-process callers): no handler
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True

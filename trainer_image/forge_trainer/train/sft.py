@@ -43,7 +43,6 @@ from forge_trainer.train.packing import Example, make_example, pack, packed_logi
 from forge_trainer.train.parallel import unwrap, wrap_model
 from forge_trainer.train.posttrain import (
     Base,
-    TerminateFlag,
     export_adapter,
     export_model,
     final_state,
@@ -51,7 +50,7 @@ from forge_trainer.train.posttrain import (
     prepare_for_method,
 )
 from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
+from forge_trainer.train.runtime import Runtime, TerminateFlag, all_reduce_sum, init_runtime, shutdown
 from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
 
 log = logging.getLogger(__name__)
