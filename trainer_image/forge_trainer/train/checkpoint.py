@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from forge_trainer.config import CheckpointInfo
 from forge_trainer.store import ObjectStore, StoreError, join_key, read_json, sha256_file, write_json_atomic
+from forge_trainer.train.progress import ProgressReporter
 from forge_trainer.train.runtime import Runtime, barrier, broadcast_object, gather_objects
 
 log = logging.getLogger(__name__)
@@ -185,3 +186,17 @@ def prune_checkpoints(store: ObjectStore, prefix: str, keep: int) -> list[Checkp
         if key.rsplit("/", 1)[0] in doomed:
             store.delete(key)
     return [CheckpointInfo(step=c.step, uri=store.uri(c.key), digest=c.marker.get("digest")) for c in kept]
+
+
+def checkpoint_and_prune(store: ObjectStore, prefix: str, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict[str, Any], runtime: Runtime, keep: int, reporter: ProgressReporter) -> None:
+    """What every training loop does at a checkpoint step: refuse to save non-finite weights, save
+    (collective), then on rank 0 keep the newest `keep` checkpoints and report them."""
+    from forge_trainer.train.trainer import NonFiniteLossError, all_params_finite
+
+    if not all_params_finite(model, runtime):
+        raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned checkpoint")
+    info = save_checkpoint(store, prefix, step, model, optimizer, state, runtime)
+    if runtime.is_main:
+        kept = prune_checkpoints(store, prefix, keep)
+        reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])

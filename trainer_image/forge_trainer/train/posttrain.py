@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ from typing import cast
 
 import torch
 from tokenizers import Tokenizer
-from torch import Tensor
+from torch import Tensor, nn
 
 from forge_trainer.cli import ConfigError, WorkloadError
-from forge_trainer.config import SftMethod, TrainConfig
+from forge_trainer.config import SftMethod, TrainConfig, TrainProgress
 from forge_trainer.data.shards import fetch_tokenizer
 from forge_trainer.data.tokenizer import special_token_ids
 from forge_trainer.model.args import ModelArgs, with_vocab
@@ -38,6 +39,9 @@ from forge_trainer.serve.model_files import model_dir_digest
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri
 from forge_trainer.train.chat import ChatTokenizer, tokenizer_config_patch
 from forge_trainer.train.lora import apply_lora, base_state_dict, merged_state_dict, save_adapter
+from forge_trainer.train.parallel import unwrap
+from forge_trainer.train.progress import ProgressReporter
+from forge_trainer.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +167,19 @@ def export_adapter(model: Transformer, config: TrainConfig, store: ObjectStore, 
         key = join_key(prefix, ADAPTER_DIR)
         _upload_dir(store, key, staging)
         return store.uri(key)
+
+
+def finish_posttrain(model: nn.Module, config: TrainConfig, runtime: Runtime, base: Base, store: ObjectStore,
+                     prefix: str, reporter: ProgressReporter, metrics: dict[str, float]) -> TrainProgress:
+    """The end of an sft or rl run: gather the final weights (collective), and on rank 0 export the model
+    (and the adapter for lora/qlora) and report it done with its evaluation metrics."""
+    core = unwrap(model)
+    state = final_state(core, config)  # collective: every rank takes part in the gather
+    if runtime.is_main:
+        uri, digest = export_model(state, base, store, prefix)
+        export_adapter(core, config, store, prefix)
+        loss = metrics.get("loss")
+        reporter.update(force=True, eval_metrics=metrics,
+                        eval_loss=loss if loss is not None and math.isfinite(loss) else None,
+                        done=True, final_model_uri=uri, final_model_digest=digest, error=None)
+    return reporter.progress

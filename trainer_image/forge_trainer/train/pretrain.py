@@ -37,10 +37,9 @@ from forge_trainer.train.batches import (
 from forge_trainer.train.checkpoint import (
     MARKER_NAME,
     Checkpoint,
+    checkpoint_and_prune,
     find_resume_point,
     load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
 )
 from forge_trainer.train.parallel import wrap_model
 from forge_trainer.train.progress import ProgressReporter, read_progress
@@ -52,7 +51,7 @@ from forge_trainer.train.runtime import (
     init_runtime,
     shutdown,
 )
-from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
+from forge_trainer.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -325,18 +324,12 @@ class _Run:
         return self.trainer.evaluate(batches)
 
     def checkpoint(self, step: int, tokens_seen: int) -> None:
-        if not all_params_finite(self.model, self.runtime):
-            raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned "
-                                     "checkpoint")
         hp = self.config.hyperparameters
         state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
                  "global_batch_size": hp.global_batch_size, "sequence_length": hp.sequence_length,
                  "seed": hp.seed, "data_position": step * hp.global_batch_size, "model_args": self.args.to_dict()}
-        info = save_checkpoint(self.store, self.prefix, step, self.model, self.trainer.optimizer, state,
-                               self.runtime)
-        if self.runtime.is_main:
-            kept = prune_checkpoints(self.store, self.prefix, self.config.checkpointing.keep)
-            self.reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])
+        checkpoint_and_prune(self.store, self.prefix, step, self.model, self.trainer.optimizer, state, self.runtime,
+                             self.config.checkpointing.keep, self.reporter)
 
     def finish(self) -> TrainProgress:
         """Final evaluation and the Hugging Face export; the final progress."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -40,10 +39,9 @@ from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, open_uri
 from forge_trainer.train.batches import Batch
 from forge_trainer.train.checkpoint import (
+    checkpoint_and_prune,
     find_resume_point,
     load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
 )
 from forge_trainer.train.evaluate import EvalContext, prompt_text, read_tasks, task_prompt, write_eval
 from forge_trainer.train.generate import sample
@@ -51,15 +49,13 @@ from forge_trainer.train.lora import adapters_disabled
 from forge_trainer.train.parallel import autocast, unwrap, wrap_model
 from forge_trainer.train.posttrain import (
     Base,
-    export_adapter,
-    export_model,
-    final_state,
+    finish_posttrain,
     load_base,
     prepare_for_method,
 )
 from forge_trainer.train.progress import ProgressReporter, read_progress
 from forge_trainer.train.runtime import Runtime, TerminateFlag, all_reduce_sum, init_runtime, shutdown
-from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
+from forge_trainer.train.trainer import Trainer
 from forge_trainer.train.verifiers import RewardModel, RewardStats, limits_of, read_custom_source
 
 log = logging.getLogger(__name__)
@@ -373,26 +369,13 @@ class _RlRun:
         return metrics
 
     def checkpoint(self, step: int, tokens_seen: int) -> None:
-        if not all_params_finite(self.model, self.runtime):
-            raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned checkpoint")
         hp = self.config.hyperparameters
         state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
                  "global_batch_size": hp.global_batch_size, "seed": hp.seed,
                  "task_position": step * self.prompts_per_step}
-        info = save_checkpoint(self.store, self.prefix, step, self.model, self.trainer.optimizer, state,
-                               self.runtime)
-        if self.runtime.is_main:
-            kept = prune_checkpoints(self.store, self.prefix, self.config.checkpointing.keep)
-            self.reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])
+        checkpoint_and_prune(self.store, self.prefix, step, self.model, self.trainer.optimizer, state, self.runtime,
+                             self.config.checkpointing.keep, self.reporter)
 
     def finish(self, metrics: dict[str, float]) -> TrainProgress:
-        core = unwrap(self.model)
-        state = final_state(core, self.config)  # collective: every rank takes part in the gather
-        if self.runtime.is_main:
-            uri, digest = export_model(state, self.base, self.store, self.prefix)
-            export_adapter(core, self.config, self.store, self.prefix)
-            loss = metrics.get("loss")
-            self.reporter.update(force=True, eval_metrics=metrics,
-                                 eval_loss=loss if loss is not None and math.isfinite(loss) else None,
-                                 done=True, final_model_uri=uri, final_model_digest=digest, error=None)
-        return self.reporter.progress
+        return finish_posttrain(self.model, self.config, self.runtime, self.base, self.store, self.prefix,
+                                self.reporter, metrics)

@@ -13,7 +13,6 @@ stream of rows — and a resumed run — is a pure function of the seed.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -33,25 +32,22 @@ from forge_trainer.store import ObjectStore, StoreError, open_uri
 from forge_trainer.train.batches import IGNORE_INDEX, Batch, micro_batch_size_for
 from forge_trainer.train.chat import ChatFormatError, ChatTokenizer, messages_of
 from forge_trainer.train.checkpoint import (
+    checkpoint_and_prune,
     find_resume_point,
     load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
 )
 from forge_trainer.train.evaluate import EvalContext, write_eval
 from forge_trainer.train.packing import Example, make_example, pack, packed_logits, rows_batch
 from forge_trainer.train.parallel import unwrap, wrap_model
 from forge_trainer.train.posttrain import (
     Base,
-    export_adapter,
-    export_model,
-    final_state,
+    finish_posttrain,
     load_base,
     prepare_for_method,
 )
 from forge_trainer.train.progress import ProgressReporter, read_progress
 from forge_trainer.train.runtime import Runtime, TerminateFlag, all_reduce_sum, init_runtime, shutdown
-from forge_trainer.train.trainer import NonFiniteLossError, Trainer, all_params_finite
+from forge_trainer.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -323,26 +319,13 @@ class _SftRun:
         return metrics
 
     def checkpoint(self, step: int, tokens_seen: int) -> None:
-        if not all_params_finite(self.model, self.runtime):
-            raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned checkpoint")
         hp = self.config.hyperparameters
         state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
                  "global_batch_size": hp.global_batch_size, "seed": hp.seed,
                  "data_position": step * hp.global_batch_size}
-        info = save_checkpoint(self.store, self.prefix, step, self.model, self.trainer.optimizer, state,
-                               self.runtime)
-        if self.runtime.is_main:
-            kept = prune_checkpoints(self.store, self.prefix, self.config.checkpointing.keep)
-            self.reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])
+        checkpoint_and_prune(self.store, self.prefix, step, self.model, self.trainer.optimizer, state, self.runtime,
+                             self.config.checkpointing.keep, self.reporter)
 
     def finish(self, metrics: dict[str, float]) -> TrainProgress:
-        core = unwrap(self.model)
-        state = final_state(core, self.config)  # collective: every rank takes part in the gather
-        if self.runtime.is_main:
-            uri, digest = export_model(state, self.base, self.store, self.prefix)
-            export_adapter(core, self.config, self.store, self.prefix)
-            loss = metrics.get("loss")
-            self.reporter.update(force=True, eval_metrics=metrics,
-                                 eval_loss=loss if loss is not None and math.isfinite(loss) else None,
-                                 done=True, final_model_uri=uri, final_model_digest=digest, error=None)
-        return self.reporter.progress
+        return finish_posttrain(self.model, self.config, self.runtime, self.base, self.store, self.prefix,
+                                self.reporter, metrics)
