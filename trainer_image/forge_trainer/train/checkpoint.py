@@ -200,3 +200,20 @@ def checkpoint_and_prune(store: ObjectStore, prefix: str, step: int, model: nn.M
     if runtime.is_main:
         kept = prune_checkpoints(store, prefix, keep)
         reporter.update(force=True, checkpoints=[c if c.step != step else info for c in kept])
+
+
+def resume_latest(store: ObjectStore, prefix: str, runtime: Runtime, model: nn.Module,
+                  optimizer: torch.optim.Optimizer) -> tuple[Checkpoint | None, int, int]:
+    """Load the newest complete checkpoint under `prefix`, if any: (its resume point or None, the step to
+    start from, tokens seen). A checkpoint that cannot be read fails the run naming its URI."""
+    from forge_trainer.cli import WorkloadError
+
+    resume = find_resume_point(store, prefix, runtime)
+    if resume is None:
+        return None, 0, 0
+    try:
+        load_checkpoint(store, resume, model, optimizer)
+    except StoreError as exc:
+        raise WorkloadError(f"cannot resume from {store.uri(resume.key)}: {exc}") from exc
+    log.info("resumed from %s at step %d", store.uri(resume.key), resume.step)
+    return resume, resume.step, int(resume.state.get("tokens_seen", 0))

@@ -38,8 +38,8 @@ from forge_trainer.train.checkpoint import (
     MARKER_NAME,
     Checkpoint,
     checkpoint_and_prune,
-    find_resume_point,
     load_checkpoint,
+    resume_latest,
 )
 from forge_trainer.train.parallel import wrap_model
 from forge_trainer.train.progress import ProgressReporter, read_progress
@@ -193,16 +193,8 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
     trainer = Trainer(model, hp, runtime, bf16=config.precision is Precision.BF16)
 
     previous = read_progress(store, prefix) if runtime.is_main else None
-    resume = find_resume_point(store, prefix, runtime)
-    start_step, tokens_seen = 0, 0
-    if resume is not None:
-        try:
-            load_checkpoint(store, resume, model, trainer.optimizer)
-        except StoreError as exc:
-            raise WorkloadError(f"cannot resume from {store.uri(resume.key)}: {exc}") from exc
-        start_step, tokens_seen = resume.step, int(resume.state.get("tokens_seen", 0))
-        log.info("resumed from %s at step %d", store.uri(resume.key), start_step)
-    elif config.init_checkpoint:
+    resume, start_step, tokens_seen = resume_latest(store, prefix, runtime, model, trainer.optimizer)
+    if resume is None and config.init_checkpoint:
         _load_weights_from_checkpoint(config, model)
     restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
     progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,

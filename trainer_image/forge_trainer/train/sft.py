@@ -33,8 +33,7 @@ from forge_trainer.train.batches import IGNORE_INDEX, Batch, micro_batch_size_fo
 from forge_trainer.train.chat import ChatFormatError, ChatTokenizer, messages_of
 from forge_trainer.train.checkpoint import (
     checkpoint_and_prune,
-    find_resume_point,
-    load_checkpoint,
+    resume_latest,
 )
 from forge_trainer.train.evaluate import EvalContext, write_eval
 from forge_trainer.train.packing import Example, make_example, pack, packed_logits, rows_batch
@@ -233,15 +232,7 @@ def _run(config: TrainConfig, runtime: Runtime) -> SftResult:
              sum(p.numel() for p in model.parameters()), f", adapters on {len(adapted)} layers" if adapted else "")
 
     previous = read_progress(store, prefix) if runtime.is_main else None
-    resume = find_resume_point(store, prefix, runtime)
-    start_step, tokens_seen = 0, 0
-    if resume is not None:
-        try:
-            load_checkpoint(store, resume, model, trainer.optimizer)
-        except StoreError as exc:
-            raise WorkloadError(f"cannot resume from {store.uri(resume.key)}: {exc}") from exc
-        start_step, tokens_seen = resume.step, int(resume.state.get("tokens_seen", 0))
-        log.info("resumed from %s at step %d", store.uri(resume.key), start_step)
+    _, start_step, tokens_seen = resume_latest(store, prefix, runtime, model, trainer.optimizer)
     restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
     progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,
                              world_size=runtime.world_size, restarts=restarts,
