@@ -14,6 +14,7 @@ from forge_operator.api.common import (
     RetentionSpec,
     SecretRef,
 )
+from forge_operator.api.network import NetworkSpec
 from forge_trainer.config import (
     DatasetCounts,
     DatasetFormat,
@@ -65,6 +66,8 @@ class ForgeDatasetSpec(WireModel):
     """What deleting the dataset removes from the object store."""
     resources: ComputeResources = Field(default_factory=ComputeResources)
     """CPU and memory for the preparation job."""
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    """Extra egress for the preparation pod; by default it reaches only DNS and the object store."""
 
     @model_validator(mode="after")
     def _tokenizer_ref(self) -> Self:

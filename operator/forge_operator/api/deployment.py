@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from forge_operator.api.common import ResourceStatus, Toleration
+from forge_operator.api.network import NetworkSpec
 from forge_operator.api.training import Name
 from forge_trainer.config import WireModel
 
@@ -105,6 +106,8 @@ class ForgeDeploymentSpec(WireModel):
     """Deploy only when every rule passes on the run's evaluation metrics."""
     max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
     """Most concurrent sequences a replica decodes together."""
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    """Extra egress for the serving pods; by default they reach only DNS and the object store."""
 
     @model_validator(mode="after")
     def _model_source(self) -> Self:

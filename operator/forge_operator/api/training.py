@@ -14,6 +14,7 @@ from forge_operator.api.common import (
     RetentionSpec,
     Toleration,
 )
+from forge_operator.api.network import NetworkSpec
 from forge_trainer.config import (
     CheckpointConfig,
     CheckpointInfo,
@@ -156,6 +157,8 @@ class ForgeTrainingRunSpec(WireModel):
     """Spending limits."""
     retention: RetentionSpec = Field(default_factory=lambda: RetentionSpec(on_delete=RetentionPolicy.KEEP_FINAL))
     """What deleting the run removes from the object store (default: keep the final model)."""
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    """Extra egress for the run's pods; by default they reach only DNS, the object store and their peers."""
 
     @model_validator(mode="after")
     def _stage_rules(self) -> Self:

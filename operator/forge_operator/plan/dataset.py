@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from forge_operator.api.common import ComputeResources
 from forge_operator.api.dataset import ForgeDataset
+from forge_operator.api.network import NetworkSpec
 from forge_operator.plan.naming import child_name, common_labels, output_uri
 from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta
 from forge_operator.settings import OperatorSettings
@@ -27,6 +28,12 @@ class DatasetPlan:
     image_pull_policy: str
     store: StoreAccess
     resources: ComputeResources
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+
+    @property
+    def network_policy_name(self) -> str:
+        """The NetworkPolicy fencing the preparation pod (named like its Job)."""
+        return self.job_name
 
 
 def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokenizer_uri: str | None = None,
@@ -66,4 +73,5 @@ def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokeniz
         store=StoreAccess(endpoint=settings.store_endpoint, secure=settings.store_secure,
                           region=settings.store_region, credentials_secret=secret),
         resources=spec.resources,
+        network=spec.network,
     )

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 from torchx import specs
 from torchx.specs import macros
 
 from forge_operator.api.errors import spec_error_message
+from forge_operator.api.network import NetworkSpec
 from forge_operator.api.training import ForgeTrainingRun, TrainingResources
 from forge_operator.plan.naming import child_name, common_labels, output_uri
 from forge_operator.plan.quantity import parse_quantity
@@ -74,6 +75,7 @@ class TrainingPlan:
     rdzv_id: str
     image: str
     image_pull_policy: str
+    network: NetworkSpec = field(default_factory=NetworkSpec)
 
     @property
     def rank0_host(self) -> str:
@@ -172,4 +174,5 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         rdzv_id=uid,
         image=settings.trainer_image,
         image_pull_policy=settings.image_pull_policy,
+        network=spec.network,
     )

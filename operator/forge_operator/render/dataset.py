@@ -1,4 +1,5 @@
-"""Render a dataset's preparation workload: a ConfigMap with its config and a Job running it."""
+"""Render a dataset's preparation workload: a NetworkPolicy fencing it, a ConfigMap with its config and
+a Job running it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from forge_operator.render.pod import (
     config_map,
     config_volume,
     container_security_context,
+    network_policy,
     object_meta,
     pod_security_context,
     resource_requirements,
@@ -60,6 +62,13 @@ def render_dataset_job(plan: DatasetPlan) -> dict[str, Any]:
     }
 
 
+def render_dataset_network_policy(plan: DatasetPlan) -> dict[str, Any]:
+    """The preparation pod reaches only DNS and the object store (plus spec.network.extraEgress);
+    nothing reaches it."""
+    return network_policy(plan.network_policy_name, plan.meta, plan.store, ingress=[],
+                          extra_egress=plan.network.egress_rules())
+
+
 def render_dataset(plan: DatasetPlan) -> list[dict[str, Any]]:
-    """Every object the dataset's workload needs, in apply order."""
-    return [render_dataset_config(plan), render_dataset_job(plan)]
+    """Every object the dataset's workload needs, in apply order (the fence before the pod)."""
+    return [render_dataset_network_policy(plan), render_dataset_config(plan), render_dataset_job(plan)]

@@ -1,5 +1,5 @@
-"""Render a deployment's serving workload: Deployment (builtin server or vLLM), Service, and an HPA
-when autoscaling is set."""
+"""Render a deployment's serving workload: a NetworkPolicy, the Deployment (builtin server or vLLM), a
+Service, and an HPA when autoscaling is set."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from forge_operator.api.deployment import ServingRuntime
 from forge_operator.plan.deployment import SERVING_PORT, DeploymentPlan
 from forge_operator.render.pod import (
     container_security_context,
+    network_policy,
     object_meta,
     pod_security_context,
     resource_requirements,
@@ -122,8 +123,16 @@ def render_serving_hpa(plan: DeploymentPlan) -> dict[str, Any] | None:
                                                    "averageUtilization": auto.target_cpu_utilization}}}]}}
 
 
+def render_serving_network_policy(plan: DeploymentPlan) -> dict[str, Any]:
+    """Clients reach the serving port only; the pods reach only DNS and the object store (the model),
+    plus spec.network.extraEgress."""
+    return network_policy(plan.deployment_name, plan.meta, plan.store,
+                          ingress=[{"ports": [{"protocol": "TCP", "port": SERVING_PORT}]}],
+                          extra_egress=plan.spec.network.egress_rules())
+
+
 def render_deployment(plan: DeploymentPlan) -> list[dict[str, Any]]:
-    """Every object of the serving workload, in apply order."""
-    objs = [render_serving_service(plan), render_serving_deployment(plan)]
+    """Every object of the serving workload, in apply order (the fence before the pods)."""
+    objs = [render_serving_network_policy(plan), render_serving_service(plan), render_serving_deployment(plan)]
     hpa = render_serving_hpa(plan)
     return [*objs, hpa] if hpa else objs

@@ -4,7 +4,6 @@ trainer config, an Indexed Job whose pods run torchrun, and a NetworkPolicy fenc
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlparse
 
 from torchx.specs import macros
 
@@ -13,6 +12,7 @@ from forge_operator.render.pod import (
     config_map,
     config_volume,
     container_security_context,
+    network_policy,
     object_meta,
     pod_security_context,
     resource_requirements,
@@ -116,35 +116,13 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
     }
 
 
-def store_port(endpoint: str | None, secure: bool) -> int:
-    """TCP port of the object store endpoint."""
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
-        if parsed.port:
-            return parsed.port
-    return 443 if secure else 80
-
-
 def render_training_network_policy(plan: TrainingPlan) -> dict[str, Any]:
-    """Pods talk only to their peers, DNS and the object store port; only peers (and metrics
-    scrapers in the namespace) talk to them."""
+    """Pods talk only to their peers, DNS and the object store port (plus spec.network.extraEgress);
+    only peers (and metrics scrapers in the namespace) talk to them."""
     peers = {"podSelector": {"matchLabels": dict(plan.meta.labels)}}
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": object_meta(plan.network_policy_name, plan.meta),
-        "spec": {
-            "podSelector": {"matchLabels": dict(plan.meta.labels)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [peers]},
-                        {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
-            "egress": [
-                {"to": [peers]},
-                {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                {"ports": [{"protocol": "TCP", "port": store_port(plan.store.endpoint, plan.store.secure)}]},
-            ],
-        },
-    }
+    return network_policy(plan.network_policy_name, plan.meta, plan.store, peers=True,
+                          ingress=[{"from": [peers]}, {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
+                          extra_egress=plan.network.egress_rules())
 
 
 def render_training(plan: TrainingPlan) -> list[dict[str, Any]]:
