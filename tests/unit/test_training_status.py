@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.status.conditions import get_condition
 from forge_operator.status.job import JobObservation
-from forge_operator.status.training import RunAction, RunObservation, derive_run_status
+from forge_operator.status.training import Hold, RunAction, RunObservation, derive_run_status
 from forge_trainer.config import TrainProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -67,5 +67,5 @@ def test_waiting_for_dataset_and_suspended() -> None:
     assert s.phase is RunPhase.PENDING
     cond = get_condition(s.conditions, "DatasetReady")
     assert cond is not None and cond.status.value == "False" and cond.reason == "Waiting"
-    s, _ = derive_run_status(s, _obs(JobObservation(suspended=True), suspended=True), T0)
+    s, _ = derive_run_status(s, _obs(JobObservation(suspended=True), hold=Hold.SUSPEND), T0)
     assert s.phase is RunPhase.SUSPENDED

@@ -105,7 +105,9 @@ class BudgetSpec(WireModel):
     """Spending limits."""
 
     max_gpu_hours: Annotated[float | None, Field(gt=0)] = None
-    """Stop the run (checkpoint first) once it has used this many GPU-hours."""
+    """Stop the run (checkpoint first) once it has used this many GPU-hours (status.gpuHours): its job
+    is suspended or deleted, so the pods save a checkpoint on SIGTERM, and the run shows phase
+    Suspended with reason BudgetExceeded. Raising the limit resumes it from the latest checkpoint."""
 
 
 class ForgeTrainingRunSpec(WireModel):
@@ -208,6 +210,8 @@ class RunReason(StrEnum):
     SUSPENDED = "Suspended"
     TRAINED = "Trained"
     BUDGET_EXCEEDED = "BudgetExceeded"
+    JOB_ROLLED = "JobRolled"
+    QUEUED = "Queued"
 
 
 class Lineage(WireModel):
@@ -255,7 +259,21 @@ class ForgeTrainingRunStatus(ResourceStatus):
     mean_reward: float | None = None
     """Mean reward of the latest RL step."""
     restarts: int | None = None
-    """Times the job was recreated by the operator plus times the worker group re-formed."""
+    """Times the job was recreated by the operator because it failed or stalled (spec.maxRestarts)."""
+    attempt: int | None = None
+    """Index of the current training Job (named <run>-train-<attempt>): failure restarts plus deliberate
+    recreations that resume from the latest checkpoint (resuming after a suspend on an API server
+    without Job suspend, a change of spec.resources); only restarts count against maxRestarts."""
+    gpu_hours: float | None = None
+    """GPU-hours used: spec.resources.gpusPerNode times the run's pods that hold their node (the Job's
+    ready pods where the API server reports them, else its active pods), integrated over wall-clock
+    time between the operator's observations. Suspended, pending-only (where readiness is reported)
+    and finished jobs accrue nothing; a CPU-only run (gpusPerNode 0) uses none. Folded in at least
+    once a minute while GPUs are in use; spec.budget.maxGpuHours is checked on every reconcile."""
+    gpus_in_use: int | None = None
+    """GPUs the run's pods held at the last observation (the rate gpuHours grows at)."""
+    gpu_hours_updated_at: str | None = None
+    """When gpuHours was last brought up to date (RFC 3339)."""
     last_progress_time: str | None = None
     """When the step counter last advanced (for stall detection)."""
     eta: str | None = None

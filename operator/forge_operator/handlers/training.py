@@ -30,12 +30,26 @@ from forge_operator.handlers.runtime import (
     runtime,
     timed_reconcile,
 )
-from forge_operator.plan.training import ResolvedRefs, TrainingPlan, plan_training_run
+from forge_operator.plan.naming import selector_labels
+from forge_operator.plan.training import ResolvedRefs, TrainingPlan, plan_training_run, shape_changes
 from forge_operator.plan.workload import InvalidSpecError
-from forge_operator.render.training import render_training
+from forge_operator.render.training import ATTEMPT_LABEL, SHAPE_ANNOTATION, render_training
 from forge_operator.settings import OperatorSettings
+from forge_operator.status.conditions import is_true
 from forge_operator.status.job import observe_job
-from forge_operator.status.training import RunAction, RunObservation, derive_run_status
+from forge_operator.status.training import (
+    BUDGET_EXCEEDED,
+    Hold,
+    JobDecision,
+    JobStep,
+    RunAction,
+    RunObservation,
+    decide_job,
+    derive_run_status,
+    gpu_hours_used,
+    gpus_in_use,
+    run_hold,
+)
 from forge_operator.store import StoreError
 from forge_operator.store.artifacts import read_progress
 from forge_trainer.config import TrainProgress
@@ -125,7 +139,7 @@ def _reconcile(body: dict[str, Any]) -> None:
         publish_status(body, prev, status)
         raise kopf.TemporaryError(refs.message, delay=rt.settings.reconcile_interval)
     resolved_refs, lineage, resolved = refs
-    attempt = prev.restarts or 0
+    attempt = prev.attempt if prev.attempt is not None else (prev.restarts or 0)
     try:
         plan = plan_training_run(run, rt.settings, resolved_refs, attempt=attempt)
     except InvalidSpecError as exc:
@@ -134,40 +148,72 @@ def _reconcile(body: dict[str, Any]) -> None:
     if not pinned:
         rt.kube.patch(API_VERSION, KIND, ns, name, {"metadata": {"annotations": {PINNED: json.dumps(current)}}})
 
-    job = _apply(plan, run.spec.suspend)
+    # everything but the Job, on every reconcile: a spec change (e.g. hyperparameters.maxSteps) lands in
+    # the ConfigMap the running pods mount
+    manifests = render_training(plan)
+    for manifest in manifests:
+        if manifest["kind"] != "Job":
+            rt.kube.apply(manifest)
+    live = rt.kube.get("batch/v1", "Job", ns, plan.job_name)
+    seen = observe_job(live)
+    spec = run.spec
+    hold = run_hold(spec.suspend, spec.budget.max_gpu_hours, gpu_hours_used(prev, now))
+    changes = shape_changes(seen.annotations.get(SHAPE_ANNOTATION), plan.job_shape) if seen else []
+    earlier = _earlier_pods(plan) if seen is None and hold is None else 0
+    decision = decide_job(seen, hold=hold is not None, queued=plan.queue is not None, changes=changes,
+                          earlier_pods=earlier)
+    live = _carry_out(plan, decision, live, next(m for m in manifests if m["kind"] == "Job"))
+
     progress = None
     try:
         progress = read_progress(plan.output_uri, rt.settings.store, TrainProgress)
     except StoreError as exc:
         log.warning("run %s/%s: cannot read progress: %s", ns, name, exc)
-    observed_job = observe_job(job)
-    suspended = observed_job is not None and observed_job.suspended and not (observed_job.active or 0)
-    obs = RunObservation(gen, job_name=plan.job_name, output_uri=plan.output_uri, job=observed_job,
-                         progress=progress, suspended=suspended, max_restarts=run.spec.max_restarts,
-                         stall_timeout_seconds=run.spec.stall_timeout_seconds, lineage=lineage, resolved=resolved)
+    obs = RunObservation(gen, job_name=plan.job_name, output_uri=plan.output_uri, job=observe_job(live),
+                         progress=progress, max_restarts=spec.max_restarts,
+                         stall_timeout_seconds=spec.stall_timeout_seconds, lineage=lineage, resolved=resolved,
+                         attempt=attempt, step=decision, hold=hold, queue=plan.queue,
+                         gpus_in_use=gpus_in_use(seen, spec.resources.gpus_per_node),
+                         max_gpu_hours=spec.budget.max_gpu_hours, earlier_pods=earlier)
     status, action = derive_run_status(prev, obs, now)
     if action is RunAction.RESTART:
         rt.kube.delete("batch/v1", "Job", ns, plan.job_name)
         post_event(body, "JobRestarted", status.message or "job recreated", warning=True)
+    if decision.step is JobStep.ROLL:
+        post_event(body, "JobRolled", status.message or f"job {plan.job_name} recreated: {decision.detail}")
+    if hold is Hold.BUDGET and not is_true(prev.conditions, BUDGET_EXCEEDED):
+        post_event(body, "BudgetExceeded", status.message or "spec.budget.maxGpuHours reached", warning=True)
     publish_status(body, prev, status)
 
 
-def _apply(plan: TrainingPlan, suspend: bool) -> dict[str, Any] | None:
-    """Apply the attempt's objects; the Job is created once and afterwards only (un)suspended, so Kueue
-    (which admits a queued job by unsuspending it) and the operator never fight over it."""
-    rt = runtime()
+def _earlier_pods(plan: TrainingPlan) -> int:
+    """Pods of the run's earlier attempts that have not finished (they may still be writing their
+    SIGTERM checkpoint): the next Job waits for them, so two attempts never train at once."""
+    selector = ",".join([f"{k}={v}" for k, v in sorted(selector_labels(KIND, plan.meta.owner.name).items())]
+                        + [f"{ATTEMPT_LABEL}!={plan.attempt}"])
+    pods = runtime().kube.list("v1", "Pod", plan.meta.namespace, label_selector=selector)
+    return sum(1 for p in pods if ((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")))
+
+
+def _carry_out(plan: TrainingPlan, decision: JobDecision, live: dict[str, Any] | None,
+               job: dict[str, Any]) -> dict[str, Any] | None:
+    """Do what decide_job decided; returns the Job as it is afterwards (None when there is none). The
+    Job is created once and afterwards only (un)suspended or deleted, so Kueue (which admits a queued
+    Job by unsuspending it) and the operator never fight over it."""
+    kube = runtime().kube
     ns = plan.meta.namespace
-    job = rt.kube.get("batch/v1", "Job", ns, plan.job_name)
-    for manifest in render_training(plan):
-        if manifest["kind"] == "Job":
-            if job is None:
-                job = rt.kube.apply(manifest)
-            elif bool((job.get("spec") or {}).get("suspend")) != suspend and (suspend or plan.queue is None):
-                rt.kube.patch("batch/v1", "Job", ns, plan.job_name, {"spec": {"suspend": suspend}})
-                job = rt.kube.get("batch/v1", "Job", ns, plan.job_name)
-        else:
-            rt.kube.apply(manifest)
-    return job
+    step = decision.step
+    if step is JobStep.CREATE:
+        return kube.apply(job)
+    if step in (JobStep.SUSPEND, JobStep.RESUME):
+        kube.patch("batch/v1", "Job", ns, plan.job_name, {"spec": {"suspend": step is JobStep.SUSPEND}})
+        return kube.get("batch/v1", "Job", ns, plan.job_name)
+    if step in (JobStep.DELETE, JobStep.ROLL):
+        # background propagation: the garbage collector deletes the pods gracefully (SIGTERM, the
+        # trainer checkpoints); the next attempt waits for them (_earlier_pods)
+        kube.delete("batch/v1", "Job", ns, plan.job_name)
+        return None
+    return live
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 from torchx import specs
@@ -78,6 +79,11 @@ class TrainingPlan:
     network: NetworkSpec = field(default_factory=NetworkSpec)
 
     @property
+    def job_shape(self) -> dict[str, Any]:
+        """What of spec.resources is baked into the Job (see `job_shape`)."""
+        return job_shape(self.resources)
+
+    @property
     def rank0_host(self) -> str:
         """DNS name of the rendezvous host: pod 0 of the indexed job, under the headless Service."""
         return f"{self.job_name}-0.{self.service_name}"
@@ -118,6 +124,31 @@ def plan_app_def(name: str, image: str, resources: TrainingResources, max_restar
         port_map={"c10d": RDZV_PORT, "metrics": METRICS_PORT},
     )
     return specs.AppDef(name=name, roles=[role])
+
+
+def job_shape(resources: TrainingResources) -> dict[str, Any]:
+    """The part of spec.resources a Job is built from and cannot change in place (torchrun's --nnodes,
+    an Indexed Job's completions/parallelism, the pod template): everything but the Kueue queue."""
+    return resources.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"queue"})
+
+
+def shape_changes(live: str | None, desired: dict[str, Any]) -> list[str]:
+    """What differs between a live Job's recorded shape (its annotation, JSON) and the desired one, as
+    `spec.resources.<field> <old> -> <new>`; nothing when the Job records no (readable) shape."""
+    if not live:
+        return []
+    try:
+        old = json.loads(live)
+    except ValueError:
+        return []
+    if not isinstance(old, dict):
+        return []
+    return [f"spec.resources.{key} {_show(old.get(key))} -> {_show(desired.get(key))}"
+            for key in sorted(set(old) | set(desired)) if old.get(key) != desired.get(key)]
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def config_hash(config: TrainConfig) -> str:

@@ -3,6 +3,7 @@ trainer config, an Indexed Job whose pods run torchrun, and a NetworkPolicy fenc
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from torchx.specs import macros
@@ -23,6 +24,7 @@ from forge_operator.render.pod import (
 RANK0_ENV = "FORGE_RANK0_HOST"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ATTEMPT_LABEL = "forge.ai/attempt"
+SHAPE_ANNOTATION = "forge.ai/job-shape"
 GPU_RESOURCE = "nvidia.com/gpu"
 VERIFIER_DIR = "/etc/forge/verifier"
 
@@ -98,10 +100,13 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
     labels = {ATTEMPT_LABEL: str(plan.attempt)}
     if plan.queue:
         labels[QUEUE_LABEL] = plan.queue
+    meta = object_meta(plan.job_name, plan.meta, labels)
+    # what the Job was built from: a change of spec.resources rolls the Job (it cannot change in place)
+    meta["annotations"] = {SHAPE_ANNOTATION: json.dumps(plan.job_shape, sort_keys=True, separators=(",", ":"))}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": object_meta(plan.job_name, plan.meta, labels),
+        "metadata": meta,
         "spec": {
             "completionMode": "Indexed",
             "completions": res.max_nodes,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -17,6 +17,12 @@ class JobObservation:
     failed_final: bool = False
     suspended: bool = False
     message: str | None = None
+    ready: int | None = None
+    """Pods with a Ready condition (status.ready, Kubernetes 1.24+); None where the server predates it."""
+    suspend_supported: bool = False
+    """Whether the API server knows Job spec.suspend (1.21+ defaults it, so a live Job carries it)."""
+    annotations: dict[str, str] = field(default_factory=dict)
+    """The Job's annotations."""
 
 
 def observe_job(job: dict[str, Any] | None) -> JobObservation | None:
@@ -38,4 +44,7 @@ def observe_job(job: dict[str, Any] | None) -> JobObservation | None:
         active=int(status.get("active") or 0), succeeded=int(status.get("succeeded") or 0),
         failed=int(status.get("failed") or 0), complete=complete, failed_final=failed,
         suspended=bool((job.get("spec") or {}).get("suspend")), message=message,
+        ready=int(status["ready"]) if status.get("ready") is not None else None,
+        suspend_supported="suspend" in (job.get("spec") or {}),
+        annotations=dict((job.get("metadata") or {}).get("annotations") or {}),
     )

@@ -1,5 +1,7 @@
-"""Derive a ForgeTrainingRun's phase and conditions from what was observed, and decide whether the
-job must be recreated (failed or stalled, with restarts left). One readable state machine."""
+"""Derive a ForgeTrainingRun's phase and conditions from what was observed, and decide what happens to
+its Job: created, suspended or resumed (spec.suspend, spec.budget.maxGpuHours), rolled when its shape
+no longer matches spec.resources, or recreated after a failure or a stall (with restarts left).
+One readable state machine; the handler only carries out what these functions decide."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from enum import StrEnum
 
 from forge_operator.api.common import ConditionStatus
 from forge_operator.api.training import ForgeTrainingRunStatus, Lineage, RunPhase, RunReason
-from forge_operator.status.conditions import INVALID_SPEC, READY, set_condition
+from forge_operator.status.conditions import INVALID_SPEC, READY, get_condition, set_condition
 from forge_operator.status.job import JobObservation
 from forge_trainer.config import TrainProgress
 
@@ -17,7 +19,10 @@ T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 DATASET_READY = "DatasetReady"
 BASE_MODEL_READY = "BaseModelReady"
 STALLED = "Stalled"
+BUDGET_EXCEEDED = "BudgetExceeded"
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+ACCRUAL_SECONDS = 60
+"""While GPUs are in use, status.gpuHours is folded in at least this often (fewer status writes)."""
 
 
 class RunAction(StrEnum):
@@ -25,18 +30,55 @@ class RunAction(StrEnum):
 
     NONE = "none"
     RESTART = "restart"
-    """Delete the current job; the next reconcile creates attempt `restarts`."""
+    """Delete the current job; the next reconcile creates the next attempt (counted as a restart)."""
+
+
+class Hold(StrEnum):
+    """Why a run must not run now."""
+
+    SUSPEND = "suspend"
+    """spec.suspend is true."""
+    BUDGET = "budget"
+    """status.gpuHours reached spec.budget.maxGpuHours."""
+
+
+class JobStep(StrEnum):
+    """What to do with the current attempt's Job before observing it."""
+
+    KEEP = "keep"
+    """Nothing (it runs as it should, it finished, or there is none and none is wanted)."""
+    CREATE = "create"
+    """Create the attempt's Job (suspended only for Kueue to admit)."""
+    WAIT = "wait"
+    """Pods of an earlier attempt are still stopping (saving their SIGTERM checkpoint): create it later."""
+    SUSPEND = "suspend"
+    """Set the live Job's spec.suspend: its pods get SIGTERM, checkpoint and stop."""
+    RESUME = "resume"
+    """Clear the live Job's spec.suspend: its pods start again and resume from the checkpoint."""
+    DELETE = "delete"
+    """Stop by deleting the Job (the API server has no Job suspend, or Kueue owns it): its pods get SIGTERM
+    and checkpoint; resuming creates the next attempt, which resumes from the checkpoint."""
+    ROLL = "roll"
+    """The Job no longer matches spec.resources (torchrun's --nnodes and an Indexed Job's completions
+    cannot change in place): delete it; the next attempt gets the new shape and resumes."""
+
+
+@dataclass(frozen=True)
+class JobDecision:
+    """A JobStep and, for ROLL, what changed."""
+
+    step: JobStep
+    detail: str = ""
 
 
 @dataclass(frozen=True)
 class RunObservation:
-    """Everything one reconcile saw about a training run."""
+    """Everything one reconcile saw about a training run (and what it did to the Job)."""
 
     generation: int
     spec_error: str | None = None
     waiting_condition: str | None = None
     waiting_for: str | None = None
-    suspended: bool = False
     job_name: str | None = None
     output_uri: str | None = None
     job: JobObservation | None = None
@@ -45,10 +87,96 @@ class RunObservation:
     stall_timeout_seconds: int = 1800
     lineage: Lineage | None = None
     resolved: list[str] = field(default_factory=list)
+    attempt: int = 0
+    """The attempt whose Job the handler looked at (status.attempt before this reconcile)."""
+    step: JobDecision = JobDecision(JobStep.KEEP)
+    """What the handler did to the Job (decide_job's answer)."""
+    hold: Hold | None = None
+    """Why the run must not run now (run_hold's answer)."""
+    queue: str | None = None
+    """Kueue LocalQueue (spec.resources.queue)."""
+    gpus_in_use: int = 0
+    """GPUs the run's pods hold now (gpus_in_use of the Job seen before acting on it)."""
+    max_gpu_hours: float | None = None
+    """spec.budget.maxGpuHours."""
+    earlier_pods: int = 0
+    """Pods of earlier attempts still stopping (for the WAIT message)."""
 
 
 def _ts(value: str | None) -> datetime | None:
     return datetime.strptime(value, RFC3339).replace(tzinfo=UTC) if value else None
+
+
+def gpus_in_use(job: JobObservation | None, gpus_per_node: int) -> int:
+    """GPUs the run's Job holds now: gpusPerNode x its pods that hold a node. Ready pods where the API
+    server reports them (a pending pod holds no GPU yet), else active pods; a finished Job holds none."""
+    if job is None or job.complete or job.failed_final or gpus_per_node <= 0:
+        return 0
+    pods = job.ready if job.ready is not None else job.active
+    return gpus_per_node * max(0, pods)
+
+
+def gpu_hours_used(status: ForgeTrainingRunStatus, now: datetime) -> float:
+    """GPU-hours used up to `now`: what status.gpuHours holds plus the time since it was last folded in,
+    at the rate (status.gpusInUse) observed then."""
+    used = status.gpu_hours or 0.0
+    since = _ts(status.gpu_hours_updated_at)
+    if since is not None and status.gpus_in_use:
+        used += status.gpus_in_use * max(0.0, (now - since).total_seconds()) / 3600
+    return used
+
+
+def run_hold(suspend: bool, max_gpu_hours: float | None, used: float) -> Hold | None:
+    """Why the run must not run now, if it must not: its budget is spent, or spec.suspend is set."""
+    if max_gpu_hours is not None and used >= max_gpu_hours:
+        return Hold.BUDGET
+    return Hold.SUSPEND if suspend else None
+
+
+def decide_job(job: JobObservation | None, *, hold: bool, queued: bool, changes: list[str],
+               earlier_pods: int = 0) -> JobDecision:
+    """What to do with the current attempt's Job. `changes` lists what in spec.resources differs from
+    the live Job's shape; `earlier_pods` counts pods of earlier attempts still stopping.
+
+    Suspending uses Job spec.suspend where the server has it (1.21+), except for a Kueue-queued Job,
+    whose suspend field Kueue owns (it would unsuspend an admitted Job): that one, and every Job on a
+    server without Job suspend, is deleted instead and recreated as the next attempt on resume. A run
+    that is held gets no new Job."""
+    if job is None:
+        if hold:
+            return JobDecision(JobStep.KEEP)
+        return JobDecision(JobStep.WAIT) if earlier_pods else JobDecision(JobStep.CREATE)
+    if job.complete or job.failed_final:
+        return JobDecision(JobStep.KEEP)  # derive_run_status decides: success, or a restart
+    if changes:
+        return JobDecision(JobStep.ROLL, "; ".join(changes))
+    if hold:
+        if job.suspended:
+            return JobDecision(JobStep.KEEP)
+        return JobDecision(JobStep.SUSPEND if job.suspend_supported and not queued else JobStep.DELETE)
+    if job.suspended and not queued:
+        return JobDecision(JobStep.RESUME)
+    return JobDecision(JobStep.KEEP)
+
+
+def _accrue(status: ForgeTrainingRunStatus, gpus_now: int, now: datetime, force: bool = False) -> None:
+    """Fold the GPU-hours used since the last fold into status when the rate changes, or at least every
+    ACCRUAL_SECONDS while GPUs are in use (between folds, gpu_hours_used adds the rest exactly), or when
+    `force`d (the budget is spent: status shows the exact figure)."""
+    since = _ts(status.gpu_hours_updated_at)
+    rate = status.gpus_in_use or 0
+    if since is None and gpus_now == 0 and status.gpu_hours is None:
+        return  # never used a GPU: nothing to show
+    due = force or since is None or gpus_now != rate or (
+        rate > 0 and (now - since).total_seconds() >= ACCRUAL_SECONDS)
+    if due:
+        status.gpu_hours = round(gpu_hours_used(status, now), 4)
+        status.gpus_in_use = gpus_now
+        status.gpu_hours_updated_at = now.strftime(RFC3339)
+
+
+def _num(value: float) -> str:
+    return f"{round(value, 4):g}"
 
 
 def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
@@ -88,20 +216,27 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
     status.output_uri = obs.output_uri or status.output_uri
     status.job_name = obs.job_name or status.job_name
     status.restarts = status.restarts or 0
+    status.attempt = obs.attempt
+    _accrue(status, obs.gpus_in_use, now, force=obs.hold is Hold.BUDGET)
+    used = status.gpu_hours or 0.0  # as folded: messages change at most once per fold
     _mirror_progress(status, obs.progress, now)
+    if obs.max_gpu_hours is not None or get_condition(status.conditions, BUDGET_EXCEEDED):
+        if obs.hold is Hold.BUDGET and obs.max_gpu_hours is not None:
+            cond(BUDGET_EXCEEDED, T, RunReason.BUDGET_EXCEEDED,
+                 f"used {_num(used)} GPU-hours, spec.budget.maxGpuHours is {_num(obs.max_gpu_hours)}")
+        else:
+            limit = "no limit" if obs.max_gpu_hours is None else f"of spec.budget.maxGpuHours {_num(obs.max_gpu_hours)}"
+            cond(BUDGET_EXCEEDED, F, "WithinBudget", f"used {_num(used)} GPU-hours {limit}")
 
     job = obs.job
-    if obs.suspended:
-        status.phase = RunPhase.SUSPENDED
-        ready(F, RunReason.SUSPENDED, "suspended (spec.suspend or waiting for queue admission)")
-        return finish(), RunAction.NONE
-    if job is None:
-        status.phase = RunPhase.PENDING
-        ready(F, RunReason.JOB_CREATED, f"creating training job {obs.job_name}")
-        return finish(), RunAction.NONE
-    status.started_at = status.started_at or stamp
+    step = obs.step.step
+    if step in (JobStep.DELETE, JobStep.ROLL):
+        status.attempt = obs.attempt + 1  # deliberate: not a restart
+        status.last_progress_time = stamp  # the next attempt gets a full stall window
+        job = None
     progress = obs.progress
-    if job.complete and progress is not None and progress.done:
+    if job is not None and job.complete and progress is not None and progress.done:
+        status.started_at = status.started_at or stamp
         status.phase = RunPhase.SUCCEEDED
         status.final_model_uri = progress.final_model_uri
         status.final_model_digest = progress.final_model_digest
@@ -111,12 +246,48 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
         ready(T, RunReason.TRAINED, f"trained {progress.step} steps; final model {progress.final_model_uri}")
         return finish(), RunAction.NONE
 
+    if obs.hold is not None:
+        status.phase = RunPhase.SUSPENDED
+        stopped = _how_stopped(obs, job)
+        if obs.hold is Hold.BUDGET:
+            ready(F, RunReason.BUDGET_EXCEEDED,
+                  f"GPU budget spent: used {_num(used)} GPU-hours, spec.budget.maxGpuHours is "
+                  f"{_num(obs.max_gpu_hours or 0)}; {stopped}; raise spec.budget.maxGpuHours to resume from the "
+                  "latest checkpoint")
+        else:
+            ready(F, RunReason.SUSPENDED, f"suspended (spec.suspend); {stopped}; set spec.suspend to false to resume "
+                                          "from the latest checkpoint")
+        return finish(), RunAction.NONE
+    if step is JobStep.ROLL:
+        status.phase = RunPhase.RUNNING if status.started_at else RunPhase.PENDING
+        ready(F, RunReason.JOB_ROLLED,
+              f"spec.resources changed ({obs.step.detail}): training job {obs.job_name} is deleted and recreated as "
+              f"attempt {status.attempt} with the new shape, resuming from the latest checkpoint (not a restart)")
+        return finish(), RunAction.NONE
+    if job is None:
+        status.phase = RunPhase.RUNNING if status.started_at else RunPhase.PENDING
+        if step is JobStep.WAIT:
+            ready(F, RunReason.JOB_CREATED,
+                  f"waiting for {obs.earlier_pods} pod(s) of an earlier attempt to stop (they checkpoint on SIGTERM) "
+                  f"before creating training job {obs.job_name}")
+        else:
+            ready(F, RunReason.JOB_CREATED, f"creating training job {obs.job_name}")
+        return finish(), RunAction.NONE
+    if job.suspended and not job.active and obs.queue:
+        status.phase = RunPhase.SUSPENDED
+        ready(F, RunReason.QUEUED, f"training job {obs.job_name} waits for Kueue to admit it (queue {obs.queue})")
+        return finish(), RunAction.NONE
+    status.started_at = status.started_at or stamp
+
     failure = None
     if job.failed_final or job.complete:
         why = (progress.error if progress and progress.error else None) or job.message or "job ended without a model"
         failure = (RunReason.JOB_FAILED, f"training job {obs.job_name} failed: {why}")
     else:
-        last = _ts(status.last_progress_time)
+        # the stall clock runs only while the run was already Running (not across a suspension)
+        last = _ts(status.last_progress_time) if prev.phase is RunPhase.RUNNING else None
+        if last is None:
+            status.last_progress_time = stamp
         if last is not None and now - last > timedelta(seconds=obs.stall_timeout_seconds):
             failure = (RunReason.STALLED, f"step {status.step or 0} has not advanced for "
                                           f"{int((now - last).total_seconds())}s (stallTimeoutSeconds "
@@ -128,6 +299,7 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
         reason, message = failure
         if status.restarts < obs.max_restarts:
             status.restarts += 1
+            status.attempt = obs.attempt + 1
             status.phase = RunPhase.RUNNING
             status.last_progress_time = stamp  # the new attempt gets a full stall window
             ready(F, RunReason.JOB_RESTARTED,
@@ -142,6 +314,17 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
     detail = f" (step {status.step}/{status.total_steps})" if status.total_steps else ""
     ready(F, RunReason.JOB_RUNNING, f"training job {obs.job_name} is running{detail}")
     return finish(), RunAction.NONE
+
+
+def _how_stopped(obs: RunObservation, job: JobObservation | None) -> str:
+    name = obs.job_name
+    if obs.step.step is JobStep.DELETE:
+        return (f"training job {name} is deleted to stop it (its pods checkpoint on SIGTERM; "
+                f"{'Kueue owns the suspend of a queued job' if obs.queue else 'this API server has no Job suspend'})")
+    if job is not None and job.suspended:
+        return (f"training job {name} is suspended (its pods checkpoint on SIGTERM and stop)" if job.active
+                else f"training job {name} is suspended")
+    return "no training job runs"
 
 
 def _mirror_progress(status: ForgeTrainingRunStatus, progress: TrainProgress | None, now: datetime) -> None:
