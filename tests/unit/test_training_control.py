@@ -301,3 +301,19 @@ def test_progress_total_steps_follows_the_new_max_steps() -> None:
                              T0)
     s, _ = derive_run_status(s, _obs(RUNNING, progress=TrainProgress(step=60, total_steps=250)), T0)
     assert (s.progress, s.total_steps) == ("60/250", 250)
+
+
+def test_the_next_attempt_waits_only_for_pods_that_may_still_checkpoint() -> None:
+    from forge_operator.status.training import stopping_pods
+
+    def pod(phase: str, deletion: str | None = None) -> dict[str, object]:
+        meta = {"deletionTimestamp": deletion} if deletion else {}
+        return {"metadata": meta, "status": {"phase": phase}}
+
+    pods = [pod("Succeeded"), pod("Failed"),
+            pod("Running"),  # not deleted yet (the garbage collector gets to it)
+            pod("Running", "2026-01-01T00:01:30Z"),  # terminating: inside its grace period, checkpointing
+            pod("Running", "2025-12-31T23:58:00Z"),  # past its deadline: on a lost node, not waited for
+            pod("Pending", "bogus")]
+    assert stopping_pods(pods, T0) == 3
+    assert stopping_pods([], T0) == 0

@@ -49,6 +49,7 @@ from forge_operator.status.training import (
     gpu_hours_used,
     gpus_in_use,
     run_hold,
+    stopping_pods,
 )
 from forge_operator.store import StoreError
 from forge_operator.store.artifacts import read_progress
@@ -191,8 +192,8 @@ def _earlier_pods(plan: TrainingPlan) -> int:
     SIGTERM checkpoint): the next Job waits for them, so two attempts never train at once."""
     selector = ",".join([f"{k}={v}" for k, v in sorted(selector_labels(KIND, plan.meta.owner.name).items())]
                         + [f"{ATTEMPT_LABEL}!={plan.attempt}"])
-    pods = runtime().kube.list("v1", "Pod", plan.meta.namespace, label_selector=selector)
-    return sum(1 for p in pods if ((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")))
+    return stopping_pods(runtime().kube.list("v1", "Pod", plan.meta.namespace, label_selector=selector),
+                         datetime.now(UTC))
 
 
 def _carry_out(plan: TrainingPlan, decision: JobDecision, live: dict[str, Any] | None,

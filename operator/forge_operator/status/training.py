@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from forge_operator.api.common import ConditionStatus
 from forge_operator.api.training import ForgeTrainingRunStatus, Lineage, RunPhase, RunReason
@@ -107,6 +108,19 @@ def _ts(value: str | None) -> datetime | None:
     return datetime.strptime(value, RFC3339).replace(tzinfo=UTC) if value else None
 
 
+def _k8s_time(value: object) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339 text, or a datetime from a client), None if absent or unreadable."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def gpus_in_use(job: JobObservation | None, gpus_per_node: int) -> int:
     """GPUs the run's Job holds now: gpusPerNode x its pods that hold a node. Ready pods where the API
     server reports them (a pending pod holds no GPU yet), else active pods; a finished Job holds none."""
@@ -124,6 +138,22 @@ def gpu_hours_used(status: ForgeTrainingRunStatus, now: datetime) -> float:
     if since is not None and status.gpus_in_use:
         used += status.gpus_in_use * max(0.0, (now - since).total_seconds()) / 3600
     return used
+
+
+def stopping_pods(pods: list[dict[str, Any]], now: datetime) -> int:
+    """How many of these pods (of earlier attempts) may still be training or writing their SIGTERM
+    checkpoint: not finished, and not past their deletion deadline (the API server sets
+    deletionTimestamp to the request time plus the grace period; a pod still listed after that sits on
+    a lost node and is not waited for)."""
+    count = 0
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        deadline = _k8s_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+        if deadline is not None and deadline <= now:
+            continue
+        count += 1
+    return count
 
 
 def run_hold(suspend: bool, max_gpu_hours: float | None, used: float) -> Hold | None:
