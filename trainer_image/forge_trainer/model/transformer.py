@@ -15,6 +15,7 @@ by name:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -217,29 +218,42 @@ class Transformer(nn.Module):
     load-balancing loss of the latest forward (weight it with `args.router_aux_loss_coef`)."""
 
     def __init__(self, args: ModelArgs) -> None:
+        """Built on the default device and initialised (`init_weights`); under `torch.device("meta")`
+        nothing is allocated or initialised until `to_empty` and `init_weights`, which give the same
+        weights for the same seed."""
         super().__init__()
         self.args = args
-        self.model = TransformerBody(args)
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        device = torch.get_default_device()
+        with torch.device("meta"):  # no storage, no default init drawn from the RNG: init_weights does it
+            self.model = TransformerBody(args)
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.gradient_checkpointing = False
         """Recompute each block's activations in the backward pass."""
         self.aux_loss: Tensor | None = None
-        self.init_weights()
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Normal(0, init_std) for every matrix, residual outputs scaled by 1/sqrt(2 * layers); norms 1."""
+        """Normal(0, init_std) for every matrix, residual outputs scaled by 1/sqrt(2 * layers); norms 1.
+
+        Also materialises a model built on the meta device once its storage exists (`to_empty`), sharded
+        or not: a sharded parameter (a DTensor, FSDP2) gets its own part of the values the whole
+        parameter would get, one full parameter at a time, so the weights are the same whatever the
+        number of workers, and equal to an eager build's on the same device for the same seed."""
         std = self.args.init_std
         out_std = std / math.sqrt(2 * self.args.num_layers)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 if name.endswith("layernorm.weight") or name == "model.norm.weight":
-                    p.fill_(1.0)
+                    _init_(p, lambda t: t.fill_(1.0))
                 elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
-                    p.normal_(0.0, out_std, generator=generator)
+                    _init_(p, lambda t: t.normal_(0.0, out_std, generator=generator))
                 else:
-                    p.normal_(0.0, std, generator=generator)
-            rotary = RotaryEmbedding(self.args)
-            self.model.rotary_emb.inv_freq.copy_(rotary.inv_freq)
+                    _init_(p, lambda t: t.normal_(0.0, std, generator=generator))
+            inv_freq = self.model.rotary_emb.inv_freq
+            if not inv_freq.is_meta:
+                inv_freq.copy_(RotaryEmbedding(self.args).inv_freq)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
@@ -280,6 +294,23 @@ class Transformer(nn.Module):
         if exclude_embeddings:
             total -= self.model.embed_tokens.weight.numel()
         return total
+
+
+def _init_(p: Tensor, fill: Callable[[Tensor], object]) -> None:
+    """Fill `p` in place; a DTensor with its shard of the values `fill` gives the full tensor."""
+    if p.is_meta:
+        return
+    local = getattr(p, "to_local", None)
+    if local is None:
+        fill(p)
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    assert isinstance(p, DTensor)
+    full = torch.empty(p.shape, dtype=p.dtype, device=p.to_local().device)
+    fill(full)  # every worker draws the same values (same seed), keeps its part: no communication
+    part = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+    p.to_local().copy_(part.to_local())
 
 
 def _attention_mask(b: int, t: int, past: int, attention_mask: Tensor | None,

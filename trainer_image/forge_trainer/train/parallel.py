@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from forge_trainer.model.args import ModelArgs
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.train.runtime import Runtime
 
@@ -35,11 +36,29 @@ def data_parallel_strategy(runtime: Runtime) -> str:
     return "fsdp"
 
 
+def build_model(args: ModelArgs) -> Transformer:
+    """A new model on the meta device: no storage until `wrap_model` places it (sharded under FSDP2)
+    and initialises it, so no worker ever holds the full weights of a large model."""
+    with torch.device("meta"):
+        return Transformer(args)
+
+
+def is_meta(model: nn.Module) -> bool:
+    """Whether `model` has parameters without storage (built by `build_model`)."""
+    return any(p.is_meta for p in model.parameters())
+
+
 def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: bool = False,
                compile_model: bool = False) -> nn.Module:
-    """`model` on its device, ready for data-parallel training (the same object under FSDP2)."""
+    """`model` on its device, ready for data-parallel training (the same object under FSDP2).
+
+    A model on the meta device (`build_model`) is sharded first, then each worker allocates only its
+    shard (`to_empty`) and initialises it (`init_weights`, seeded by the global RNG: the values do not
+    depend on the number of workers)."""
     model.gradient_checkpointing = activation_checkpointing
-    model.to(runtime.device)
+    on_meta = is_meta(model)
+    if not on_meta:
+        model.to(runtime.device)
     if compile_model:
         for layer in model.model.layers:
             cast(Any, layer).compile()
@@ -50,10 +69,20 @@ def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: b
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
+        if on_meta:
+            _materialize(model, runtime.device)
         return model
+    if on_meta:
+        _materialize(model, runtime.device)
     if strategy == "ddp":
         return DistributedDataParallel(model)
     return model
+
+
+def _materialize(model: Transformer, device: torch.device) -> None:
+    """Storage for a meta model's (local shards of) parameters and buffers on `device`, initialised."""
+    model.to_empty(device=device)
+    model.init_weights()
 
 
 def unwrap(model: nn.Module) -> Transformer:
