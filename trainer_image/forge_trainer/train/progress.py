@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,18 +51,23 @@ class _Writer:
     training never waits on S3 or fsync; a failed write is raised in the training thread at the next
     hand-over (never swallowed)."""
 
+    IDLE_SECONDS = 5.0
+
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._pending: Callable[[], None] | None = None
         self._busy = False
         self._error: BaseException | None = None
-        threading.Thread(target=self._run, name="forge-progress-writer", daemon=True).start()
+        self._running = False  # the thread ends after IDLE_SECONDS without work; a hand-over restarts it
 
     def submit(self, write: Callable[[], None], wait: bool) -> None:
         """Hand over `write` (replacing a not yet started one); with `wait`, return once it is done."""
         with self._cv:
             self._raise()
             self._pending = write
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="forge-progress-writer", daemon=True).start()
             self._cv.notify_all()
             if wait:
                 while self._pending is not None or self._busy:
@@ -77,8 +82,11 @@ class _Writer:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while self._pending is None:
-                    self._cv.wait()
+                if self._pending is None:
+                    self._cv.wait(timeout=self.IDLE_SECONDS)
+                if self._pending is None:
+                    self._running = False
+                    return
                 write, self._pending, self._busy = self._pending, None, True
             try:
                 write()
@@ -138,17 +146,21 @@ class ProgressReporter:
             if gauge is not None and isinstance(value, int | float):
                 gauge.set(value)
 
-    def update(self, force: bool = False, step_record: dict[str, Any] | None = None, **fields: Any) -> None:
-        """Apply `fields` to the progress; append `step_record` to the step log; write both when
-        `force` (waiting for the write) or at most every `min_interval` seconds (in the background)."""
+    def update(self, force: bool = False, step_record: dict[str, Any] | None = None,
+               step_records: Sequence[dict[str, Any]] = (), **fields: Any) -> None:
+        """Apply `fields` to the progress; append `step_record` (or several, `step_records`) to the step
+        log; write both when `force` (waiting for the write) or at most every `min_interval` seconds (in
+        the background)."""
         if not self.enabled:
             return
         self._changes.update(fields)
-        if step_record is not None:
+        for record in (*step_records, *((step_record,) if step_record is not None else ())):
             if self._rotate:  # a new segment, named after its first step
-                self._log_key = join_key(self.prefix, LOGS_DIR, f"steps-{int(step_record['step']):08d}.jsonl")
+                self._log_key = join_key(self.prefix, LOGS_DIR, f"steps-{int(record['step']):08d}.jsonl")
                 self._rotate = False
-            self._log_lines.append(json.dumps(step_record, sort_keys=True).encode() + b"\n")
+            self._log_lines.append(json.dumps(record, sort_keys=True).encode() + b"\n")
+            if len(self._log_lines) >= self.segment_steps:
+                self.flush(wait=True)  # rotates: the segment is complete
         self._set_gauges(fields)
         now = time.monotonic()
         if force or now - self._last_write >= self.min_interval:
