@@ -69,7 +69,7 @@ def _prepare(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from forge_trainer.train.entry import run_training
 
-    run_training(load_config(args.config, TrainConfig))
+    run_training(load_config(args.config, TrainConfig), args.config)
 
 
 def _serve(args: argparse.Namespace) -> None:

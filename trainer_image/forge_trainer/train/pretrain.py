@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -28,10 +28,10 @@ from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, expo
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json
 from forge_trainer.train.batches import (
+    Batch,
     TokenSequences,
     eval_micro_batches,
     micro_batch_size_for,
-    step_indices,
     step_micro_batches,
 )
 from forge_trainer.train.checkpoint import (
@@ -41,17 +41,11 @@ from forge_trainer.train.checkpoint import (
     load_checkpoint,
     resume_latest,
 )
-from forge_trainer.train.parallel import wrap_model
+from forge_trainer.train.control import RunControl, with_max_steps
+from forge_trainer.train.parallel import build_model, wrap_model
 from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import (
-    Runtime,
-    TerminateFlag,
-    all_reduce_sum,
-    barrier,
-    init_runtime,
-    shutdown,
-)
-from forge_trainer.train.trainer import Trainer
+from forge_trainer.train.runtime import Runtime, barrier, init_runtime, shutdown
+from forge_trainer.train.trainer import NonFiniteLossError, StepStats, Trainer, first_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -143,22 +137,26 @@ def _read_marker(config: TrainConfig) -> dict[str, Any]:
     return marker
 
 
-def run_pretrain(config: TrainConfig, runtime: Runtime | None = None) -> PretrainResult:
-    """Run (or resume) a pretraining run to its last step and export the model."""
+def run_pretrain(config: TrainConfig, runtime: Runtime | None = None,
+                 config_path: Path | None = None) -> PretrainResult:
+    """Run (or resume) a pretraining run to its last step and export the model.
+
+    config_path: the file `config` was read from; its `hyperparameters.maxSteps` is followed while
+    the run goes on (see `control`)."""
     runtime = runtime or init_runtime()
     try:
-        return _run(config, runtime)
+        return _run(config, runtime, config_path)
     finally:
         shutdown(runtime)
 
 
-def _run(config: TrainConfig, runtime: Runtime) -> PretrainResult:
+def _run(config: TrainConfig, runtime: Runtime, config_path: Path | None = None) -> PretrainResult:
     try:
         store, prefix = open_uri(config.output, config.store)
     except StoreError as exc:
         raise ConfigError(f"output: {exc}") from exc
     try:
-        return _train(config, runtime, store, prefix)
+        return _train(config, runtime, store, prefix, config_path)
     except WorkloadError as exc:
         if runtime.is_main:
             _record_error(store, prefix, str(exc).splitlines()[0])
@@ -173,7 +171,8 @@ def _record_error(store: ObjectStore, prefix: str, line: str) -> None:
         reporter.flush()
 
 
-def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: str) -> PretrainResult:
+def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: str,
+           config_path: Path | None = None) -> PretrainResult:
     hp = config.hyperparameters
     manifest, _ = _dataset(config)
     args = _model_args(config, manifest)
@@ -197,13 +196,14 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
     if resume is None and config.init_checkpoint:
         _load_weights_from_checkpoint(config, model)
     restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
-    progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,
+    progress = TrainProgress(step=start_step, total_steps=max(hp.max_steps, start_step), tokens_seen=tokens_seen,
                              world_size=runtime.world_size, restarts=restarts,
                              checkpoints=previous.checkpoints if previous else [],
                              eval_loss=previous.eval_loss if previous else None)
     reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
     reporter.flush()
-    run = _Run(config, runtime, store, prefix, manifest, args, model, trainer, train, val, micro, reporter)
+    run = _Run(config, runtime, store, prefix, manifest, args, model, trainer, train, val, micro, reporter,
+               config_path)
     try:
         return run.loop(start_step, tokens_seen)
     except WorkloadError as exc:
@@ -212,8 +212,10 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
 
 
 def _initial_model(config: TrainConfig, args: ModelArgs) -> Transformer:
+    """The model to train: a new one on the meta device (materialised, sharded, by `wrap_model`), or
+    the base model `initModel` names."""
     if not config.init_model:
-        return Transformer(args)
+        return build_model(args)
     try:
         model, base_args = load_hf(config.init_model, config.store)
     except StoreError as exc:
@@ -234,6 +236,24 @@ def _load_weights_from_checkpoint(config: TrainConfig, model: torch.nn.Module) -
         raise WorkloadError(f"initCheckpoint {config.init_checkpoint}: {exc}") from exc
 
 
+SYNC_SECONDS = 1.0
+"""About how often (in seconds of training) the loop waits for the device to read losses, report and
+re-decide; steps between sync steps run without waiting."""
+MAX_SYNC_STEPS = 50
+"""Sync at least every this many steps."""
+
+
+@dataclass
+class _Pending:
+    """A step whose values are not read yet."""
+
+    done: int
+    stats: StepStats
+    seconds: float
+    time: float
+    tokens_seen: int
+
+
 @dataclass
 class _Run:
     """One start of a pretraining run: the loop from a step to the end."""
@@ -250,64 +270,106 @@ class _Run:
     val: TokenSequences
     micro: int
     reporter: ProgressReporter
+    config_path: Path | None = None
+    """The config file the run started with (re-read for live max steps)."""
 
     def loop(self, start_step: int, tokens_seen: int) -> PretrainResult:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-shards") as loader:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-batches") as loader:
             return self._steps(start_step, tokens_seen, loader)
 
+    def _batches(self, step: int) -> list[Batch]:
+        """This worker's micro-batches of `step` (in pinned memory for a GPU)."""
+        hp, rt = self.config.hyperparameters, self.runtime
+        batches = step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size, self.micro)
+        if rt.device.type == "cuda":
+            batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+        return batches
+
+    def _fetched(self, future: Future[list[Batch]]) -> list[Batch]:
+        try:
+            return future.result()
+        except StoreError as exc:
+            raise WorkloadError(f"dataset {self.config.dataset}: {exc}") from exc
+
     def _steps(self, start_step: int, tokens_seen: int, loader: ThreadPoolExecutor) -> PretrainResult:
+        """Steps until the last one. Nothing here waits for the device between sync steps: a step's
+        loss, gradient norm and the workers' agreement (SIGTERM, live max steps) ride along with its
+        loss all-reduce and are read at sync steps (about every SYNC_SECONDS, at checkpoints, evals
+        and the last step; the same steps on every worker). A non-finite step is skipped on the
+        device and stops the run at the next sync step, before any checkpoint."""
         hp, rt = self.config.hyperparameters, self.runtime
         step_tokens = hp.global_batch_size * hp.sequence_length
         fpt = flops_per_token(self.args, hp.sequence_length)
         peak = peak_flops(rt.device)
-        recent: deque[float] = deque(maxlen=10)
         losses: dict[int, float] = {}
-        terminate = TerminateFlag()
-
-        warming: Future[None] | None = None
-        for step in range(start_step, hp.max_steps):
+        control = RunControl(rt, hp.max_steps, self.config_path)
+        max_steps = hp.max_steps
+        pending: list[_Pending] = []
+        sync_every, synced_step, synced_at = 1, start_step, time.perf_counter()
+        step_seconds = 0.0
+        step = start_step
+        upcoming = loader.submit(self._batches, step)
+        while step < max_steps:
             began = time.perf_counter()
-            try:
-                batches = step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size,
-                                             self.micro)
-            except StoreError as exc:
-                raise WorkloadError(f"dataset {self.config.dataset}: {exc}") from exc
-            # shards the next step needs are read (from S3, say) while this step computes
-            upcoming = self.train.missing_shards(step_indices(step + 1, hp.global_batch_size, rt.rank,
-                                                              rt.world_size))
-            if upcoming and (warming is None or warming.done()):
-                if warming is not None:
-                    warming.result()  # a failed read surfaces here
-                warming = loader.submit(self.train.warm, upcoming)
-            stats = self.trainer.train_step(step, batches)
-            seconds = time.perf_counter() - began
-            recent.append(seconds)
-            done = step + 1
+            batches = self._fetched(upcoming)
+            upcoming = loader.submit(self._batches, step + 1)  # read while this step computes
+            extra = control.local_tensor(step_seconds) if rt.distributed else None
+            stats = self.trainer.train_step(step, batches, check=False, extra=extra)
+            step += 1
+            step_seconds = time.perf_counter() - began
             tokens_seen += step_tokens
-            losses[done] = stats.loss
-            tps = step_tokens * len(recent) / sum(recent)
-            fields: dict[str, object] = {
-                "step": done, "tokens_seen": tokens_seen, "loss": stats.loss, "tokens_per_second": tps,
-                "mfu": fpt * tps / (peak * rt.world_size) if peak else None, "world_size": rt.world_size,
+            pending.append(_Pending(step, stats, step_seconds, time.time(), tokens_seen))
+            checkpoint_due = step % self.config.checkpointing.interval == 0
+            eval_due = bool(hp.eval_interval) and step % hp.eval_interval == 0
+            if not (checkpoint_due or eval_due or step >= max_steps or step - synced_step >= sync_every):
+                continue
+
+            bad = first_non_finite([p.stats for p in pending])
+            good = pending if bad is None else pending[:bad]
+            decision = control.agree(stats.extra if rt.distributed else control.local_values(step_seconds))
+            now = time.perf_counter()
+            tps = step_tokens * (step - synced_step) / max(now - synced_at, 1e-9)
+            records: list[dict[str, Any]] = [
+                {"step": p.done, "loss": p.stats.loss, "lr": p.stats.lr, "grad_norm": p.stats.grad_norm,
+                 "step_seconds": p.seconds, "tokens_per_second": tps, "world_size": rt.world_size, "time": p.time}
+                for p in good]
+            losses.update((p.done, p.stats.loss) for p in good)
+            if bad is not None:
+                first = pending[bad]
+                if good:
+                    last = good[-1]
+                    self.reporter.update(step_records=records, step=last.done, tokens_seen=last.tokens_seen,
+                                         loss=last.stats.loss)
+                raise NonFiniteLossError(f"{first.stats.problem} at step {first.done}; its optimizer step was "
+                                         "skipped and no checkpoint written from this state")
+            if decision.max_steps != max_steps:
+                max_steps = self._set_max_steps(decision.max_steps, step)
+                hp = self.config.hyperparameters
+            fields: dict[str, Any] = {
+                "step": step, "total_steps": max_steps, "tokens_seen": tokens_seen, "loss": stats.loss,
+                "tokens_per_second": tps, "mfu": fpt * tps / (peak * rt.world_size) if peak else None,
+                "world_size": rt.world_size,
             }
-            record: dict[str, object] = {
-                "step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
-                "step_seconds": seconds, "tokens_per_second": tps, "world_size": rt.world_size,
-                "time": time.time(),
-            }
-            if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
-                fields["eval_loss"] = self.evaluate()
-                record["eval_loss"] = fields["eval_loss"]
-            stop = bool(all_reduce_sum(rt, torch.tensor(float(terminate.requested))).item())
-            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done == hp.max_steps
-            self.reporter.update(force=checkpoint_now, step_record=record, **fields)
-            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", done, hp.max_steps, stats.loss, stats.lr, tps)
+            if eval_due and step < max_steps:
+                fields["eval_loss"] = records[-1]["eval_loss"] = self.evaluate()
+            checkpoint_now = checkpoint_due or decision.stop or step >= max_steps
+            self.reporter.update(force=checkpoint_now, step_records=records, **fields)
+            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, max_steps, stats.loss, stats.lr, tps)
             if checkpoint_now:
-                self.checkpoint(done, tokens_seen)
-            if stop:
-                raise WorkloadError(f"terminated by SIGTERM at step {done}; checkpoint written, the run resumes "
+                self.checkpoint(step, tokens_seen)
+            if decision.stop:
+                raise WorkloadError(f"terminated by SIGTERM at step {step}; checkpoint written, the run resumes "
                                     "from it")
+            pending.clear()
+            seconds = decision.step_seconds if rt.distributed else step_seconds
+            sync_every = max(1, min(MAX_SYNC_STEPS, int(SYNC_SECONDS / max(seconds, 1e-6))))
+            synced_step, synced_at = step, time.perf_counter()
         return PretrainResult(progress=self.finish(), losses=losses)
+
+    def _set_max_steps(self, new: int, step: int) -> int:
+        self.config = with_max_steps(self.config, new, step)
+        self.trainer.hp = self.config.hyperparameters
+        return self.config.hyperparameters.max_steps
 
     def evaluate(self) -> float | None:
         hp, rt = self.config.hyperparameters, self.runtime

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from forge_trainer.train.checkpoint import (
     checkpoint_and_prune,
     resume_latest,
 )
+from forge_trainer.train.control import RunControl, with_max_steps
 from forge_trainer.train.evaluate import EvalContext, prompt_text, read_tasks, task_prompt, write_eval
 from forge_trainer.train.generate import sample
 from forge_trainer.train.lora import adapters_disabled
@@ -53,7 +55,7 @@ from forge_trainer.train.posttrain import (
     prepare_for_method,
 )
 from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import Runtime, TerminateFlag, all_reduce_sum, init_runtime, shutdown
+from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
 from forge_trainer.train.trainer import Trainer
 from forge_trainer.train.verifiers import RewardModel, RewardStats, limits_of, read_custom_source
 
@@ -154,11 +156,11 @@ class ReferencePolicy:
             yield self.policy
 
 
-def run_rl(config: TrainConfig, runtime: Runtime | None = None) -> RlResult:
+def run_rl(config: TrainConfig, runtime: Runtime | None = None, config_path: Path | None = None) -> RlResult:
     """Run (or resume) an RL run to its last step and export the model (and adapter)."""
     runtime = runtime or init_runtime()
     try:
-        return _run(config, runtime)
+        return _run(config, runtime, config_path)
     finally:
         shutdown(runtime)
 
@@ -202,7 +204,7 @@ def _tasks(config: TrainConfig) -> list[dict[str, Any]]:
     return tasks
 
 
-def _run(config: TrainConfig, runtime: Runtime) -> RlResult:
+def _run(config: TrainConfig, runtime: Runtime, config_path: Path | None) -> RlResult:
     hp, rl = config.hyperparameters, config.rl
     try:
         store, prefix = open_uri(config.output, config.store)
@@ -228,13 +230,13 @@ def _run(config: TrainConfig, runtime: Runtime) -> RlResult:
     previous = read_progress(store, prefix) if runtime.is_main else None
     _, start_step, tokens_seen = resume_latest(store, prefix, runtime, model, trainer.optimizer)
     restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
-    progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,
+    progress = TrainProgress(step=start_step, total_steps=max(hp.max_steps, start_step), tokens_seen=tokens_seen,
                              world_size=runtime.world_size, restarts=restarts,
                              checkpoints=previous.checkpoints if previous else [])
     reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
     reporter.flush()
     run = _RlRun(config, runtime, store, prefix, base, model, reference, trainer, rewards, tasks,
-                 prompts_per_step, reporter)
+                 prompts_per_step, reporter, config_path)
     try:
         return run.loop(start_step, tokens_seen)
     except WorkloadError as exc:
@@ -256,6 +258,7 @@ class _RlRun:
     tasks: list[dict[str, Any]]
     prompts_per_step: int
     reporter: ProgressReporter
+    config_path: Path | None = None
     _order: dict[int, list[int]] = field(default_factory=dict)
 
     def step_tasks(self, step: int) -> list[dict[str, Any]]:
@@ -311,10 +314,11 @@ class _RlRun:
     def loop(self, start_step: int, tokens_seen: int) -> RlResult:
         hp, rt = self.config.hyperparameters, self.runtime
         result = RlResult(progress=self.reporter.progress)
-        terminate = TerminateFlag()
+        control = RunControl(rt, hp.max_steps, self.config_path)
+        step = start_step
         if start_step == 0:
             result.initial_eval = self.evaluate(0, final=False)
-        for step in range(start_step, hp.max_steps):
+        while step < hp.max_steps:
             began = time.perf_counter()
             roll = self.rollout(step)
             stats = self.trainer.train_step(step, self.micro_batches(roll.batch))
@@ -323,7 +327,7 @@ class _RlRun:
                                                       float(roll.batch["attention_mask"].sum())],
                                                      dtype=torch.float64))
             score_sum, passed, total, errors, kl_sum, seq_tokens = totals.tolist()
-            done = step + 1
+            done = step = step + 1
             mean_reward, success, kl = score_sum / total, passed / total, kl_sum / rt.world_size
             tokens_seen += int(seq_tokens)
             result.rewards[done], result.success[done] = mean_reward, success
@@ -337,8 +341,13 @@ class _RlRun:
                                       "samples": roll.samples}
             if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
                 self.evaluate(done, final=False)
-            stop = bool(all_reduce_sum(rt, torch.tensor(float(terminate.requested))).item())
-            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done == hp.max_steps
+            decision = control.agree_now()
+            stop = decision.stop
+            if decision.max_steps != hp.max_steps:
+                self.config = with_max_steps(self.config, decision.max_steps, done)
+                hp = self.trainer.hp = self.config.hyperparameters
+                fields["total_steps"] = hp.max_steps
+            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done >= hp.max_steps
             self.reporter.update(force=checkpoint_now, step_record=record, **fields)
             log.info("rl step %d/%d reward %.3f success %.3f kl %.4f loss %.4f", done, hp.max_steps, mean_reward,
                      success, kl, stats.loss)

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from forge_trainer.train.checkpoint import (
     checkpoint_and_prune,
     resume_latest,
 )
+from forge_trainer.train.control import RunControl, with_max_steps
 from forge_trainer.train.evaluate import EvalContext, write_eval
 from forge_trainer.train.packing import Example, make_example, pack, packed_logits, rows_batch
 from forge_trainer.train.parallel import unwrap, wrap_model
@@ -45,7 +47,7 @@ from forge_trainer.train.posttrain import (
     prepare_for_method,
 )
 from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import Runtime, TerminateFlag, all_reduce_sum, init_runtime, shutdown
+from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
 from forge_trainer.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -191,16 +193,16 @@ def _load_split(config: TrainConfig, uri: str, split: Split, chat: ChatTokenizer
     return read_sft_examples(uri, manifest, split, chat, max_len, config)
 
 
-def run_sft(config: TrainConfig, runtime: Runtime | None = None) -> SftResult:
+def run_sft(config: TrainConfig, runtime: Runtime | None = None, config_path: Path | None = None) -> SftResult:
     """Run (or resume) a fine-tuning run to its last step and export the model (and adapter)."""
     runtime = runtime or init_runtime()
     try:
-        return _run(config, runtime)
+        return _run(config, runtime, config_path)
     finally:
         shutdown(runtime)
 
 
-def _run(config: TrainConfig, runtime: Runtime) -> SftResult:
+def _run(config: TrainConfig, runtime: Runtime, config_path: Path | None) -> SftResult:
     hp = config.hyperparameters
     try:
         store, prefix = open_uri(config.output, config.store)
@@ -234,12 +236,12 @@ def _run(config: TrainConfig, runtime: Runtime) -> SftResult:
     previous = read_progress(store, prefix) if runtime.is_main else None
     _, start_step, tokens_seen = resume_latest(store, prefix, runtime, model, trainer.optimizer)
     restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
-    progress = TrainProgress(step=start_step, total_steps=hp.max_steps, tokens_seen=tokens_seen,
+    progress = TrainProgress(step=start_step, total_steps=max(hp.max_steps, start_step), tokens_seen=tokens_seen,
                              world_size=runtime.world_size, restarts=restarts,
                              checkpoints=previous.checkpoints if previous else [])
     reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
     reporter.flush()
-    run = _SftRun(config, runtime, store, prefix, base, model, trainer, train, val, micro, reporter)
+    run = _SftRun(config, runtime, store, prefix, base, model, trainer, train, val, micro, reporter, config_path)
     try:
         return run.loop(start_step, tokens_seen)
     except WorkloadError as exc:
@@ -260,6 +262,7 @@ class _SftRun:
     val: PackedStream
     micro: int
     reporter: ProgressReporter
+    config_path: Path | None = None
 
     def step_batches(self, step: int) -> list[Batch]:
         hp, rt = self.config.hyperparameters, self.runtime
@@ -270,15 +273,16 @@ class _SftRun:
     def loop(self, start_step: int, tokens_seen: int) -> SftResult:
         hp, rt = self.config.hyperparameters, self.runtime
         losses: dict[int, float] = {}
-        terminate = TerminateFlag()
-        for step in range(start_step, hp.max_steps):
+        control = RunControl(rt, hp.max_steps, self.config_path)
+        step = start_step
+        while step < hp.max_steps:
             began = time.perf_counter()
             batches = self.step_batches(step)
             trained = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
             stats = self.trainer.train_step(step, batches)
             step_tokens = int(all_reduce_sum(rt, torch.tensor(float(trained))).item())
             tokens_seen += step_tokens
-            done = step + 1
+            done = step = step + 1
             losses[done] = stats.loss
             tps = step_tokens / max(time.perf_counter() - began, 1e-9)
             fields: dict[str, Any] = {"step": done, "tokens_seen": tokens_seen, "loss": stats.loss,
@@ -288,8 +292,13 @@ class _SftRun:
             if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
                 metrics = self.evaluate(done, final=False)
                 fields["eval_loss"] = record["eval_loss"] = metrics.get("loss")
-            stop = bool(all_reduce_sum(rt, torch.tensor(float(terminate.requested))).item())
-            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done == hp.max_steps
+            decision = control.agree_now()
+            stop = decision.stop
+            if decision.max_steps != hp.max_steps:
+                self.config = with_max_steps(self.config, decision.max_steps, done)
+                hp = self.trainer.hp = self.config.hyperparameters
+                fields["total_steps"] = hp.max_steps
+            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done >= hp.max_steps
             self.reporter.update(force=checkpoint_now, step_record=record, **fields)
             log.info("sft step %d/%d loss %.4f lr %.2e", done, hp.max_steps, stats.loss, stats.lr)
             if checkpoint_now:
