@@ -138,11 +138,12 @@ def shared_tiny_model(moe: bool = False, max_positions: int = 256) -> Path:
 
 
 @contextmanager
-def serving(loaded: LoadedModel, model_name: str, max_batch_size: int = 8) -> Iterator[str]:
+def serving(loaded: LoadedModel, model_name: str, max_batch_size: int = 8,
+            max_prefill_tokens: int | None = None) -> Iterator[str]:
     """The builtin runtime serving `loaded` on a free loopback port; yields the base URL."""
     metrics = ServeMetrics()
     state = ServingState(model_name=model_name)
-    state.serve(loaded, max_batch_size=max_batch_size, metrics=metrics)
+    state.serve(loaded, max_batch_size=max_batch_size, metrics=metrics, max_prefill_tokens=max_prefill_tokens)
     try:
         with running_server(build_app(state, metrics), free_port()) as url:
             yield url

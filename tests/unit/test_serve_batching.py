@@ -67,6 +67,20 @@ def test_concurrent_requests_get_the_same_text_as_alone(base_url: str, loaded: L
     assert all(alone)
 
 
+def test_prompts_prefilled_in_small_groups_get_the_same_text(base_url: str, loaded: LoadedModel) -> None:
+    async def run(url: str, together: bool) -> list[str]:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        requests = [complete(client, p, 20, logit_bias=no_eos(loaded), temperature=0) for p in PROMPTS]
+        texts = await asyncio.gather(*requests) if together else [await r for r in requests]
+        await client.close()
+        return list(texts)
+
+    alone = asyncio.run(run(base_url, together=False))
+    for budget in (1, 24):  # every prompt alone; two or three short prompts per forward pass
+        with serving(loaded, MODEL, max_prefill_tokens=budget) as url:
+            assert asyncio.run(run(url, together=True)) == alone
+
+
 def test_short_request_finishes_before_a_long_one_started_earlier(base_url: str, loaded: LoadedModel) -> None:
     async def run() -> tuple[int, int, str]:
         client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)

@@ -66,3 +66,22 @@ def test_top_p_samples_only_from_the_nucleus_and_seed_repeats() -> None:
     assert set(draws) == {0, 1}
     again = make_generator(params, torch.device("cpu"))
     assert [choose_tokens(logits, [params], [again])[0] for _ in range(300)] == draws
+
+
+def test_a_row_samples_the_same_tokens_in_a_mixed_batch_as_alone() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    params = [SamplingParams(max_tokens=1, temperature=0.7, top_p=0.9, seed=1),
+              SamplingParams(max_tokens=1, temperature=0),
+              SamplingParams(max_tokens=1, temperature=1.3, seed=2, logit_bias={int(logits[2].argmax()): -100}),
+              SamplingParams(max_tokens=1, temperature=1.0, top_p=0.5, seed=3)]
+    cpu = torch.device("cpu")
+
+    def draws(rows: list[int]) -> list[list[int]]:
+        gens = [make_generator(params[r], cpu) for r in rows]
+        return [choose_tokens(logits[rows], [params[r] for r in rows], gens) for _ in range(50)]
+
+    together = draws([0, 1, 2, 3])
+    for i in range(4):
+        assert [step[i] for step in together] == [step[0] for step in draws([i])]
+    assert int(logits[2].argmax()) not in {step[2] for step in together}

@@ -56,11 +56,12 @@ class ServingState:
     engine: Engine | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def serve(self, loaded: LoadedModel, max_batch_size: int, metrics: ServeMetrics) -> None:
+    def serve(self, loaded: LoadedModel, max_batch_size: int, metrics: ServeMetrics, *,
+              max_prefill_tokens: int | None = None) -> None:
         """Start generating with `loaded`; the server is ready from now on."""
         engine = Engine(loaded.model, loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
                         max_batch_size=max_batch_size, context_length=loaded.context_length,
-                        pad_token_id=loaded.pad_token_id)
+                        pad_token_id=loaded.pad_token_id, max_prefill_tokens=max_prefill_tokens)
         engine.start()
         metrics.watch(lambda: engine.running, lambda: engine.waiting, lambda: engine.steps)
         self.loaded, self.engine = loaded, engine

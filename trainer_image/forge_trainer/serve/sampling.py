@@ -46,8 +46,18 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
     return gen
 
 
-def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    sorted_probs, order = torch.sort(probs, descending=True)
+def bias_tensors(params: SamplingParams, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`params.logit_bias` as (token ids, values) tensors on `device`, made once per request; None if empty."""
+    if not params.logit_bias:
+        return None
+    ids = torch.tensor(list(params.logit_bias), dtype=torch.long, device=device)
+    values = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32, device=device)
+    return ids, values
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Rows of `probs` (batch x vocab) cut to their nucleus; `top_p` is batch x 1."""
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     cumulative = torch.cumsum(sorted_probs, dim=-1)
     # keep a token if the mass before it is below top_p: the most likely token is always kept
     drop = (cumulative - sorted_probs) >= top_p
@@ -55,21 +65,30 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
-def choose_tokens(logits: torch.Tensor, params: list[SamplingParams],
-                  generators: list[torch.Generator | None]) -> list[int]:
-    """The next token of each row of `logits` (batch x vocab), chosen as that row's params say."""
+def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+                  biases: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> list[int]:
+    """The next token of each row of `logits` (batch x vocab), chosen as that row's params say.
+
+    `biases` are the rows' `bias_tensors` when the caller keeps them; otherwise they are made here. The
+    work is one tensor operation per step for the whole batch, plus one per biased row and one draw per
+    sampled row (each row draws from its own generator)."""
     logits = logits.float()
-    if any(p.logit_bias for p in params):
+    if biases is None:
+        biases = [bias_tensors(p, logits.device) for p in params]
+    if any(b is not None for b in biases):
         logits = logits.clone()
-        for row, p in enumerate(params):
-            for token, bias in p.logit_bias.items():
-                logits[row, token] += bias
+        for row, bias in enumerate(biases):
+            if bias is not None:
+                logits[row].index_add_(0, bias[0], bias[1])
     chosen = torch.argmax(logits, dim=-1).tolist()
-    for row, p in enumerate(params):
-        if p.greedy:
-            continue
-        probs = torch.softmax(logits[row] / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            probs = _top_p_filter(probs, p.top_p)
-        chosen[row] = int(torch.multinomial(probs, 1, generator=generators[row]).item())
+    sampled = [row for row, p in enumerate(params) if not p.greedy]
+    if sampled:
+        temperature = torch.tensor([[params[r].temperature] for r in sampled], device=logits.device)
+        probs = torch.softmax(logits[sampled] / temperature, dim=-1)
+        if any(params[r].top_p < 1.0 for r in sampled):
+            top_p = torch.tensor([[params[r].top_p if params[r].top_p < 1.0 else float("inf")] for r in sampled],
+                                 device=logits.device)
+            probs = _top_p_filter(probs, top_p)
+        for k, row in enumerate(sampled):
+            chosen[row] = int(torch.multinomial(probs[k], 1, generator=generators[row]).item())
     return [int(t) for t in chosen]

@@ -1,7 +1,7 @@
 """`forge-trainer serve`: the builtin runtime of a ForgeDeployment.
 
     forge-trainer serve --model URI --model-name NAME [--model-digest sha256:...] [--adapter URI]
-                        [--host 0.0.0.0] [--port 8000] [--max-batch-size 8]
+                        [--host 0.0.0.0] [--port 8000] [--max-batch-size 8] [--max-prefill-tokens N]
                         [--store-endpoint HOST:PORT] [--store-insecure]
 
 S3 credentials come from FORGE_S3_ACCESS_KEY / FORGE_S3_SECRET_KEY (and the endpoint from
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--max-batch-size", type=int, default=8, help="most sequences decoded together")
+    p.add_argument("--max-prefill-tokens", type=int,
+                   help="most prompt tokens prefilled in one forward pass (default: 128 on CPU, 8192 on GPU)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--torch-threads", type=int,
@@ -86,6 +88,8 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if args.max_batch_size < 1:
         raise WorkloadError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if args.max_prefill_tokens is not None and args.max_prefill_tokens < 1:
+        raise WorkloadError(f"--max-prefill-tokens must be at least 1, got {args.max_prefill_tokens}")
     logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
@@ -105,7 +109,7 @@ def main(argv: list[str]) -> None:
                 loaded = load_model(args.model, cache_dir=args.cache_dir or Path(tmp), digest=args.model_digest,
                                     adapter_uri=args.adapter, adapter_digest=args.adapter_digest,
                                     device=args.device, dtype=_DTYPES.get(args.dtype or ""), store=store)
-            state.serve(loaded, args.max_batch_size, metrics)
+            state.serve(loaded, args.max_batch_size, metrics, max_prefill_tokens=args.max_prefill_tokens)
             log.info("serving %s as %r on %s:%d", args.model, args.model_name, args.host, args.port)
         except LoadError as exc:
             failure.append(str(exc))
