@@ -3,6 +3,12 @@
 An export directory holds model.safetensors, config.json (LlamaForCausalLM or MixtralForCausalLM),
 generation_config.json, tokenizer.json and tokenizer_config.json, so `AutoModelForCausalLM` and
 `AutoTokenizer` load it unchanged. Our own dimensions ride along in config.json under `forge`.
+
+tokenizer_config.json always carries a chat template, so every export (a pretrained base model too)
+answers chat requests: ChatML when the tokenizer has `<|im_start|>` and `<|im_end|>` (every tokenizer
+Forge trains has them, and fine-tuning teaches the model that format), otherwise the same layout with
+the tokenizer's end-of-text token closing each turn. Either way a turn ends with a token that stops
+generation: `<|im_end|>` is a stop token of the builtin server, and end of text is the model's eos.
 """
 
 from __future__ import annotations
@@ -30,6 +36,25 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 TOKENIZER_NAME = "tokenizer.json"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, GENERATION_CONFIG_NAME, TOKENIZER_NAME, TOKENIZER_CONFIG_NAME)
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""The chat template of tokenizers with the ChatML tokens: the format supervised fine-tuning trains
+(`forge_trainer.train.chat` writes the same template into its exports)."""
+EOS_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] + '\n' + message['content'] + (eos_token or '') + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant\n' }}{% endif %}"
+)
+"""The chat template of tokenizers without the ChatML tokens: ChatML's layout, each turn closed by the
+tokenizer's end-of-text token."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,20 @@ def _token(tokenizer: dict[str, Any], token_id: int | None) -> str | None:
     return None
 
 
+def _has_token(tokenizer: dict[str, Any], text: str) -> bool:
+    """Whether a tokenizer.json has `text` as one token (an added token or a vocabulary entry)."""
+    if any(added.get("content") == text for added in tokenizer.get("added_tokens", [])):
+        return True
+    vocab = tokenizer.get("model", {}).get("vocab", {})
+    return isinstance(vocab, dict) and text in vocab
+
+
+def chat_template(tokenizer: dict[str, Any]) -> str:
+    """The chat template an export of a model with this tokenizer.json carries (see the module docstring)."""
+    return CHATML_TEMPLATE if _has_token(tokenizer, IM_START) and _has_token(tokenizer, IM_END) \
+        else EOS_CHAT_TEMPLATE
+
+
 def _digest(directory: Path, names: list[str]) -> str:
     lines = "".join(f"{name} {sha256_file(directory / name)}\n" for name in sorted(names))
     return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
@@ -142,6 +181,7 @@ def write_hf_dir(state: Mapping[str, Tensor], args: ModelArgs, tokenizer_json: b
             "eos_token": _token(parsed, eos_token_id),
             "bos_token": _token(parsed, bos_token_id),
             "pad_token": _token(parsed, pad_token_id),
+            "chat_template": chat_template(parsed),
         }
         tok_config = {k: v for k, v in tok_config.items() if v is not None}
         (directory / TOKENIZER_CONFIG_NAME).write_text(json.dumps(tok_config, indent=2, sort_keys=True))
