@@ -9,6 +9,14 @@ same prompts in this process, measured in the same run:
   * hf_generate: Hugging Face `model.generate` on the eight prompts as one left-padded batch;
   * engine: our batching engine called directly (no HTTP, no JSON, no tokenizer on the request path).
 
+All three get the same logit bias: -100 on the end-of-text tokens (so every completion has its full
+length) and on the tokens that decode to no text on their own (special tokens, and the byte tokens of
+an incomplete UTF-8 character). The model has random weights, so without the second ban some
+completions start with bytes that are no text yet, and a streaming client would see its first text
+tokens later than the first token was generated: the time to first token of the server would count
+the model's output, not the server. With it, the three generate the same greedy tokens, and a
+client's first chunk carries the first token.
+
 Rounds of the three are interleaved, so a change of machine load hits each alike. Prints medians over
 the rounds and the ratios; the server's overhead is 1 - its throughput over the reference's, and its
 time to first token over the reference's, less 1. Tokens/s count generated tokens only. CPU time per
@@ -64,7 +72,8 @@ class _FirstToken(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
 
-def round_hf_generate(loaded: LoadedModel, texts: list[str], max_tokens: int) -> tuple[float, float, int]:
+def round_hf_generate(loaded: LoadedModel, texts: list[str], max_tokens: int, bias: dict[int, float],
+                      completions: list[str] | None = None) -> tuple[float, float, int]:
     tok = loaded.tokenizer
     tok.padding_side = "left"
     batch = tok(texts, return_tensors="pt", padding=True)
@@ -72,42 +81,52 @@ def round_hf_generate(loaded: LoadedModel, texts: list[str], max_tokens: int) ->
     start = time.perf_counter()
     with torch.inference_mode():
         out = loaded.model.generate(**batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
-                                    pad_token_id=loaded.pad_token_id, stopping_criteria=StoppingCriteriaList([first]))
+                                    pad_token_id=loaded.pad_token_id, stopping_criteria=StoppingCriteriaList([first]),
+                                    sequence_bias={(t,): b for t, b in bias.items()})
     wall = time.perf_counter() - start
     tokens = (out.shape[1] - batch["input_ids"].shape[1]) * len(texts)
     assert first.at is not None
+    if completions is not None:
+        completions += tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     return wall, first.at - start, tokens
 
 
-def no_eos(loaded: LoadedModel) -> dict[int, float]:
-    return {t: -100.0 for t in loaded.eos_token_ids}
+def banned_tokens(loaded: LoadedModel) -> dict[int, float]:
+    """The logit bias all three contenders get: no end of text, no token without text of its own."""
+    tok = loaded.tokenizer
+    texts = {t: tok.decode([t], skip_special_tokens=True) for t in range(len(tok))}
+    textless = {t for t, text in texts.items() if not text or "\ufffd" in text}
+    return {t: -100.0 for t in sorted(loaded.eos_token_ids | textless)}
 
 
-async def round_engine(engine: Engine, loaded: LoadedModel, texts: list[str],
-                       max_tokens: int) -> tuple[float, float, int]:
-    async def one(text: str, start: float) -> tuple[float, int]:
-        ttft, count = 0.0, 0
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias=no_eos(loaded))
+async def round_engine(engine: Engine, loaded: LoadedModel, texts: list[str], max_tokens: int,
+                       bias: dict[int, float], completions: list[str] | None = None) -> tuple[float, float, int]:
+    async def one(text: str, start: float) -> tuple[float, int, str]:
+        ttft, count, out = 0.0, 0, []
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias=bias)
         # tokenizing is part of "calling generation with the same prompts"
         async for delta in engine.generate(loaded.tokenizer(text)["input_ids"], params):
             if not ttft:
                 ttft = time.perf_counter() - start
+            out.append(delta.text)
             if delta.finish_reason:
                 count = delta.completion_tokens
-        return ttft, count
+        return ttft, count, "".join(out)
 
     start = time.perf_counter()
     results = await asyncio.gather(*(one(t, start) for t in texts))
     wall = time.perf_counter() - start
+    if completions is not None:
+        completions += [r[2] for r in results]
     return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
 
 
 async def round_server(client: httpx.AsyncClient, url: str, texts: list[str], max_tokens: int,
-                       bias: dict[int, float]) -> tuple[float, float, int]:
-    async def one(text: str, start: float) -> tuple[float, int]:
+                       bias: dict[int, float], completions: list[str] | None = None) -> tuple[float, float, int]:
+    async def one(text: str, start: float) -> tuple[float, int, str]:
         body = {"model": "bench", "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}, "logit_bias": {str(k): v for k, v in bias.items()}}
-        ttft, count = 0.0, 0
+        ttft, count, out = 0.0, 0, []
         async with client.stream("POST", url + "/v1/completions", json=body) as r:
             r.raise_for_status()
             async for line in r.aiter_lines():
@@ -116,13 +135,16 @@ async def round_server(client: httpx.AsyncClient, url: str, texts: list[str], ma
                 chunk = json.loads(line[6:])
                 if not ttft and chunk["choices"]:
                     ttft = time.perf_counter() - start
+                out += [c["text"] for c in chunk["choices"]]
                 if chunk.get("usage"):
                     count = chunk["usage"]["completion_tokens"]
-        return ttft, count
+        return ttft, count, "".join(out)
 
     start = time.perf_counter()
     results = await asyncio.gather(*(one(t, start) for t in texts))
     wall = time.perf_counter() - start
+    if completions is not None:
+        completions += [r[2] for r in results]
     return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
 
 
@@ -172,23 +194,27 @@ async def measure(loaded: LoadedModel, model_dir: Path, texts: list[str], max_to
     port = free_port()
     server = start_server(model_dir, port, threads)
     url = f"http://127.0.0.1:{port}"
-    bias = no_eos(loaded)
+    bias = banned_tokens(loaded)
     me, server_proc = psutil.Process(), psutil.Process(server.pid)
     measured: dict[str, list[tuple[float, float, int]]] = {"hf_generate": [], "engine": [], "server": []}
     cpu: dict[str, list[float]] = {name: [] for name in measured}
     # one client for every round, its connections kept alive: connecting is the client's cost, not the server's
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=CLIENTS)) as client:
 
-        async def run(name: str) -> tuple[float, float, int]:
+        async def run(name: str, completions: list[str] | None = None) -> tuple[float, float, int]:
             if name == "hf_generate":
-                return round_hf_generate(loaded, texts, max_tokens)
+                return round_hf_generate(loaded, texts, max_tokens, bias, completions)
             if name == "engine":
-                return await round_engine(engine, loaded, texts, max_tokens)
-            return await round_server(client, url, texts, max_tokens, bias)
+                return await round_engine(engine, loaded, texts, max_tokens, bias, completions)
+            return await round_server(client, url, texts, max_tokens, bias, completions)
 
         try:
-            for name in measured:  # warm-up: first calls allocate, load kernels and open connections
-                await run(name)
+            # warm-up: first calls allocate, load kernels and open connections; and the three must agree
+            completions: dict[str, list[str]] = {name: [] for name in measured}
+            for name in measured:
+                await run(name, completions[name])
+            same = sum(len(set(c)) == 1 for c in zip(*completions.values(), strict=True))
+            print(f"  same greedy text from all three for {same} of {len(texts)} prompts")
             for _ in range(rounds):
                 for name in measured:
                     proc = server_proc if name == "server" else me
