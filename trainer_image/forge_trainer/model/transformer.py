@@ -24,14 +24,16 @@ from torch.utils.checkpoint import checkpoint
 
 from forge_trainer.model.args import ModelArgs
 
+Device = torch.device | str | None
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm, computed in float32 as Llama does."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, device: Device = None) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
@@ -43,10 +45,13 @@ class RMSNorm(nn.Module):
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for rotary position embeddings (the rotate-half layout of HF Llama)."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
         dim = args.head_dim
-        inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        if torch.device(device or "cpu").type == "meta":  # computed by init_weights once materialised
+            inv_freq = torch.empty(dim // 2, device="meta")
+        else:
+            inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
         self.inv_freq: Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
@@ -91,14 +96,14 @@ class KVCache:
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary embeddings."""
 
-    def __init__(self, args: ModelArgs, layer_idx: int) -> None:
+    def __init__(self, args: ModelArgs, layer_idx: int, device: Device = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
-        self.q_proj = nn.Linear(args.hidden_size, args.num_heads * args.head_dim, bias=False)
-        self.k_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=False)
-        self.v_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=False)
-        self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False)
+        self.q_proj = nn.Linear(args.hidden_size, args.num_heads * args.head_dim, bias=False, device=device)
+        self.k_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=False, device=device)
+        self.v_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=False, device=device)
+        self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False, device=device)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None) -> Tensor:
@@ -121,11 +126,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False, device=device)
+        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False, device=device)
+        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -135,11 +140,11 @@ class MLP(nn.Module):
 class Expert(nn.Module):
     """One SwiGLU expert, named as in Mixtral checkpoints (w1 gate, w3 up, w2 down)."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
-        self.w1 = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.w2 = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
-        self.w3 = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.w1 = nn.Linear(args.hidden_size, args.intermediate_size, bias=False, device=device)
+        self.w2 = nn.Linear(args.intermediate_size, args.hidden_size, bias=False, device=device)
+        self.w3 = nn.Linear(args.hidden_size, args.intermediate_size, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -150,11 +155,11 @@ class SparseMoE(nn.Module):
     """Top-k routed experts (Mixtral routing: softmax over all experts, renormalised top-k weights)
     with the Switch Transformer load-balancing loss."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
         self.num_experts, self.top_k = args.num_experts, args.experts_per_token
-        self.gate = nn.Linear(args.hidden_size, args.num_experts, bias=False)
-        self.experts = nn.ModuleList(Expert(args) for _ in range(args.num_experts))
+        self.gate = nn.Linear(args.hidden_size, args.num_experts, bias=False, device=device)
+        self.experts = nn.ModuleList(Expert(args, device) for _ in range(args.num_experts))
         self.expert_counts: Tensor | None = None
         """Tokens routed to each expert in the latest forward (detached)."""
 
@@ -179,17 +184,17 @@ class SparseMoE(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, args: ModelArgs, layer_idx: int) -> None:
+    def __init__(self, args: ModelArgs, layer_idx: int, device: Device = None) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(args.hidden_size, args.norm_eps)
-        self.self_attn = Attention(args, layer_idx)
-        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.norm_eps)
+        self.input_layernorm = RMSNorm(args.hidden_size, args.norm_eps, device)
+        self.self_attn = Attention(args, layer_idx, device)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.norm_eps, device)
         self.mlp: MLP | None = None
         self.block_sparse_moe: SparseMoE | None = None
         if args.is_moe:
-            self.block_sparse_moe = SparseMoE(args)
+            self.block_sparse_moe = SparseMoE(args, device)
         else:
-            self.mlp = MLP(args)
+            self.mlp = MLP(args, device)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
@@ -205,12 +210,14 @@ class DecoderLayer(nn.Module):
 class TransformerBody(nn.Module):
     """Embeddings, blocks and final norm (HF's `model.` prefix)."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.num_layers))
-        self.norm = RMSNorm(args.hidden_size, args.norm_eps)
-        self.rotary_emb = RotaryEmbedding(args)
+        # given its weight, nn.Embedding skips its default init (normal_ on meta would import torch._dynamo)
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size,
+                                         _weight=torch.empty(args.vocab_size, args.hidden_size, device=device))
+        self.layers = nn.ModuleList(DecoderLayer(args, i, device) for i in range(args.num_layers))
+        self.norm = RMSNorm(args.hidden_size, args.norm_eps, device)
+        self.rotary_emb = RotaryEmbedding(args, device)
 
 
 class Transformer(nn.Module):
@@ -224,15 +231,30 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         device = torch.get_default_device()
-        with torch.device("meta"):  # no storage, no default init drawn from the RNG: init_weights does it
-            self.model = TransformerBody(args)
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        # built on meta: no storage, no default init drawn from the RNG (init_weights does it)
+        self.model = TransformerBody(args, "meta")
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False, device="meta")
         self.gradient_checkpointing = False
         """Recompute each block's activations in the backward pass."""
         self.aux_loss: Tensor | None = None
         if device.type != "meta":
+            self.materialize(device)
+
+    def materialize(self, device: torch.device | str) -> None:
+        """Storage on `device` for every parameter and buffer still on the meta device (the local shards
+        of sharded ones), then `init_weights`."""
+        if any(hasattr(p, "to_local") for p in self.parameters()):  # FSDP2: DTensors make their shards
             self.to_empty(device=device)
-            self.init_weights()
+        else:  # what to_empty does, without the meta-tensor ops that import sympy and dynamo (~1-3 s)
+            for module in self.modules():
+                for name, p in module._parameters.items():
+                    if p is not None and p.is_meta:
+                        module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                                p.requires_grad)
+                for name, b in module._buffers.items():
+                    if b is not None and b.is_meta:
+                        module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
+        self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, init_std) for every matrix, residual outputs scaled by 1/sqrt(2 * layers); norms 1.

@@ -39,7 +39,7 @@ def data_parallel_strategy(runtime: Runtime) -> str:
 def build_model(args: ModelArgs) -> Transformer:
     """A new model on the meta device: no storage until `wrap_model` places it (sharded under FSDP2)
     and initialises it, so no worker ever holds the full weights of a large model."""
-    with torch.device("meta"):
+    with torch.device("meta"):  # Transformer builds its modules on meta and sees the default device is meta
         return Transformer(args)
 
 
@@ -70,19 +70,15 @@ def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: b
             fully_shard(layer)
         fully_shard(model)
         if on_meta:
-            _materialize(model, runtime.device)
+            model.materialize(runtime.device)
         return model
     if on_meta:
-        _materialize(model, runtime.device)
+        model.materialize(runtime.device)
     if strategy == "ddp":
         return DistributedDataParallel(model)
     return model
 
 
-def _materialize(model: Transformer, device: torch.device) -> None:
-    """Storage for a meta model's (local shards of) parameters and buffers on `device`, initialised."""
-    model.to_empty(device=device)
-    model.init_weights()
 
 
 def unwrap(model: nn.Module) -> Transformer:
