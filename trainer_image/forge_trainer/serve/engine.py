@@ -2,8 +2,9 @@
 
 One background thread owns the model. Before every decoding step it admits the requests that
 arrived since the last step (up to `max_batch_size` running sequences): their prompts are prefilled
-together, their first token is chosen at once, and their caches join the running batch; requests
-arriving during a prefill are admitted too before decoding goes on. Then one forward pass advances
+in arrival order, in groups of at most `max_prefill_tokens` tokens per forward pass, each group's first
+tokens are chosen and sent at once, and its caches join the running batch; requests arriving during a
+prefill are admitted too before decoding goes on. Then one forward pass advances
 every running sequence by one token. A finished sequence leaves the batch at
 the step it finishes, so a short request never waits for a long one.
 
