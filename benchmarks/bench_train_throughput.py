@@ -4,7 +4,9 @@ Both train the same model (same seed) on the same batches with the same optimize
 clipping and accumulation; ours runs the whole workload (`run_pretrain`: store reads with digest
 checks, progress.json, step log, a final checkpoint and export; a step is timed from the end of the
 previous one, so batch reads and reporting count), the reference is a bare loop over batches
-already in memory. Rounds alternate which goes first, so machine load hits both alike. Prints
+already in memory. Each loop runs in a process of its own (so neither inherits the allocator and
+interpreter state the other leaves) and rounds alternate which goes first, so machine load hits both
+alike; the headline is the median of the per-round ratios. Prints
 median step times, tokens/s, the ratio (target >= 1.0x), and the largest loss difference over the
 first 50 steps.
 
@@ -14,11 +16,15 @@ first 50 steps.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
+import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import torch
@@ -94,16 +100,43 @@ def plain(config: TrainConfig) -> tuple[list[float], list[float]]:
     return times, losses
 
 
+def _worker(conn: Connection, threads: int) -> None:
+    """A process that runs one kind of loop on request, so neither loop runs after the other in the same
+    process (allocator and interpreter state left by one run would tax the next)."""
+    torch.set_num_threads(threads)
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        kind, config = job
+        gc.collect()
+        conn.send((ours if kind == "ours" else plain)(config))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="6 rounds of 40 steps (1-2 minutes)")
+    parser.add_argument("--quick", action="store_true", help=f"8 rounds of {STEPS_COMPARED} steps (1-2 minutes)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both loops")
     a = parser.parse_args()
-    rounds = a.rounds or (6 if a.quick else 10)
+    rounds = a.rounds or (8 if a.quick else 12)
     steps = a.steps or (STEPS_COMPARED if a.quick else 200)
     torch.set_num_threads(a.threads)
+    ctx = mp.get_context("spawn")
+    workers: dict[str, tuple[Connection, BaseProcess]] = {}
+    for kind in ("ours", "plain"):
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(there, a.threads), daemon=True)
+        proc.start()
+        workers[kind] = (here, proc)
+
+    def run(kind: str, config: TrainConfig) -> tuple[list[float], list[float]]:
+        conn = workers[kind][0]
+        conn.send((kind, config))
+        result: tuple[list[float], list[float]] = conn.recv()
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         dataset = local_dataset(root / "ds")
@@ -111,22 +144,25 @@ def main() -> None:
         plain_times: list[float] = []
         ratios: list[float] = []
         max_diff = 0.0
-        for r in range(rounds):  # alternated so machine load hits both alike
-            if r % 2:
-                t_plain, l_plain = plain(make_config(dataset, root / f"plain-{r}", steps))
-                t_ours, l_ours = ours(make_config(dataset, root / f"ours-{r}", steps))
-            else:
-                t_ours, l_ours = ours(make_config(dataset, root / f"ours-{r}", steps))
-                t_plain, l_plain = plain(make_config(dataset, root / f"plain-{r}", steps))
-            warm = 5
-            ours_times += t_ours[warm:]
-            plain_times += t_plain[warm:]
-            ratios.append(statistics.median(t_plain[warm:]) / statistics.median(t_ours[warm:]))
-            max_diff = max(max_diff, *(abs(x - y) for x, y in zip(l_ours[:STEPS_COMPARED], l_plain[:STEPS_COMPARED],
-                                                                  strict=True)))
+        try:
+            for r in range(rounds):  # A/B, B/A, ...: machine load hits both alike
+                order = ("ours", "plain") if r % 2 == 0 else ("plain", "ours")
+                results = {kind: run(kind, make_config(dataset, root / f"{kind}-{r}", steps)) for kind in order}
+                (t_ours, l_ours), (t_plain, l_plain) = results["ours"], results["plain"]
+                warm = 5
+                ours_times += t_ours[warm:]
+                plain_times += t_plain[warm:]
+                ratios.append(statistics.median(t_plain[warm:]) / statistics.median(t_ours[warm:]))
+                max_diff = max(max_diff, *(abs(x - y) for x, y in zip(l_ours[:STEPS_COMPARED],
+                                                                      l_plain[:STEPS_COMPARED], strict=True)))
+        finally:
+            for conn, proc in workers.values():
+                conn.send(None)
+                proc.join(timeout=30)
         tokens = 16 * 128
         med_ours, med_plain = statistics.median(ours_times), statistics.median(plain_times)
-        print(f"tiny preset, CPU, {a.threads} thread(s), {rounds} rounds x {steps} steps, {tokens} tokens/step")
+        print(f"tiny preset, CPU, {a.threads} thread(s), {rounds} rounds x {steps} steps, {tokens} tokens/step, "
+              "each loop in a process of its own, alternating")
         print(f"plain PyTorch loop : median step {med_plain * 1e3:7.2f} ms  {tokens / med_plain:9.0f} tokens/s")
         print(f"forge trainer      : median step {med_ours * 1e3:7.2f} ms  {tokens / med_ours:9.0f} tokens/s")
         print(f"ratio forge/plain tokens/s: {med_plain / med_ours:.3f}x over all steps, "
