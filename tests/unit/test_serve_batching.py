@@ -149,3 +149,30 @@ def test_moe_export_is_served_like_dense(tmp_path_factory: pytest.TempPathFactor
     with serving(moe, MODEL) as url:
         texts = asyncio.run(run(openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)))
     assert texts[1] == expected_text
+
+
+def test_a_failed_step_fails_only_the_requests_still_generating(loaded: LoadedModel,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from forge_trainer.serve.engine import Engine
+
+    merge = Engine._merge
+    failures = [RuntimeError("out of memory")]
+
+    def failing_merge(self: Engine, *args: object) -> None:
+        if failures:
+            raise failures.pop()
+        merge(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Engine, "_merge", failing_merge)
+    with serving(loaded, MODEL) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        # both choices are complete with their first token, sent before the step failed
+        done = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=1, n=2, temperature=0,
+                                         logit_bias=no_eos(loaded))
+        assert [c.finish_reason for c in done.choices] == ["length", "length"]
+        failures.append(RuntimeError("out of memory"))
+        with pytest.raises(openai.InternalServerError, match="out of memory"):
+            client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=5, temperature=0)
+        after = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=5, temperature=0,
+                                          logit_bias=no_eos(loaded))
+        assert after.choices[0].finish_reason == "length" and after.choices[0].text

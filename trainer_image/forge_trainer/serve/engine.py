@@ -197,7 +197,7 @@ class Engine:
                     self._step()
                 except Exception as exc:  # a failed step fails its requests, not the server
                     log.exception("generation step failed")
-                    failed = self._running + self._admitting + self._waiting
+                    failed = [s for s in self._running + self._admitting + self._waiting if s.finish_reason is None]
                     self._publish_all([(s, self._finish(s, "error", error=f"generation failed: {exc}"))
                                        for s in failed])
                     self._running, self._admitting, self._waiting = [], [], []
@@ -267,10 +267,13 @@ class Engine:
             s.bias = bias_tensors(s.params, self.device)
         tokens = self._choose(out.logits[:, -1, :], seqs)
         deltas = [self._advance(s, t) for s, t in zip(seqs, tokens, strict=True)]
+        # first tokens go out before the group's cache is copied into the batch's
+        self._publish_all([(s, d) for s, d in zip(seqs, deltas, strict=True) if d is not None])
         self._merge(cache, mask)
         self._running.extend(seqs)
         self._admitting = []
-        self._publish(seqs, deltas)
+        if any(s.finish_reason is not None for s in seqs):
+            self._drop_finished()
 
     def _decode(self) -> None:
         """Advance every running sequence by one token."""
