@@ -5,7 +5,6 @@ workers) gets exactly the weights an eager build gets for the same seed."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import psutil
@@ -18,7 +17,6 @@ from forge_trainer.config import Architecture, ModelConfig, SizePreset
 from forge_trainer.model import ModelArgs, Transformer, resolve_model_args
 from forge_trainer.train.parallel import build_model, wrap_model
 from forge_trainer.train.runtime import Runtime
-from tests.conftest import free_port
 
 CPU = Runtime(0, 1, 0, torch.device("cpu"), False)
 
@@ -74,10 +72,9 @@ def test_initialisation_statistics() -> None:
             assert p.std().item() == pytest.approx(expected, rel=0.05), name
 
 
-def _sharded_worker(rank: int, port: int, args: ModelArgs, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _sharded_worker(rank: int, rendezvous: str, args: ModelArgs, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         runtime = Runtime(rank, 2, rank, torch.device("cpu"), True)
         torch.manual_seed(11)
@@ -93,7 +90,7 @@ def _sharded_worker(rank: int, port: int, args: ModelArgs, out: str) -> None:
 def test_two_workers_sharding_a_meta_model_hold_half_and_equal_the_eager_weights(tmp_path: Path) -> None:
     args = resolve_model_args(ModelConfig(size=SizePreset.TINY), 512)
     out = tmp_path / "full.pt"
-    mp.spawn(_sharded_worker, args=(free_port(), args, str(out)), nprocs=2, join=True)
+    mp.spawn(_sharded_worker, args=(str(tmp_path / "rendezvous"), args, str(out)), nprocs=2, join=True)
     saved = torch.load(out)
     torch.manual_seed(11)
     eager = Transformer(args)
