@@ -33,6 +33,10 @@ class OperatorSettings(BaseModel):
     """Seconds between reconciles of a resource that is not settled."""
     metrics_port: int = 8080
     """Port of the operator's /metrics endpoint (0 disables)."""
+    api_connections: Annotated[int, Field(ge=4, le=512)] = 32
+    """Most concurrent connections to the API server (watches + Kopf's patches; the handlers' own calls
+    share another pool of 16). Each open TLS connection costs ~0.3 MB, so a burst must not open
+    hundreds."""
 
     @property
     def store(self) -> StoreConfig:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 
 from forge_operator import metrics
 from forge_operator.handlers import dataset, deployment, training  # noqa: F401  (registers handlers)
 from forge_operator.handlers.runtime import runtime
+from forge_operator.kube.connection import connection_info
 
 
 @kopf.on.startup()
@@ -31,3 +33,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             metrics.serve(port)
         except OSError as exc:
             logging.getLogger("forge.operator").warning("metrics port %s unavailable: %s", port, exc)
+
+
+@kopf.on.login()
+async def login(**_: Any) -> kopf.AiohttpSession:
+    """Authenticate Kopf the same way as the operator's own API calls (kube/connection.py), through a
+    session with a bounded connection pool: Kopf's default is unbounded, and a burst of objects then
+    holds hundreds of TLS connections (~0.3 MB each) open. Called again by Kopf on a 401."""
+    info = connection_info()
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=runtime().settings.api_connections, ssl=info.as_ssl_context()),
+        headers={**info.as_http_headers(), "User-Agent": "forge-operator"})
+    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
+                               expiration=info.expiration)
