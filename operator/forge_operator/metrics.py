@@ -49,6 +49,7 @@ _RUN_GAUGES = {
     "worldSize": ("forge_run_world_size", "Workers in the current group"),
     "restarts": ("forge_run_restarts", "Job restarts"),
     "meanReward": ("forge_run_mean_reward", "Mean reward of the latest RL step"),
+    "gpuHours": ("forge_run_gpu_hours", "GPU-hours used so far (what spec.budget.maxGpuHours limits)"),
 }
 _DATASET_GAUGES = {
     "documentsRead": ("forge_dataset_documents_read", "Documents read from the source"),
