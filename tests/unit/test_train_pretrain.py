@@ -28,6 +28,7 @@ from forge_trainer.train.batches import TokenSequences
 from forge_trainer.train.checkpoint import list_checkpoints, load_checkpoint
 from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.progress import read_step_log
+from forge_trainer.train.trainer import NonFiniteLossError
 from tests.conftest import S3Server, free_port
 from tests.unit.train_fixtures import local_dataset, one_thread, real_corpus, write_dataset
 
@@ -142,6 +143,25 @@ def test_nan_loss_stops_before_a_poisoned_checkpoint(dataset: str, tmp_path: Pat
         load_checkpoint(LocalStore(out), ckpt, model, None)
         assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not (out / "model").exists()
+
+
+def test_a_nan_found_later_stops_before_the_next_checkpoint_with_the_weights_unpoisoned(
+        dataset: str, tmp_path: Path) -> None:
+    """Losses are read only at sync steps: a non-finite step between them is skipped on the device and
+    the run stops at the next sync step (here the checkpoint at step 5) without writing it."""
+    out = tmp_path / "nan"
+    cfg = config(dataset, out, hyperparameters={"learningRate": 1e30, "warmupSteps": 0, "gradClip": 0,
+                                                "evalInterval": 0},
+                 checkpointing={"interval": 5})
+    with pytest.raises(NonFiniteLossError, match=r"(loss|gradient norm) is (nan|inf) at step (\d)") as caught:
+        run_pretrain(cfg)
+    first_bad = int(caught.value.args[0].split("at step ")[1].split(";")[0])
+    assert 2 <= first_bad <= 5
+    failed = progress(out)
+    assert failed.error and not failed.done and failed.step == first_bad - 1
+    assert list_checkpoints(LocalStore(out), "") == [] and not (out / "model").exists()
+    log = read_step_log(LocalStore(out), "")
+    assert sorted(log) == list(range(1, first_bad)) and all(math.isfinite(r["loss"]) for r in log.values())
 
 
 def test_missing_dataset_and_bad_config_fail_with_one_line(tmp_path: Path, dataset: str,

@@ -1,9 +1,10 @@
 """Training: pretrain, sft (full / LoRA / QLoRA), rl; elastic, checkpoints, progress.
 
-    entry.py       run_training(config): dispatch on config.stage
+    entry.py       run_training(config, config_path): dispatch on config.stage
     pretrain.py    run_pretrain: the pretraining workload (resume, eval, checkpoints, export)
     runtime.py     the worker group (torchrun, gloo/nccl) and the few collectives used
-    parallel.py    FSDP2 / DDP wrapping, activation checkpointing, torch.compile, autocast
+    control.py     what every worker agrees on while running: SIGTERM, live max steps from the config file
+    parallel.py    meta-device builds, FSDP2 / DDP wrapping, activation checkpointing, torch.compile, autocast
     trainer.py     Trainer: one optimizer step (accumulation, NaN guard, clipping, AdamW), evaluation
     schedule.py    warm-up + cosine learning rate, a pure function of the step
     batches.py     deterministic token batches from a dataset's shards, each rank its slice
