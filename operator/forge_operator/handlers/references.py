@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,14 @@ class Waiting:
     message: str
 
 
-def ready_dataset(kube: Kube, namespace: str, name: str, field: str) -> dict[str, Any] | Waiting:
-    """The status of a Ready ForgeDataset, or what we wait for."""
-    obj = kube.get(API_VERSION, "ForgeDataset", namespace, name)
-    status = (obj or {}).get("status") or {}
-    if obj is None:
+def ready_dataset(known: Mapping[tuple[str, str], Iterable[dict[str, Any]]], namespace: str, name: str,
+                  field: str) -> dict[str, Any] | Waiting:
+    """The status of a Ready ForgeDataset, or what we wait for. `known` is the operator's in-memory view
+    of the ForgeDatasets it watches ((namespace, name) -> [status]; Kopf's index, kept current by the
+    watch), so a reconcile costs no API read however many runs wait on one dataset."""
+    found = list(known.get((namespace, name)) or [])
+    status = found[0] if found else {}
+    if not found:
         return Waiting("DatasetReady", f"waiting for ForgeDataset {name} ({field}): it does not exist yet")
     if status.get("phase") != "Ready" or not status.get("manifestUri"):
         return Waiting("DatasetReady", f"waiting for ForgeDataset {name} ({field}) to be Ready "

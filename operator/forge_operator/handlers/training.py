@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -62,9 +64,12 @@ SETTLED = {RunPhase.SUCCEEDED, RunPhase.FAILED}
 _INTERVAL = OperatorSettings.from_env().reconcile_interval
 
 
-def reconcile_run(body: dict[str, Any]) -> None:
-    """One reconcile of a ForgeTrainingRun."""
-    timed_reconcile(KIND, _reconcile, body)
+DatasetIndex = Mapping[tuple[str, str], Iterable[dict[str, Any]]]
+
+
+def reconcile_run(body: dict[str, Any], datasets: DatasetIndex) -> None:
+    """One reconcile of a ForgeTrainingRun (`datasets`: the ForgeDatasets the operator knows)."""
+    timed_reconcile(KIND, functools.partial(_reconcile, datasets=datasets), body)
 
 
 def _fail_invalid(body: dict[str, Any], prev: ForgeTrainingRunStatus, gen: int, message: str,
@@ -74,16 +79,17 @@ def _fail_invalid(body: dict[str, Any], prev: ForgeTrainingRunStatus, gen: int, 
     raise kopf.PermanentError(message)
 
 
-def _resolve(run: ForgeTrainingRun, ns: str) -> tuple[ResolvedRefs, Lineage, list[str]] | Waiting:
+def _resolve(run: ForgeTrainingRun, ns: str,
+             datasets: DatasetIndex) -> tuple[ResolvedRefs, Lineage, list[str]] | Waiting:
     rt = runtime()
     spec = run.spec
-    ds = ready_dataset(rt.kube, ns, spec.dataset_ref, "spec.datasetRef")
+    ds = ready_dataset(datasets, ns, spec.dataset_ref, "spec.datasetRef")
     if isinstance(ds, Waiting):
         return ds
     resolved = ["DatasetReady"]
     eval_status: dict[str, Any] = {}
     if spec.eval_dataset_ref:
-        ev = ready_dataset(rt.kube, ns, spec.eval_dataset_ref, "spec.evalDatasetRef")
+        ev = ready_dataset(datasets, ns, spec.eval_dataset_ref, "spec.evalDatasetRef")
         if isinstance(ev, Waiting):
             return ev
         eval_status = ev
@@ -105,7 +111,7 @@ def _resolve(run: ForgeTrainingRun, ns: str) -> tuple[ResolvedRefs, Lineage, lis
     return refs, lineage, resolved
 
 
-def _reconcile(body: dict[str, Any]) -> None:
+def _reconcile(body: dict[str, Any], datasets: DatasetIndex) -> None:
     rt = runtime()
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation") or 1)
@@ -133,12 +139,14 @@ def _reconcile(body: dict[str, Any]) -> None:
                 f"spec.{k} is immutable once the run started (was {was.get(k)!r}); create a new run instead"
                 for k in changed), now)
 
-    refs = _resolve(run, ns)
+    refs = _resolve(run, ns, datasets)
     if isinstance(refs, Waiting):
+        # waiting is a state, not an error: the status says what for, and the timer looks again every
+        # reconcile interval (no retry bookkeeping written to the object, no error in the log)
         status, _ = derive_run_status(prev, RunObservation(gen, waiting_condition=refs.condition,
                                                            waiting_for=refs.message), now)
         publish_status(body, prev, status)
-        raise kopf.TemporaryError(refs.message, delay=rt.settings.reconcile_interval)
+        return
     resolved_refs, lineage, resolved = refs
     attempt = prev.attempt if prev.attempt is not None else (prev.restarts or 0)
     try:
@@ -220,16 +228,25 @@ def _carry_out(plan: TrainingPlan, decision: JobDecision, live: dict[str, Any] |
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
 @kopf.on.create(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=_INTERVAL * 5)
-def on_change(body: kopf.Body, **_: Any) -> None:
+def on_change(body: kopf.Body, **kwargs: Any) -> None:
     """Reconcile at once on creation, spec change and operator start."""
-    reconcile_run(dict(body))
+    reconcile_run(dict(body), kwargs["forge_datasets"])
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=_INTERVAL, initial_delay=_INTERVAL)
-def on_timer(body: kopf.Body, **_: Any) -> None:
+def on_timer(body: kopf.Body, **kwargs: Any) -> None:
     """Reconcile periodically: mirror progress, detect stalls and failures, see references become ready."""
     with contextlib.suppress(kopf.PermanentError, kopf.TemporaryError):
-        reconcile_run(dict(body))
+        reconcile_run(dict(body), kwargs["forge_datasets"])
+
+
+@kopf.index(GROUP, VERSION, "forgedatasets")
+def forge_datasets(*, namespace: str | None, name: str, status: kopf.Status,
+                   **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """The status of every watched ForgeDataset by (namespace, name), kept current by Kopf's watch: runs
+    look up their datasets here instead of reading them from the API on every reconcile. Kopf calls
+    the run handlers only once this index holds the initial listing."""
+    return {(namespace, name): dict(status)}
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
