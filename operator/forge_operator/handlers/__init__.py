@@ -14,6 +14,13 @@ from forge_operator.handlers.runtime import runtime
 from forge_operator.kube.connection import connection_info
 
 
+def _drop_timer_success(record: logging.LogRecord) -> bool:
+    """Keep Kopf's per-object log to what happened: a timer that succeeded (every resource, every
+    reconcile interval) says nothing; failures, creations and updates stay."""
+    return not (record.levelno <= logging.INFO and str(record.msg).startswith("Timer ")
+                and str(record.msg).endswith("succeeded."))
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Keep Kopf's bookkeeping in annotations (the CRD status holds only declared fields), post
@@ -27,6 +34,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
+    logging.getLogger("kopf.objects").addFilter(_drop_timer_success)
     port = runtime().settings.metrics_port
     if port:
         try:
