@@ -99,16 +99,27 @@ def exact_match(completion: str, task: dict[str, Any]) -> Outcome:
     return _miss(f"expected {answers!r}")
 
 
+REGEX_TIMEOUT_SECONDS = 1.0
+
+
 def regex(completion: str, task: dict[str, Any]) -> Outcome:
-    """Pass when the whole stripped completion matches the task's `pattern`."""
+    """Pass when the whole stripped completion matches the task's `pattern`. A pattern that backtracks
+    catastrophically on a completion is stopped after REGEX_TIMEOUT_SECONDS and counted as a bad task,
+    so one record cannot stall an RL run (the `regex` module's timeout; same syntax as `re`)."""
+    import regex as regex_module
+
     pattern = task.get("pattern")
     if not isinstance(pattern, str):
         return _bad_task("task has no string 'pattern'")
     try:
-        compiled = re.compile(pattern, re.DOTALL)
-    except re.error as exc:
+        compiled = regex_module.compile(pattern, regex_module.DOTALL)
+    except regex_module.error as exc:
         return _bad_task(f"invalid pattern: {exc}")
-    return PASS if compiled.fullmatch(completion.strip()) else _miss(f"does not match {pattern!r}")
+    try:
+        matched = compiled.fullmatch(completion.strip(), timeout=REGEX_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return _bad_task(f"pattern {pattern!r} took longer than {REGEX_TIMEOUT_SECONDS:g} s on the completion")
+    return PASS if matched else _miss(f"does not match {pattern!r}")
 
 
 def json_schema(completion: str, task: dict[str, Any]) -> Outcome:
