@@ -51,7 +51,7 @@ def test_job_runs_torchrun_elastic_against_pod_zero() -> None:
     assert pod["subdomain"] == "base-rdzv"
     cmd = pod["containers"][0]["command"][2]
     for part in ("--nnodes=2:4", "--nproc-per-node=8", "--rdzv-backend=c10d",
-                 "--rdzv-endpoint=${FORGE_RANK0_HOST:=localhost}:29400", "--rdzv-id=run-uid",
+                 "--rdzv-endpoint=${FORGE_RANK0_HOST:=localhost}:${FORGE_RDZV_PORT:-29400}", "--rdzv-id=run-uid",
                  "last_call_timeout=5", "keep_alive_interval=1", "--max-restarts=3",
                  "-m forge_trainer.cli train --config /etc/forge/config.yaml"):
         assert part in cmd

@@ -32,7 +32,7 @@ from forge_operator.manifests import LoadedManifest
 from forge_operator.plan.dataset import plan_dataset
 from forge_operator.plan.deployment import evaluate_gate, plan_deployment
 from forge_operator.plan.naming import output_uri
-from forge_operator.plan.training import ResolvedRefs, plan_training_run
+from forge_operator.plan.training import RDZV_PORT_ENV, ResolvedRefs, plan_training_run
 from forge_operator.plan.workload import InvalidSpecError
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
@@ -312,6 +312,8 @@ class LocalRunner:
         if resumed is not None and resumed.step:
             self.display.note(m.kind, m.name, f"resuming from step {resumed.step} (checkpoint in {plan.output_uri})")
         status = ForgeTrainingRunStatus()
+        for role in plan.app.roles:  # a free rendezvous port: another `forge run` may be training too
+            role.env[RDZV_PORT_ENV] = str(_free_port("127.0.0.1"))
         app = LocalApp(plan.app, new_token(), rd.path / "logs")
         try:
             while True:

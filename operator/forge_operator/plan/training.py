@@ -28,6 +28,7 @@ from forge_trainer.config import ModelConfig, TrainConfig
 
 KIND = "ForgeTrainingRun"
 RDZV_PORT = 29400
+RDZV_PORT_ENV = "FORGE_RDZV_PORT"
 METRICS_PORT = 9400
 CONFIG_PATH = "/etc/forge/config.yaml"
 # Rendezvous settings learned the hard way: a short last call so a re-forming group does not wait
@@ -97,7 +98,8 @@ def torchrun_command(min_nodes: int, max_nodes: int, nproc: int, max_restarts: i
         f"--nproc-per-node={nproc}",
         "--rdzv-backend=c10d",
         # `$$` escapes TorchX's macro syntax: the shell sees ${<rank0 env var>:=localhost}
-        f"--rdzv-endpoint=$${{{macros.rank0_env}:=localhost}}:{RDZV_PORT}",
+        # the port: 29400 in a pod; `forge run` sets FORGE_RDZV_PORT to a free one, so two local runs coexist
+        f"--rdzv-endpoint=$${{{macros.rank0_env}:=localhost}}:$${{{RDZV_PORT_ENV}:-{RDZV_PORT}}}",
         f"--rdzv-id={macros.app_id}",
         f"--rdzv-conf={RDZV_CONF}",
         f"--max-restarts={max_restarts}",
