@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from forge_trainer.cli import ConfigError, WorkloadError
@@ -48,7 +47,7 @@ from forge_trainer.train.posttrain import (
 )
 from forge_trainer.train.progress import ProgressReporter, read_progress
 from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
-from forge_trainer.train.trainer import Trainer
+from forge_trainer.train.trainer import Trainer, cross_entropy_sum, mean_with_balance_loss
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +137,12 @@ def sft_logits(model: nn.Module, batch: Batch) -> Tensor:
 
 def sft_loss_sum(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     """(summed cross-entropy over trained tokens, number of trained tokens) of a micro-batch."""
-    logits = sft_logits(model, batch)
-    labels = batch["labels"]
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (labels != IGNORE_INDEX).sum()
+    return cross_entropy_sum(sft_logits(model, batch), batch["labels"])
 
 
 def sft_loss(model: nn.Module, batch: Batch) -> Tensor:
     """Mean cross-entropy over the assistant tokens of a micro-batch (+ the MoE balance loss)."""
-    total, count = sft_loss_sum(model, batch)
-    loss = total / count.clamp(min=1)
-    core = unwrap(model)
-    if core.aux_loss is not None:
-        loss = loss + core.args.router_aux_loss_coef * core.aux_loss
-    return loss
+    return mean_with_balance_loss(model, *sft_loss_sum(model, batch))
 
 
 @torch.no_grad()

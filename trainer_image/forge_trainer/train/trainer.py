@@ -34,23 +34,30 @@ class NonFiniteLossError(WorkloadError):
     """The loss or gradient became NaN/inf; training stops before an optimizer step or checkpoint."""
 
 
-def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
-    """(sum of next-token cross-entropies, number of target tokens) of a micro-batch."""
-    logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    labels = batch["labels"]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, (labels != IGNORE_INDEX).sum()
+def cross_entropy_sum(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(summed cross-entropy over the labelled positions, number of labelled positions)."""
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (labels != IGNORE_INDEX).sum()
 
 
-def causal_lm_loss(model: nn.Module, batch: Batch) -> Tensor:
-    """Mean next-token cross-entropy, plus the weighted MoE load-balancing loss for MoE models."""
-    total, count = token_loss_sum(model, batch)
+def mean_with_balance_loss(model: nn.Module, total: Tensor, count: Tensor) -> Tensor:
+    """The mean loss from a (sum, count) pair, plus the weighted MoE load-balancing loss for MoE models."""
     loss = total / count.clamp(min=1)
     core = unwrap(model)
     if core.aux_loss is not None:
         loss = loss + core.args.router_aux_loss_coef * core.aux_loss
     return loss
+
+
+def token_loss_sum(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    """(sum of next-token cross-entropies, number of target tokens) of a micro-batch."""
+    return cross_entropy_sum(model(batch["input_ids"], attention_mask=batch.get("attention_mask")), batch["labels"])
+
+
+def causal_lm_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """Mean next-token cross-entropy, plus the weighted MoE load-balancing loss for MoE models."""
+    return mean_with_balance_loss(model, *token_loss_sum(model, batch))
 
 
 def build_optimizer(params: Iterable[tuple[str, nn.Parameter]], hp: Hyperparameters,
