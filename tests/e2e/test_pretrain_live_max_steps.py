@@ -5,47 +5,28 @@ it finishes where it is. Either way it ends as a normal completion: final checkp
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from forge_trainer.config import TrainConfig, TrainProgress
+from forge_trainer.config import TrainProgress
 from forge_trainer.model.hf_export import load_hf
 from forge_trainer.store import LocalStore
 from forge_trainer.train.checkpoint import list_checkpoints
 from forge_trainer.train.control import POLL_SECONDS_ENV
 from forge_trainer.train.progress import read_step_log
-from tests.unit.train_fixtures import ELASTIC_ENV, local_dataset, wait_for
+from tests.unit.train_fixtures import read_train_progress, start_long_pretrain, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("change", ["later", "already_past"])
 def test_a_running_run_finishes_at_the_max_steps_written_to_its_config(tmp_path: Path, change: str) -> None:
-    out = tmp_path / "run"
-    config = TrainConfig.model_validate({
-        "stage": "pretrain", "model": {"size": "tiny"}, "dataset": local_dataset(tmp_path / "ds"),
-        "output": str(out), "precision": "fp32", "metricsPort": 0,
-        "hyperparameters": {"maxSteps": 100_000, "globalBatchSize": 8, "microBatchSize": 4,
-                            "sequenceLength": 64, "evalInterval": 0},
-        "checkpointing": {"interval": 1000, "keep": 2},
-    })
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config.to_wire()))
-    forge_trainer = str(Path(sys.executable).parent / "forge-trainer")
-    proc = subprocess.Popen([forge_trainer, "train", "--config", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **ELASTIC_ENV, POLL_SECONDS_ENV: "0.2"})
+    proc, path, out = start_long_pretrain(tmp_path, {POLL_SECONDS_ENV: "0.2"})
 
     def progress() -> TrainProgress:
-        try:
-            return TrainProgress.model_validate_json((out / "progress.json").read_text())
-        except (OSError, ValueError):
-            return TrainProgress()
+        return read_train_progress(out)
 
     try:
         wait_for(lambda: progress().step >= 3, 120, "training to start")

@@ -23,7 +23,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from forge_trainer.config import DatasetCounts, DatasetPurpose
+from forge_trainer.config import DatasetCounts, DatasetPurpose, TrainProgress
 from forge_trainer.data.manifest import (
     MANIFEST_NAME,
     TOKENIZER_NAME,
@@ -187,6 +187,41 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_long_pretrain(tmp_path: Path, env: dict[str, str] | None = None,
+                        ) -> tuple[subprocess.Popen[str], Path, Path]:
+    """`forge-trainer train` (the console script, as in a pod) on a tiny model with maxSteps 100000 and
+    no checkpoint before step 1000, for tests that act on a run while it trains. Returns the process
+    (text pipes), its config file and its output directory."""
+    import yaml
+
+    from forge_trainer.config import TrainConfig
+
+    out = tmp_path / "run"
+    config = TrainConfig.model_validate({
+        "stage": "pretrain", "model": {"size": "tiny"}, "dataset": local_dataset(tmp_path / "ds"),
+        "output": str(out), "precision": "fp32", "metricsPort": 0,
+        "hyperparameters": {"maxSteps": 100_000, "globalBatchSize": 8, "microBatchSize": 4,
+                            "sequenceLength": 64, "evalInterval": 0},
+        "checkpointing": {"interval": 1000, "keep": 2},
+    })
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config.to_wire()))
+    # the console script: under `python -m forge_trainer.cli` the CLI module is imported twice and its
+    # WorkloadError handler misses errors raised as forge_trainer.cli.WorkloadError (reported)
+    forge_trainer = str(Path(sys.executable).parent / "forge-trainer")
+    proc = subprocess.Popen([forge_trainer, "train", "--config", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ELASTIC_ENV, **(env or {})})
+    return proc, path, out
+
+
+def read_train_progress(out: Path) -> TrainProgress:
+    """The run's progress.json, or an empty progress while it is not written yet."""
+    try:
+        return TrainProgress.model_validate_json((out / "progress.json").read_text())
+    except (OSError, ValueError):
+        return TrainProgress()
 
 
 @pytest.fixture
