@@ -20,8 +20,11 @@ class Waiting:
     message: str
 
 
-def ready_dataset(known: Mapping[tuple[str, str], Iterable[dict[str, Any]]], namespace: str, name: str,
-                  field: str) -> dict[str, Any] | Waiting:
+DatasetIndex = Mapping[tuple[str, str], Iterable[dict[str, Any]]]
+"""(namespace, name) -> [status] of the ForgeDatasets the operator watches (Kopf's index)."""
+
+
+def ready_dataset(known: DatasetIndex, namespace: str, name: str, field: str) -> dict[str, Any] | Waiting:
     """The status of a Ready ForgeDataset, or what we wait for. `known` is the operator's in-memory view
     of the ForgeDatasets it watches ((namespace, name) -> [status]; Kopf's index, kept current by the
     watch), so a reconcile costs no API read however many runs wait on one dataset."""

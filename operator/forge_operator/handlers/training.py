@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -17,6 +16,7 @@ from forge_operator.api.errors import spec_error_message
 from forge_operator.api.training import ForgeTrainingRun, ForgeTrainingRunStatus, Lineage, RunPhase
 from forge_operator.handlers.cleanup import release_artifacts
 from forge_operator.handlers.references import (
+    DatasetIndex,
     Waiting,
     foreign_namespace,
     immutable_fields,
@@ -62,9 +62,6 @@ PLURAL = "forgetrainingruns"
 PINNED = "forge.ai/immutable-spec"
 SETTLED = {RunPhase.SUCCEEDED, RunPhase.FAILED}
 _INTERVAL = OperatorSettings.from_env().reconcile_interval
-
-
-DatasetIndex = Mapping[tuple[str, str], Iterable[dict[str, Any]]]
 
 
 def reconcile_run(body: dict[str, Any], datasets: DatasetIndex) -> None:

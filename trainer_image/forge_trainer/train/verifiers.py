@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regex as regex_module
+
 from forge_trainer.config import RewardConfig, VerifierKind
 from forge_trainer.train.sandbox import SandboxLimits, run_custom_verifier, run_python_tests
 
@@ -106,8 +108,6 @@ def regex(completion: str, task: dict[str, Any]) -> Outcome:
     """Pass when the whole stripped completion matches the task's `pattern`. A pattern that backtracks
     catastrophically on a completion is stopped after REGEX_TIMEOUT_SECONDS and counted as a bad task,
     so one record cannot stall an RL run (the `regex` module's timeout; same syntax as `re`)."""
-    import regex as regex_module
-
     pattern = task.get("pattern")
     if not isinstance(pattern, str):
         return _bad_task("task has no string 'pattern'")
