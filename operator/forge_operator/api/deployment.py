@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from forge_operator.api.common import ResourceStatus, Toleration
+from forge_operator.api.common import DNS1123_SUBDOMAIN, ResourceStatus, Toleration
 from forge_operator.api.network import NetworkSpec
 from forge_operator.api.training import Name
 from forge_trainer.config import WireModel
@@ -77,6 +77,15 @@ class GateRule(WireModel):
         return self
 
 
+class ApiKeySecret(WireModel):
+    """A key of a Secret in this namespace holding the API key clients must send as a Bearer token."""
+
+    name: Annotated[str, Field(pattern=DNS1123_SUBDOMAIN, max_length=253)]
+    """Secret name."""
+    key: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)] = "apiKey"
+    """Key in the Secret whose value is the API key."""
+
+
 class ForgeDeploymentSpec(WireModel):
     """Desired state of a ForgeDeployment."""
 
@@ -108,6 +117,8 @@ class ForgeDeploymentSpec(WireModel):
     """Most concurrent sequences a replica decodes together."""
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     """Extra egress for the serving pods; by default they reach only DNS and the object store."""
+    api_key_secret: ApiKeySecret | None = None
+    """The API key clients must send as `Authorization: Bearer <key>` (unset: no key is asked)."""
 
     @model_validator(mode="after")
     def _model_source(self) -> Self:

@@ -18,6 +18,18 @@ from forge_operator.render.pod import (
 )
 
 MODEL_DIR = "/models/model"
+BUILTIN_API_KEY_ENV = "FORGE_API_KEY"
+"""The builtin server reads its API key from this variable (`forge-trainer serve --api-key`)."""
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+"""vLLM reads its `--api-key` from this variable; an env var keeps the key off the process command line."""
+
+
+def _api_key_env(plan: DeploymentPlan, name: str) -> list[dict[str, Any]]:
+    """The API key from spec.apiKeySecret as the variable `name`; nothing when the API is open."""
+    ref = plan.spec.api_key_secret
+    if ref is None:
+        return []
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
 def _probes(path_ready: str, path_live: str) -> dict[str, Any]:
@@ -42,7 +54,7 @@ def _builtin_container(plan: DeploymentPlan) -> dict[str, Any]:
     gpus = {"nvidia.com/gpu": str(res.gpus)} if res.gpus else None
     return {
         "name": "server", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
-        "command": args, "env": store_env(plan.store),
+        "command": args, "env": store_env(plan.store) + _api_key_env(plan, BUILTIN_API_KEY_ENV),
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "volumeMounts": [scratch_volume()[1]], "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
@@ -63,7 +75,8 @@ def _vllm_containers(plan: DeploymentPlan) -> tuple[list[dict[str, Any]], list[d
         "name": "server", "image": plan.vllm_image, "imagePullPolicy": plan.image_pull_policy,
         "command": ["vllm", "serve", MODEL_DIR, "--served-model-name", plan.model_name, "--host", "0.0.0.0",
                     "--port", str(SERVING_PORT), "--max-num-seqs", str(plan.spec.max_batch_size)],
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"},
+                *_api_key_env(plan, VLLM_API_KEY_ENV)],
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "volumeMounts": [{**models, "readOnly": True}, scratch_volume()[1], {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": {**container_security_context(), "readOnlyRootFilesystem": False},
