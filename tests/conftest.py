@@ -10,35 +10,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from forge_trainer.config import StoreConfig
 from forge_trainer.store import ACCESS_KEY_ENV, SECRET_KEY_ENV
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class S3Server:
-    """A running moto_server and a fresh bucket in it."""
-
-    endpoint: str
-    bucket: str
-
-    @property
-    def config(self) -> StoreConfig:
-        return StoreConfig(endpoint=self.endpoint, secure=False)
-
-    def uri(self, key: str = "") -> str:
-        return f"s3://{self.bucket}/{key}".rstrip("/")
+from tests.support.ports import free_port
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +54,25 @@ def s3(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     return S3Server(endpoint=_moto_endpoint, bucket=bucket)
 
 
+TIERS = ("unit", "component", "integration", "e2e")
+TESTS = Path(__file__).resolve().parent
+
+
+def tier_of(path: Path) -> str:
+    """The tier of a test file: the folder under tests/ it lives in (unit for anything else)."""
+    parts = path.resolve().relative_to(TESTS).parts
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else "unit"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests with no tier marker are unit tests."""
-    tiers = {"integration", "e2e"}
+    """Each test gets the marker of its folder's tier; a tier marker that disagrees with the folder is an
+    error, so `-m unit` selects exactly tests/unit."""
     for item in items:
-        if not tiers & {m.name for m in item.iter_markers()}:
-            item.add_marker(pytest.mark.unit)
+        tier = tier_of(item.path)
+        marked = {m.name for m in item.iter_markers()} & set(TIERS)
+        if marked - {tier}:
+            raise pytest.UsageError(f"{item.nodeid}: marked {sorted(marked)} but lives in the {tier} tier's folder")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

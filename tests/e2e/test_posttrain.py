@@ -15,7 +15,7 @@ import torch
 from forge_trainer.config import DatasetPurpose, Hyperparameters, SftMethod, Stage, TrainConfig
 from forge_trainer.train.rl import RlResult, run_rl
 from forge_trainer.train.sft import run_sft
-from tests.unit.posttrain_fixtures import (
+from tests.support.posttrain import (
     TINY,
     make_tokenizer,
     sum_conversations,

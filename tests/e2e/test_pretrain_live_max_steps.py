@@ -16,7 +16,7 @@ from forge_trainer.store import LocalStore
 from forge_trainer.train.checkpoint import list_checkpoints
 from forge_trainer.train.control import POLL_SECONDS_ENV
 from forge_trainer.train.progress import read_step_log
-from tests.unit.train_fixtures import read_train_progress, start_long_pretrain, wait_for
+from tests.support.training import read_train_progress, start_long_pretrain, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

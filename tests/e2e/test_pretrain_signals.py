@@ -11,7 +11,7 @@ import pytest
 from forge_trainer.config import TrainProgress
 from forge_trainer.store import LocalStore
 from forge_trainer.train.checkpoint import list_checkpoints
-from tests.unit.train_fixtures import read_train_progress, start_long_pretrain, wait_for
+from tests.support.training import read_train_progress, start_long_pretrain, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

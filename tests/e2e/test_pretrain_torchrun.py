@@ -18,8 +18,8 @@ from forge_trainer.store import LocalStore
 from forge_trainer.train.parallel import DATA_PARALLEL_ENV
 from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.progress import read_step_log
-from tests.conftest import free_port
-from tests.unit.train_fixtures import (
+from tests.support.ports import free_port
+from tests.support.training import (
     ELASTIC_ENV,
     kill_tree,
     local_dataset,

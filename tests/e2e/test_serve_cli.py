@@ -16,8 +16,9 @@ import pytest
 
 from forge_trainer.serve.model_files import model_dir_digest
 from forge_trainer.store import open_uri
-from tests.conftest import S3Server, free_port
-from tests.unit.serve_fixtures import shared_tiny_model
+from tests.support.ports import free_port
+from tests.support.s3 import S3Server
+from tests.support.serve import shared_tiny_model
 
 FORGE_TRAINER = str(Path(sys.executable).parent / "forge-trainer")
 

@@ -9,35 +9,16 @@ on moto_server, and gives each test a fresh namespace.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-ACCESS, SECRET = "forge-test", "forge-test-secret"
-NAMESPACE_PREFIX = "forge-it-"
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last seen: {last!r})")
+from tests.support.cluster import ACCESS, NAMESPACE_PREFIX, ROOT, SECRET, Cluster, Operator, wait_for
+from tests.support.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -105,35 +86,6 @@ def _wait_for_test_namespaces_to_go(kubeconfig: str, timeout: float = 120) -> No
         time.sleep(1)
 
 
-class Operator:
-    """A running `forge operator` process."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        fh = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            # only the suite's own namespaces: whatever else lives on a shared API server is not ours
-            [sys.executable, "-m", "forge_operator.cli", "operator", "--standalone", "--verbose",
-             "--namespace", f"{NAMESPACE_PREFIX}*",
-             "--liveness", f"http://127.0.0.1:{self.env['FORGE_LIVENESS_PORT']}/healthz"],
-            env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-
 @pytest.fixture(scope="session")
 def operator(kubeconfig: str, crds: None, _moto_endpoint: str, store_bucket: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
@@ -168,60 +120,6 @@ def namespace(api: Any, operator: Operator) -> Iterator[str]:
                                          "stringData": {"accessKey": ACCESS, "secretKey": SECRET}})
     yield name
     core.delete_namespace(name)
-
-
-class Cluster:
-    """Helpers a test uses to act as kubectl would."""
-
-    def __init__(self, api: Any, namespace: str) -> None:
-        from kubernetes import client
-
-        self.ns = namespace
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.batch = client.BatchV1Api(api)
-
-    def create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.custom.create_namespaced_custom_object("forge.ai", "v1alpha1", self.ns, plural, body))
-
-    def get(self, plural: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return dict(self.custom.get_namespaced_custom_object("forge.ai", "v1alpha1", self.ns, plural, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def delete(self, plural: str, name: str) -> None:
-        self.custom.delete_namespaced_custom_object("forge.ai", "v1alpha1", self.ns, plural, name)
-
-    def status(self, plural: str, name: str) -> dict[str, Any]:
-        return (self.get(plural, name) or {}).get("status") or {}
-
-    def condition(self, plural: str, name: str, type_: str) -> dict[str, Any] | None:
-        return next((c for c in self.status(plural, name).get("conditions", []) if c["type"] == type_), None)
-
-    def job(self, name: str) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.batch.read_namespaced_job(name, self.ns)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def finish_pods(self, job_name: str, phase: str = "Succeeded") -> int:
-        """Do what a kubelet would: mark the Job's pods finished (Succeeded or Failed)."""
-        pods = self.core.list_namespaced_pod(self.ns, label_selector=f"job-name={job_name}").items
-        for pod in pods:
-            self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {"phase": phase}})
-        return len(pods)
-
-    def events_for(self, name: str) -> list[Any]:
-        return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
 
 
 @pytest.fixture

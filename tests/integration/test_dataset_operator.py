@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from minio import Minio
 
-from tests.integration.conftest import ACCESS, SECRET, Cluster, Operator, wait_for
+from tests.support.cluster import ACCESS, SECRET, Cluster, Operator, wait_for
 
 pytestmark = pytest.mark.integration
 

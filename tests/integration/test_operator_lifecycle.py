@@ -8,8 +8,17 @@ import urllib.request
 import pytest
 from minio import Minio
 
-from tests.integration.conftest import ACCESS, SECRET, Cluster, Operator, wait_for
-from tests.integration.test_pipeline_chain import CPU, FORGE, _put_json, _ready_dataset
+from tests.support.cluster import (
+    ACCESS,
+    CPU,
+    FORGE,
+    SECRET,
+    Cluster,
+    Operator,
+    put_json,
+    ready_dataset,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +29,7 @@ def _scrape(operator: Operator) -> str:
 
 
 def _start_run(cluster: Cluster, s3: Minio, store_bucket: str, name: str) -> str:
-    _ready_dataset(cluster, s3, store_bucket, "data")
+    ready_dataset(cluster, s3, store_bucket, "data")
     cluster.create("forgetrainingruns", {**FORGE, "kind": "ForgeTrainingRun", "metadata": {"name": name}, "spec": {
         "stage": "pretrain", "datasetRef": "data", "model": {"size": "tiny"}, "resources": CPU}})
     wait_for("job", lambda: cluster.job(f"{name}-train-0"))
@@ -32,7 +41,7 @@ def test_metrics_endpoint_exposes_per_run_series(cluster: Cluster, operator: Ope
                                                   store_bucket: str) -> None:
     s3 = Minio(_moto_endpoint, access_key=ACCESS, secret_key=SECRET, secure=False)
     key = _start_run(cluster, s3, store_bucket, "watched")
-    _put_json(s3, store_bucket, key, {"step": 7, "totalSteps": 50, "loss": 3.25, "tokensPerSecond": 1200.0,
+    put_json(s3, store_bucket, key, {"step": 7, "totalSteps": 50, "loss": 3.25, "tokensPerSecond": 1200.0,
                                       "worldSize": 2, "mfu": 0.31})
     wait_for("step mirrored", lambda: cluster.status("forgetrainingruns", "watched").get("step") == 7)
     labels = f'name="watched",namespace="{cluster.ns}"'
@@ -54,7 +63,7 @@ def test_operator_restart_mid_run_creates_no_duplicates_and_converges(
     operator.stop()
     try:
         # the workload keeps going while the operator is away
-        _put_json(s3, store_bucket, key, {"step": 12, "totalSteps": 40, "loss": 2.5, "worldSize": 1})
+        put_json(s3, store_bucket, key, {"step": 12, "totalSteps": 40, "loss": 2.5, "worldSize": 1})
     finally:
         operator.start()
     wait_for("status converges after the restart",

@@ -3,21 +3,30 @@ as each workload really runs and its Pods are marked finished; plus restarts and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from minio import Minio
 
-from tests.integration.conftest import ACCESS, SECRET, Cluster, Operator, wait_for
-from tests.integration.workloads import run_like_the_pod, upload_corpora
+from tests.support.cluster import (
+    ACCESS,
+    CPU,
+    FORGE,
+    SECRET,
+    Cluster,
+    Operator,
+    finish_job,
+    phase,
+    put_json,
+    ready_dataset,
+    wait_for,
+)
+from tests.support.workloads import run_like_the_pod, upload_corpora
 
 pytestmark = pytest.mark.integration
-FORGE = {"apiVersion": "forge.ai/v1alpha1"}
 TINY_HP = {"maxSteps": 4, "warmupSteps": 1, "globalBatchSize": 4, "microBatchSize": 2, "sequenceLength": 32,
            "evalInterval": 0, "evalBatches": 1}
-CPU = {"gpusPerNode": 0, "nodeSelector": {}}
 
 
 def _manifests(raw: str) -> list[tuple[str, dict[str, Any]]]:
@@ -42,14 +51,6 @@ def _manifests(raw: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def _phase(cluster: Cluster, plural: str, name: str) -> str | None:
-    return cluster.status(plural, name).get("phase")
-
-
-def _finish(cluster: Cluster, job: str) -> None:
-    wait_for(f"pods of {job}", lambda: cluster.finish_pods(job), timeout=60)
-
-
 def test_whole_chain_applied_at_once_converges_in_order(
         cluster: Cluster, operator: Operator, _moto_endpoint: str, store_bucket: str, tmp_path: Path) -> None:
     s3 = Minio(_moto_endpoint, access_key=ACCESS, secret_key=SECRET, secure=False)
@@ -66,24 +67,24 @@ def test_whole_chain_applied_at_once_converges_in_order(
     wait_for("chats to wait for the corpus tokenizer",
              lambda: cluster.condition("forgedatasets", "chats", "Ready") or None)
     assert cluster.job("chats-prepare") is None
-    wait_for("deployment to wait", lambda: _phase(cluster, "forgedeployments", "chat") == "Pending")
+    wait_for("deployment to wait", lambda: phase(cluster, "forgedeployments", "chat") == "Pending")
 
     wait_for("corpus job", lambda: cluster.job("corpus-prepare"))
     run_like_the_pod(cluster, "corpus-prepare-config", "prepare", _moto_endpoint, tmp_path)
-    _finish(cluster, "corpus-prepare")
-    wait_for("corpus Ready", lambda: _phase(cluster, "forgedatasets", "corpus") == "Ready")
+    finish_job(cluster, "corpus-prepare")
+    wait_for("corpus Ready", lambda: phase(cluster, "forgedatasets", "corpus") == "Ready")
 
     wait_for("chats job (after corpus is Ready)", lambda: cluster.job("chats-prepare"), timeout=60)
     run_like_the_pod(cluster, "chats-prepare-config", "prepare", _moto_endpoint, tmp_path)
-    _finish(cluster, "chats-prepare")
-    wait_for("chats Ready", lambda: _phase(cluster, "forgedatasets", "chats") == "Ready")
+    finish_job(cluster, "chats-prepare")
+    wait_for("chats Ready", lambda: phase(cluster, "forgedatasets", "chats") == "Ready")
 
     job = wait_for("base training job", lambda: cluster.job("base-train-0"), timeout=60)
     assert job.metadata.owner_references[0].name == "base"
     assert cluster.core.read_namespaced_service("base-rdzv", cluster.ns).spec.cluster_ip == "None"
     run_like_the_pod(cluster, "base-train-config", "train", _moto_endpoint, tmp_path)
-    _finish(cluster, "base-train-0")
-    wait_for("base Succeeded", lambda: _phase(cluster, "forgetrainingruns", "base") == "Succeeded", timeout=60)
+    finish_job(cluster, "base-train-0")
+    wait_for("base Succeeded", lambda: phase(cluster, "forgetrainingruns", "base") == "Succeeded", timeout=60)
     base = cluster.status("forgetrainingruns", "base")
     assert base["finalModelUri"].startswith(f"s3://{store_bucket}/forge/{cluster.ns}/forgetrainingrun/base/")
     assert base["step"] == 4 and base["progress"] == "4/4" and base["loss"] > 0
@@ -92,8 +93,8 @@ def test_whole_chain_applied_at_once_converges_in_order(
 
     wait_for("tuned training job", lambda: cluster.job("tuned-train-0"), timeout=60)
     run_like_the_pod(cluster, "tuned-train-config", "train", _moto_endpoint, tmp_path)
-    _finish(cluster, "tuned-train-0")
-    wait_for("tuned Succeeded", lambda: _phase(cluster, "forgetrainingruns", "tuned") == "Succeeded", timeout=60)
+    finish_job(cluster, "tuned-train-0")
+    wait_for("tuned Succeeded", lambda: phase(cluster, "forgetrainingruns", "tuned") == "Succeeded", timeout=60)
     tuned = cluster.status("forgetrainingruns", "tuned")
     assert tuned["lineage"]["baseModelDigest"] == base["finalModelDigest"]
 
@@ -103,7 +104,7 @@ def test_whole_chain_applied_at_once_converges_in_order(
     dep = wait_for("serving Deployment", lambda: _read_deployment(apps, cluster.ns, "chat-serve"), timeout=60)
     assert "--model-digest" in dep.spec.template.spec.containers[0].command
     wait_for("a serving pod", lambda: _mark_pods_ready(cluster, "forge.ai/forgedeployment=chat"), timeout=60)
-    wait_for("deployment Available", lambda: _phase(cluster, "forgedeployments", "chat") == "Available", timeout=60)
+    wait_for("deployment Available", lambda: phase(cluster, "forgedeployments", "chat") == "Available", timeout=60)
     status = cluster.status("forgedeployments", "chat")
     assert status["modelDigest"] == tuned["finalModelDigest"] and status["readyReplicas"] == 1
     assert status["endpoint"] == f"http://chat.{cluster.ns}.svc:8000/v1"
@@ -127,32 +128,10 @@ def _mark_pods_ready(cluster: Cluster, selector: str) -> int:
     return len(pods)
 
 
-def _ready_dataset(cluster: Cluster, s3: Minio, store_bucket: str, name: str) -> None:
-    """Make a Ready dataset quickly: its status as a finished preparation would leave it (the run only
-    reads manifestUri/digest from it)."""
-    cluster.create("forgedatasets", {**FORGE, "kind": "ForgeDataset", "metadata": {"name": name},
-                                     "spec": {"source": {"uri": "s3://raw/none/"}}})
-    wait_for("dataset job", lambda: cluster.job(f"{name}-prepare"))
-    out = cluster.status("forgedatasets", name)["outputUri"].split(f"s3://{store_bucket}/", 1)[1]
-    progress = {"stage": "done", "manifestUri": f"s3://{store_bucket}/{out}/manifest.json",
-                "manifestDigest": "sha256:00", "tokenizerUri": f"s3://{store_bucket}/{out}/tokenizer.json",
-                "counts": {"documentsRead": 1, "documentsKept": 1, "tokens": 10}}
-    _put_json(s3, store_bucket, f"{out}/progress.json", progress)
-    _finish(cluster, f"{name}-prepare")
-    wait_for("dataset Ready", lambda: _phase(cluster, "forgedatasets", name) == "Ready")
-
-
-def _put_json(s3: Minio, bucket: str, key: str, obj: Any) -> None:
-    import io
-
-    data = json.dumps(obj).encode()
-    s3.put_object(bucket, key, io.BytesIO(data), len(data), content_type="application/json")
-
-
 def test_failed_job_is_recreated_then_the_run_fails_after_max_restarts(
         cluster: Cluster, operator: Operator, _moto_endpoint: str, store_bucket: str) -> None:
     s3 = Minio(_moto_endpoint, access_key=ACCESS, secret_key=SECRET, secure=False)
-    _ready_dataset(cluster, s3, store_bucket, "data")
+    ready_dataset(cluster, s3, store_bucket, "data")
     cluster.create("forgetrainingruns", {**FORGE, "kind": "ForgeTrainingRun", "metadata": {"name": "flaky"}, "spec": {
         "stage": "pretrain", "datasetRef": "data", "model": {"size": "tiny"}, "maxRestarts": 1, "resources": CPU}})
 
@@ -168,21 +147,21 @@ def test_failed_job_is_recreated_then_the_run_fails_after_max_restarts(
     restarted = [e.message for e in cluster.events_for("flaky") if e.reason == "JobRestarted"]
     assert restarted and "restart 1 of 1" in restarted[0] and "flaky-train-0 failed" in restarted[0]
     wait_for("second attempt to fail", lambda: fail("flaky-train-1"), timeout=90, interval=1)
-    wait_for("run Failed", lambda: _phase(cluster, "forgetrainingruns", "flaky") == "Failed", timeout=60)
+    wait_for("run Failed", lambda: phase(cluster, "forgetrainingruns", "flaky") == "Failed", timeout=60)
     assert "no restarts left" in cluster.status("forgetrainingruns", "flaky")["message"]
 
 
 def test_stalled_run_gets_a_condition_and_is_restarted(
         cluster: Cluster, operator: Operator, _moto_endpoint: str, store_bucket: str) -> None:
     s3 = Minio(_moto_endpoint, access_key=ACCESS, secret_key=SECRET, secure=False)
-    _ready_dataset(cluster, s3, store_bucket, "data")
+    ready_dataset(cluster, s3, store_bucket, "data")
     cluster.create("forgetrainingruns", {**FORGE, "kind": "ForgeTrainingRun", "metadata": {"name": "stuck"}, "spec": {
         "stage": "pretrain", "datasetRef": "data", "model": {"size": "tiny"}, "stallTimeoutSeconds": 10,
         "resources": CPU}})
     wait_for("job", lambda: cluster.job("stuck-train-0"))
     out = wait_for("output uri", lambda: cluster.status("forgetrainingruns", "stuck").get("outputUri"))
     key = out.split(f"s3://{store_bucket}/", 1)[1] + "/progress.json"
-    _put_json(s3, store_bucket, key, {"step": 3, "totalSteps": 100, "loss": 5.0, "worldSize": 1})
+    put_json(s3, store_bucket, key, {"step": 3, "totalSteps": 100, "loss": 5.0, "worldSize": 1})
     wait_for("step mirrored", lambda: cluster.status("forgetrainingruns", "stuck").get("step") == 3)
     wait_for("stall restart", lambda: cluster.job("stuck-train-1"), timeout=60)
     restarted = [e.message for e in cluster.events_for("stuck") if e.reason == "JobRestarted"]
@@ -192,7 +171,7 @@ def test_stalled_run_gets_a_condition_and_is_restarted(
 def test_immutable_field_change_is_refused(cluster: Cluster, operator: Operator, _moto_endpoint: str,
                                            store_bucket: str) -> None:
     s3 = Minio(_moto_endpoint, access_key=ACCESS, secret_key=SECRET, secure=False)
-    _ready_dataset(cluster, s3, store_bucket, "data")
+    ready_dataset(cluster, s3, store_bucket, "data")
     cluster.create("forgetrainingruns", {**FORGE, "kind": "ForgeTrainingRun", "metadata": {"name": "fixed"}, "spec": {
         "stage": "pretrain", "datasetRef": "data", "model": {"size": "tiny"}, "resources": CPU}})
     wait_for("job", lambda: cluster.job("fixed-train-0"))

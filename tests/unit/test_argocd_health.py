@@ -1,13 +1,11 @@
 """The ArgoCD health check (deploy/argocd/health.lua), run with a real Lua (lupa) on statuses the
 operator's own status functions produce, as ArgoCD runs it: `obj` is the live object.
-tests/integration/test_chart_rbac.py runs it on statuses read back from a real API server."""
+tests/integration/test_chart_install.py runs it on statuses read back from a real API server."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import lupa
 import yaml
 
 from forge_operator.api.common import Condition, ConditionStatus
@@ -16,25 +14,9 @@ from forge_operator.api.deployment import DeploymentPhase, ForgeDeploymentStatus
 from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
 from forge_operator.status.job import JobObservation
+from tests.support.argocd import ARGOCD, argocd_health
 
-ARGOCD = Path(__file__).resolve().parents[2] / "deploy" / "argocd"
 NOW = "2026-01-01T00:00:00Z"
-
-
-def argocd_health(obj: dict[str, Any]) -> dict[str, str]:
-    """What ArgoCD shows for `obj`: the script's {status, message}."""
-    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
-    lua.globals().obj = _to_lua(lua, obj)
-    result = lua.execute((ARGOCD / "health.lua").read_text())
-    return {k: str(v) for k, v in result.items()}
-
-
-def _to_lua(lua: Any, value: Any) -> Any:
-    if isinstance(value, dict):
-        return lua.table_from({k: _to_lua(lua, v) for k, v in value.items()})
-    if isinstance(value, list):
-        return lua.table_from([_to_lua(lua, v) for v in value])
-    return value
 
 
 def resource(kind: str, status: Any, generation: int = 1) -> dict[str, Any]:

@@ -4,7 +4,6 @@ against the Kubernetes schemas, and the chart's values checked the way a platfor
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -13,21 +12,12 @@ import pytest
 import yaml
 
 from forge_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
+from tests.support.chart import CHART, ROOT, render
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "forge-operator"
 # Kinds that are not built into Kubernetes; kubernetes-validate has no schema for them.
 EXTERNAL_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
 ALL_ON = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                       "grafanaDashboard": {"enabled": True}}}
-
-
-def render(values: dict[str, Any] | None = None, namespace: str = "forge-system",
-           release: str = "forge") -> list[dict[str, Any]]:
-    """Every object `helm template` would print for these values."""
-    rendered = helm.Chart.load(CHART).render(values or {}, name=release, namespace=namespace, is_install=True)
-    return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
 
 
 def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:

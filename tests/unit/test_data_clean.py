@@ -12,7 +12,7 @@ from forge_trainer.data.dedup import ExactDedup, MinHasher, NearDedup, content_h
 from forge_trainer.data.normalize import normalize_text
 from forge_trainer.data.pii import Redactor, iban_valid, luhn_valid
 from forge_trainer.data.quality import quality_reason
-from tests.fixtures.data.corpus import sentence_doc
+from tests.support.raw_corpus import sentence_doc
 
 
 def test_normalize_nfc_controls_and_whitespace() -> None:

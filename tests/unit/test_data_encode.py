@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from forge_trainer.data.encode import FastEncoder, supports_fast_path
 from forge_trainer.data.tokenizer import train_tokenizer
-from tests.fixtures.data.corpus import sentence_doc
+from tests.support.raw_corpus import sentence_doc
 
 TRICKY = [
     "Plain words, then numbers 12345 and 3.14159; contractions: it's, we're, they'll, I'd.",

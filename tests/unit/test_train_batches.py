@@ -20,7 +20,7 @@ from forge_trainer.train.batches import (
     step_micro_batches,
 )
 from forge_trainer.train.schedule import lr_at
-from tests.unit.train_fixtures import local_dataset, real_corpus
+from tests.support.training import local_dataset, real_corpus
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM
 from forge_trainer.serve.loading import LoadError, load_model
 from forge_trainer.serve.model_files import model_dir_digest
 from forge_trainer.store import open_uri
-from tests.conftest import S3Server
-from tests.unit.serve_fixtures import EOS, PAD, build_tokenizer, server_torch_threads, shared_tiny_model
+from tests.support.s3 import S3Server
+from tests.support.serve import EOS, PAD, build_tokenizer, server_torch_threads, shared_tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,7 +1,7 @@
 """The chart's ClusterRole is least privilege: it grants exactly GRANTS below, with no wildcards, and
 GRANTS covers every API call the operator's code makes (found by reading the code: the Kube facade's
 calls, the kinds the renderers emit for server-side apply, the kinds Kopf handlers watch).
-tests/integration/test_chart_rbac.py then runs the operator under this role against a real API server."""
+tests/integration/test_chart_install.py then runs the operator under this role against a real API server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from forge_operator.api import KINDS
-from tests.unit.test_chart import render
+from tests.support.chart import render
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "forge_operator"

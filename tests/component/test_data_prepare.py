@@ -23,8 +23,8 @@ from forge_trainer.data.shards import (
     read_token_shard,
 )
 from forge_trainer.store import open_uri
-from tests.conftest import S3Server
-from tests.fixtures.data.corpus import corrupt_corpus, mixed_corpus, sentence_doc, write_jsonl
+from tests.support.raw_corpus import corrupt_corpus, mixed_corpus, sentence_doc, write_jsonl
+from tests.support.s3 import S3Server
 
 
 def _config(source: Path | str, output: Path | str, **extra: Any) -> PrepareConfig:

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import free_port
-from tests.integration.conftest import ACCESS, ROOT, SECRET, Cluster, wait_for
-from tests.unit.test_argocd_health import argocd_health
-from tests.unit.test_chart import CHART, render
+from tests.support.argocd import argocd_health
+from tests.support.chart import CHART, render
+from tests.support.cluster import ACCESS, ROOT, SECRET, Cluster, wait_for
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

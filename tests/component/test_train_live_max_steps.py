@@ -17,10 +17,8 @@ from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.rl import run_rl
 from forge_trainer.train.sft import run_sft
 from forge_trainer.train.verifiers import CUSTOM_VERIFIER_ENV
-from tests.unit.test_rl_run import FLAKY_VERIFIER, rl_config
-from tests.unit.test_sft import sft_config
-from tests.unit.test_train_pretrain import config as pretrain_config
-from tests.unit.train_fixtures import local_dataset, one_thread
+from tests.support.posttrain import FLAKY_VERIFIER, rl_config, sft_config
+from tests.support.training import local_dataset, one_thread, pretrain_config
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

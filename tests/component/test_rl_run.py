@@ -9,42 +9,15 @@ from pathlib import Path
 import pytest
 
 from forge_trainer.cli import ConfigError
-from forge_trainer.config import DatasetPurpose, Hyperparameters, Stage, TrainConfig
 from forge_trainer.train.rl import run_rl
 from forge_trainer.train.verifiers import CUSTOM_VERIFIER_ENV
-from tests.unit.posttrain_fixtures import (
-    TINY,
-    make_tokenizer,
+from tests.support.posttrain import (
+    FLAKY_VERIFIER,
     one_torch_thread,
-    sum_tasks,
-    write_base_model,
-    write_records_dataset,
+    rl_config,
 )
 
 assert one_torch_thread  # imported for its autouse fixture
-
-FLAKY_VERIFIER = '''
-def verify(prompt, completion, task):
-    if len(completion) % 2:
-        raise RuntimeError("this verifier has a bug")
-    return 1.0 if completion.strip() == task["answer"] else 0.1
-'''
-
-
-def rl_config(tmp_path: Path, steps: int) -> TrainConfig:
-    tok = make_tokenizer()
-    write_base_model(tmp_path / "base", tok)
-    data = write_records_dataset(tmp_path / "tasks", DatasetPurpose.RL, sum_tasks(16, seed=1), sum_tasks(4, seed=2),
-                                 tok)
-    return TrainConfig(
-        stage=Stage.RL, model=TINY, dataset=data, output=str(tmp_path / "out"), init_model=str(tmp_path / "base"),
-        precision="fp32", metrics_port=0, checkpointing={"interval": 2, "keep": 3},
-        rl={"reward": {"verifier": "custom", "customSource": {"name": "verifier"}, "timeoutSeconds": 5},
-            "groupSize": 4, "maxNewTokens": 3},
-        hyperparameters=Hyperparameters(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=1, max_steps=steps,
-                                        global_batch_size=16, micro_batch_size=8, sequence_length=96,
-                                        eval_interval=0, eval_batches=1, seed=5))
-
 
 @pytest.mark.slow
 def test_a_crashing_custom_verifier_is_counted_and_training_finishes(tmp_path: Path,

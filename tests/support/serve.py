@@ -35,7 +35,7 @@ from forge_trainer.serve.app import ServingState, build_app
 from forge_trainer.serve.loading import LoadedModel
 from forge_trainer.serve.metrics import ServeMetrics
 from forge_trainer.serve.server import default_cpu_threads
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

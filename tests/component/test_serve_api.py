@@ -13,7 +13,7 @@ import pytest
 from forge_trainer.serve.app import ServingState, build_app
 from forge_trainer.serve.loading import LoadedModel, load_model
 from forge_trainer.serve.metrics import ServeMetrics
-from tests.unit.serve_fixtures import EOS, server_torch_threads, serving, shared_tiny_model
+from tests.support.serve import EOS, server_torch_threads, serving, shared_tiny_model
 
 MODEL = "tiny-chat"
 

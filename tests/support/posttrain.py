@@ -15,7 +15,15 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from forge_trainer.config import DatasetCounts, DatasetPurpose, ModelConfig
+from forge_trainer.config import (
+    DatasetCounts,
+    DatasetPurpose,
+    Hyperparameters,
+    ModelConfig,
+    SftMethod,
+    Stage,
+    TrainConfig,
+)
 from forge_trainer.data.manifest import (
     MANIFEST_NAME,
     TOKENIZER_NAME,
@@ -116,3 +124,46 @@ def sum_conversations(n: int, seed: int, high: int = 5, correct: float = 1.0,
         turns = [{"role": "user", "content": sum_question(a, b)}, {"role": "assistant", "content": str(answer)}]
         out.append({"messages": ([{"role": "system", "content": system}] if system else []) + turns})
     return out
+
+
+# A custom verifier that raises on about half of the completions.
+FLAKY_VERIFIER = '''
+def verify(prompt, completion, task):
+    if len(completion) % 2:
+        raise RuntimeError("this verifier has a bug")
+    return 1.0 if completion.strip() == task["answer"] else 0.1
+'''
+
+
+def rl_config(tmp_path: Path, steps: int) -> TrainConfig:
+    """An rl run of `steps` steps on sum tasks with the custom verifier, its base model written under `tmp_path`."""
+    tok = make_tokenizer()
+    write_base_model(tmp_path / "base", tok)
+    data = write_records_dataset(tmp_path / "tasks", DatasetPurpose.RL, sum_tasks(16, seed=1), sum_tasks(4, seed=2),
+                                 tok)
+    return TrainConfig(
+        stage=Stage.RL, model=TINY, dataset=data, output=str(tmp_path / "out"), init_model=str(tmp_path / "base"),
+        precision="fp32", metrics_port=0, checkpointing={"interval": 2, "keep": 3},
+        rl={"reward": {"verifier": "custom", "customSource": {"name": "verifier"}, "timeoutSeconds": 5},
+            "groupSize": 4, "maxNewTokens": 3},
+        hyperparameters=Hyperparameters(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=1, max_steps=steps,
+                                        global_batch_size=16, micro_batch_size=8, sequence_length=96,
+                                        eval_interval=0, eval_batches=1, seed=5))
+
+
+def sft_config(tmp_path: Path, method: SftMethod, steps: int, lr: float) -> TrainConfig:
+    """An SFT run on sum conversations, its base model and dataset written under `tmp_path`."""
+    tok = make_tokenizer()
+    write_base_model(tmp_path / "base", tok)
+    dataset = write_records_dataset(tmp_path / "data", DatasetPurpose.SFT, sum_conversations(96, seed=3),
+                                    sum_conversations(16, seed=4), tok)
+    return TrainConfig(
+        stage=Stage.SFT, model=TINY, dataset=dataset, output=str(tmp_path / "out"), init_model=str(tmp_path / "base"),
+        method=method, precision="fp32", metrics_port=0,
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                    "gate_proj", "up_proj", "down_proj", "lm_head"]},
+        hyperparameters=Hyperparameters(learning_rate=lr, min_learning_rate=lr / 10, warmup_steps=2, max_steps=steps,
+                                        global_batch_size=4, micro_batch_size=4, sequence_length=96,
+                                        eval_interval=0, eval_batches=2, seed=7),
+        checkpointing={"interval": steps, "keep": 1},
+    )

@@ -26,7 +26,7 @@ from forge_trainer.train.lora import (
     save_adapter,
     trainable_parameters,
 )
-from tests.unit.posttrain_fixtures import one_torch_thread
+from tests.support.posttrain import one_torch_thread
 
 VOCAB = 256
 assert one_torch_thread  # imported for its autouse fixture

@@ -19,7 +19,7 @@ from forge_trainer.model.hf_export import export_hf
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.serve.loading import LoadedModel, load_model
 from forge_trainer.train.chat import ChatTokenizer
-from tests.unit.serve_fixtures import CORPUS, server_torch_threads, serving
+from tests.support.serve import CORPUS, server_torch_threads, serving
 
 MODEL = "base"
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]

@@ -9,7 +9,6 @@ import math
 import shutil
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ import yaml
 from tokenizers import Tokenizer
 
 from forge_trainer.cli import WorkloadError, main
-from forge_trainer.config import ModelConfig, SizePreset, TrainConfig, TrainProgress
+from forge_trainer.config import ModelConfig, SizePreset, TrainProgress
 from forge_trainer.data.manifest import Split
 from forge_trainer.data.shards import load_manifest
 from forge_trainer.model import Transformer, resolve_model_args
@@ -29,8 +28,9 @@ from forge_trainer.train.checkpoint import list_checkpoints, load_checkpoint
 from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.progress import read_step_log
 from forge_trainer.train.trainer import NonFiniteLossError
-from tests.conftest import S3Server, free_port
-from tests.unit.train_fixtures import local_dataset, one_thread, real_corpus, write_dataset
+from tests.support.ports import free_port
+from tests.support.s3 import S3Server
+from tests.support.training import local_dataset, one_thread, pretrain_config, real_corpus, write_dataset
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -40,22 +40,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     return local_dataset(tmp_path_factory.mktemp("ds"))
 
 
-def config(dataset: str, output: Path | str, **overrides: Any) -> TrainConfig:
-    raw: dict[str, Any] = {
-        "stage": "pretrain", "model": {"size": "tiny"}, "dataset": dataset, "output": str(output),
-        "precision": "fp32", "metricsPort": 0,
-        "hyperparameters": {"maxSteps": 20, "globalBatchSize": 8, "microBatchSize": 4, "sequenceLength": 64,
-                            "warmupSteps": 4, "learningRate": 3e-3, "evalInterval": 10, "evalBatches": 4},
-        "checkpointing": {"interval": 5, "keep": 2},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            raw[key] = {**raw.get(key, {}), **value}
-        else:
-            raw[key] = value
-    return TrainConfig.model_validate(raw)
-
-
 def progress(output: Path) -> TrainProgress:
     return TrainProgress.model_validate_json((output / "progress.json").read_text())
 
@@ -63,7 +47,7 @@ def progress(output: Path) -> TrainProgress:
 def test_tiny_model_learns_a_real_corpus(dataset: str, tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "run"
-    result = run_pretrain(config(dataset, out, hyperparameters={"maxSteps": 40}, metricsPort=port))
+    result = run_pretrain(pretrain_config(dataset, out, hyperparameters={"maxSteps": 40}, metricsPort=port))
     losses = [result.losses[s] for s in sorted(result.losses)]
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.8
@@ -83,7 +67,7 @@ def test_tiny_model_learns_a_real_corpus(dataset: str, tmp_path: Path) -> None:
 
 def test_resume_skips_an_incomplete_checkpoint_and_continues_the_same_trajectory(dataset: str,
                                                                                  tmp_path: Path) -> None:
-    reference = run_pretrain(config(dataset, tmp_path / "a", checkpointing={"keep": 10}))
+    reference = run_pretrain(pretrain_config(dataset, tmp_path / "a", checkpointing={"keep": 10}))
     crashed = tmp_path / "b"
     shutil.copytree(tmp_path / "a", crashed)
     # a crash while writing step 15: its marker never landed; step 20 never happened
@@ -92,7 +76,7 @@ def test_resume_skips_an_incomplete_checkpoint_and_continues_the_same_trajectory
     shutil.rmtree(crashed / "model")
     state = json.loads((crashed / "progress.json").read_text())
     (crashed / "progress.json").write_text(json.dumps({**state, "done": False, "step": 14}))
-    resumed = run_pretrain(config(dataset, crashed, checkpointing={"keep": 10}))
+    resumed = run_pretrain(pretrain_config(dataset, crashed, checkpointing={"keep": 10}))
     assert sorted(resumed.losses) == list(range(11, 21))
     for step in range(11, 21):
         assert resumed.losses[step] == pytest.approx(reference.losses[step], rel=1e-4, abs=1e-4)
@@ -108,7 +92,7 @@ def test_resume_skips_an_incomplete_checkpoint_and_continues_the_same_trajectory
 
 def test_moe_uses_every_expert_and_reports_a_balance_loss(dataset: str, tmp_path: Path) -> None:
     out = tmp_path / "moe"
-    result = run_pretrain(config(dataset, out, model={"size": "tiny", "architecture": "moe"},
+    result = run_pretrain(pretrain_config(dataset, out, model={"size": "tiny", "architecture": "moe"},
                                  hyperparameters={"maxSteps": 25}))
     assert sum(result.losses[s] for s in range(21, 26)) < sum(result.losses[s] for s in range(1, 6)) - 0.5
     model, args = load_hf(out / "model")
@@ -127,7 +111,7 @@ def test_moe_uses_every_expert_and_reports_a_balance_loss(dataset: str, tmp_path
 def test_nan_loss_stops_before_a_poisoned_checkpoint(dataset: str, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "nan"
-    cfg = config(dataset, out, hyperparameters={"learningRate": 1e30, "warmupSteps": 0, "gradClip": 0},
+    cfg = pretrain_config(dataset, out, hyperparameters={"learningRate": 1e30, "warmupSteps": 0, "gradClip": 0},
                  checkpointing={"interval": 1})
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg.to_wire()))
@@ -150,7 +134,7 @@ def test_a_nan_found_later_stops_before_the_next_checkpoint_with_the_weights_unp
     """Losses are read only at sync steps: a non-finite step between them is skipped on the device and
     the run stops at the next sync step (here the checkpoint at step 5) without writing it."""
     out = tmp_path / "nan"
-    cfg = config(dataset, out, hyperparameters={"learningRate": 1e30, "warmupSteps": 0, "gradClip": 0,
+    cfg = pretrain_config(dataset, out, hyperparameters={"learningRate": 1e30, "warmupSteps": 0, "gradClip": 0,
                                                 "evalInterval": 0},
                  checkpointing={"interval": 5})
     with pytest.raises(NonFiniteLossError, match=r"(loss|gradient norm) is (nan|inf) at step (\d)") as caught:
@@ -166,13 +150,13 @@ def test_a_nan_found_later_stops_before_the_next_checkpoint_with_the_weights_unp
 
 def test_missing_dataset_and_bad_config_fail_with_one_line(tmp_path: Path, dataset: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    missing = config(str(tmp_path / "nowhere" / "manifest.json"), tmp_path / "o1")
+    missing = pretrain_config(str(tmp_path / "nowhere" / "manifest.json"), tmp_path / "o1")
     with pytest.raises(WorkloadError, match="nowhere"):
         run_pretrain(missing)
     failed = progress(tmp_path / "o1")
     assert failed.error and "nowhere" in failed.error and not failed.done
     too_long = tmp_path / "bad.yaml"
-    too_long.write_text(yaml.safe_dump(config(dataset, tmp_path / "o2",
+    too_long.write_text(yaml.safe_dump(pretrain_config(dataset, tmp_path / "o2",
                                               hyperparameters={"sequenceLength": 4096}).to_wire()))
     assert main(["train", "--config", str(too_long)]) == 2
     err = capsys.readouterr().err.strip()
@@ -182,7 +166,7 @@ def test_missing_dataset_and_bad_config_fail_with_one_line(tmp_path: Path, datas
 def test_pretrain_reads_and_writes_s3(s3: S3Server, tmp_path: Path) -> None:
     store, _ = open_uri(s3.uri(), s3.config)
     manifest_uri = write_dataset(store, "datasets/docs", real_corpus(120))
-    cfg = config(manifest_uri, s3.uri("runs/pre"), store=s3.config.to_wire(),
+    cfg = pretrain_config(manifest_uri, s3.uri("runs/pre"), store=s3.config.to_wire(),
                  hyperparameters={"maxSteps": 6, "evalInterval": 3}, checkpointing={"interval": 3})
     result = run_pretrain(cfg)
     assert result.progress.done and result.progress.final_model_uri == s3.uri("runs/pre/model")
@@ -193,19 +177,19 @@ def test_pretrain_reads_and_writes_s3(s3: S3Server, tmp_path: Path) -> None:
 
 
 def test_activation_checkpointing_keeps_the_losses(dataset: str, tmp_path: Path) -> None:
-    plain = run_pretrain(config(dataset, tmp_path / "a", hyperparameters={"maxSteps": 4}))
-    recomputed = run_pretrain(config(dataset, tmp_path / "b",
+    plain = run_pretrain(pretrain_config(dataset, tmp_path / "a", hyperparameters={"maxSteps": 4}))
+    recomputed = run_pretrain(pretrain_config(dataset, tmp_path / "b",
                                      hyperparameters={"maxSteps": 4, "activationCheckpointing": True}))
     for step, loss in plain.losses.items():
         assert recomputed.losses[step] == pytest.approx(loss, rel=1e-5)
 
 
 def test_pretraining_from_a_base_model_starts_where_it_ended(dataset: str, tmp_path: Path) -> None:
-    base = run_pretrain(config(dataset, tmp_path / "base", hyperparameters={"maxSteps": 30}))
-    scratch = run_pretrain(config(dataset, tmp_path / "scratch", hyperparameters={"maxSteps": 2}))
-    from_model = run_pretrain(config(dataset, tmp_path / "m", model=None, initModel=str(tmp_path / "base" / "model"),
+    base = run_pretrain(pretrain_config(dataset, tmp_path / "base", hyperparameters={"maxSteps": 30}))
+    scratch = run_pretrain(pretrain_config(dataset, tmp_path / "scratch", hyperparameters={"maxSteps": 2}))
+    from_model = run_pretrain(pretrain_config(dataset, tmp_path / "m", model=None, initModel=str(tmp_path / "base" / "model"),
                                      hyperparameters={"maxSteps": 2}))
-    from_checkpoint = run_pretrain(config(dataset, tmp_path / "c", model=None,
+    from_checkpoint = run_pretrain(pretrain_config(dataset, tmp_path / "c", model=None,
                                           initCheckpoint=str(tmp_path / "base" / "checkpoints" / "step-00000030"),
                                           hyperparameters={"maxSteps": 2}))
     for cont in (from_model, from_checkpoint):
@@ -218,7 +202,7 @@ def test_eval_dataset_is_used_for_validation(dataset: str, tmp_path: Path) -> No
     root = Path(dataset.removeprefix("file://")).parent
     other = write_dataset(LocalStore(tmp_path / "other"), "", real_corpus(400)[-30:],
                           tokenizer=Tokenizer.from_file(str(root / "tokenizer.json")), validation_every=2)
-    result = run_pretrain(config(dataset, tmp_path / "run", evalDataset=other, hyperparameters={"maxSteps": 3}))
+    result = run_pretrain(pretrain_config(dataset, tmp_path / "run", evalDataset=other, hyperparameters={"maxSteps": 3}))
     model, _ = load_hf(tmp_path / "run" / "model")
     manifest, _ = load_manifest(other)
     sequences = TokenSequences(other, manifest, Split.VALIDATION, 64, seed=0, shuffle=False)
@@ -232,7 +216,7 @@ def test_eval_dataset_is_used_for_validation(dataset: str, tmp_path: Path) -> No
 def test_mfu_is_reported_against_the_device_peak(dataset: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PEAK_FLOPS_ENV, "1e12")
-    result = run_pretrain(config(dataset, tmp_path / "mfu", hyperparameters={"maxSteps": 3}))
+    result = run_pretrain(pretrain_config(dataset, tmp_path / "mfu", hyperparameters={"maxSteps": 3}))
     args = resolve_model_args(ModelConfig(size=SizePreset.TINY), 512)
     tps = result.progress.tokens_per_second
     assert tps and result.progress.mfu == pytest.approx(flops_per_token(args, 64) * tps / 1e12)

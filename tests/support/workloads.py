@@ -13,7 +13,7 @@ from pathlib import Path
 
 from minio import Minio
 
-from tests.integration.conftest import ACCESS, SECRET, Cluster
+from tests.support.cluster import ACCESS, SECRET, Cluster
 
 WORDS = ["operator", "cluster", "shard", "token", "corpus", "model", "train", "node", "queue", "bucket", "secret", "policy", "schedule", "gradient", "batch", "checkpoint", "metric", "replica", "service", "volume", "network", "kernel", "tensor", "vector", "the", "a", "of", "and", "to"]
 

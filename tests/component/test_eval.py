@@ -18,7 +18,7 @@ from forge_trainer.train.chat import ChatTokenizer
 from forge_trainer.train.evaluate import EvalContext, write_eval
 from forge_trainer.train.runtime import init_runtime
 from forge_trainer.train.sft import run_sft
-from tests.unit.posttrain_fixtures import (
+from tests.support.posttrain import (
     TINY,
     arithmetic_corpus,
     make_tokenizer,
@@ -27,7 +27,7 @@ from tests.unit.posttrain_fixtures import (
     write_base_model,
     write_records_dataset,
 )
-from tests.unit.train_fixtures import write_dataset
+from tests.support.training import write_dataset
 
 assert one_torch_thread  # imported for its autouse fixture
 

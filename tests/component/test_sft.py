@@ -9,20 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from forge_trainer.config import DatasetPurpose, Hyperparameters, SftMethod, Stage, TrainConfig
+from forge_trainer.config import SftMethod
 from forge_trainer.model import Transformer, resolve_model_args
 from forge_trainer.model.hf_export import load_hf
 from forge_trainer.train.batches import IGNORE_INDEX
 from forge_trainer.train.chat import CHATML_TEMPLATE, ChatTokenizer, messages_of
 from forge_trainer.train.packing import block_causal_mask, make_example, pack, packed_logits, rows_batch
 from forge_trainer.train.sft import run_sft, sft_loss
-from tests.unit.posttrain_fixtures import (
+from tests.support.posttrain import (
     TINY,
     make_tokenizer,
     one_torch_thread,
+    sft_config,
     sum_conversations,
-    write_base_model,
-    write_records_dataset,
 )
 
 CONVO = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"},
@@ -120,23 +119,6 @@ def test_block_mask_is_causal_within_samples_only() -> None:
     expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]],
                             dtype=torch.bool)
     assert torch.equal(mask, expected)
-
-
-def sft_config(tmp_path: Path, method: SftMethod, steps: int, lr: float) -> TrainConfig:
-    tok = make_tokenizer()
-    write_base_model(tmp_path / "base", tok)
-    dataset = write_records_dataset(tmp_path / "data", DatasetPurpose.SFT, sum_conversations(96, seed=3),
-                                    sum_conversations(16, seed=4), tok)
-    return TrainConfig(
-        stage=Stage.SFT, model=TINY, dataset=dataset, output=str(tmp_path / "out"), init_model=str(tmp_path / "base"),
-        method=method, precision="fp32", metrics_port=0,
-        lora={"rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                    "gate_proj", "up_proj", "down_proj", "lm_head"]},
-        hyperparameters=Hyperparameters(learning_rate=lr, min_learning_rate=lr / 10, warmup_steps=2, max_steps=steps,
-                                        global_batch_size=4, micro_batch_size=4, sequence_length=96,
-                                        eval_interval=0, eval_batches=2, seed=7),
-        checkpointing={"interval": steps, "keep": 1},
-    )
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from forge_trainer.store import (
     sha256_bytes,
     write_json_atomic,
 )
-from tests.conftest import S3Server
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from forge_trainer.serve.loading import LoadedModel, load_model
-from tests.unit.serve_fixtures import server_torch_threads, serving, shared_tiny_model
+from tests.support.serve import server_torch_threads, serving, shared_tiny_model
 
 MODEL = "tiny"
 PROMPTS = ["Hello", "The quick brown fox jumps over the lazy dog.", "def add(a, b):",

@@ -18,7 +18,7 @@ from forge_trainer.train.rl import (
     rollout_batch,
     token_logprobs,
 )
-from tests.unit.posttrain_fixtures import TINY, one_torch_thread
+from tests.support.posttrain import TINY, one_torch_thread
 
 VOCAB = 64
 assert one_torch_thread  # imported for its autouse fixture

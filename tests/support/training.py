@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -23,7 +24,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from forge_trainer.config import DatasetCounts, DatasetPurpose, TrainProgress
+from forge_trainer.config import DatasetCounts, DatasetPurpose, TrainConfig, TrainProgress
 from forge_trainer.data.manifest import (
     MANIFEST_NAME,
     TOKENIZER_NAME,
@@ -232,3 +233,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pretrain_config(dataset: str, output: Path | str, **overrides: Any) -> TrainConfig:
+    """A 20-step tiny pretrain on `dataset`; `overrides` replace (or, for dicts, update) top-level fields."""
+    raw: dict[str, Any] = {
+        "stage": "pretrain", "model": {"size": "tiny"}, "dataset": dataset, "output": str(output),
+        "precision": "fp32", "metricsPort": 0,
+        "hyperparameters": {"maxSteps": 20, "globalBatchSize": 8, "microBatchSize": 4, "sequenceLength": 64,
+                            "warmupSteps": 4, "learningRate": 3e-3, "evalInterval": 10, "evalBatches": 4},
+        "checkpointing": {"interval": 5, "keep": 2},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            raw[key] = {**raw.get(key, {}), **value}
+        else:
+            raw[key] = value
+    return TrainConfig.model_validate(raw)

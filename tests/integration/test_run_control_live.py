@@ -11,8 +11,17 @@ import pytest
 import yaml
 from minio import Minio
 
-from tests.integration.conftest import ACCESS, SECRET, Cluster, Operator, wait_for
-from tests.integration.test_pipeline_chain import CPU, FORGE, _put_json, _ready_dataset
+from tests.support.cluster import (
+    ACCESS,
+    CPU,
+    FORGE,
+    SECRET,
+    Cluster,
+    Operator,
+    put_json,
+    ready_dataset,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 PLURAL = "forgetrainingruns"
@@ -39,12 +48,12 @@ def _phase(cluster: Cluster, name: str) -> str | None:
 def _start(cluster: Cluster, operator: Operator, endpoint: str, bucket: str, name: str,
            **spec: Any) -> None:
     s3 = Minio(endpoint, access_key=ACCESS, secret_key=SECRET, secure=False)
-    _ready_dataset(cluster, s3, bucket, "data")
+    ready_dataset(cluster, s3, bucket, "data")
     cluster.create(PLURAL, {**FORGE, "kind": "ForgeTrainingRun", "metadata": {"name": name}, "spec": {
         "stage": "pretrain", "datasetRef": "data", "model": {"size": "tiny"}, "resources": CPU, **spec}})
     wait_for("first job", lambda: cluster.job(f"{name}-train-0"))
     out = wait_for("output uri", lambda: cluster.status(PLURAL, name).get("outputUri"))
-    _put_json(s3, bucket, out.split(f"s3://{bucket}/", 1)[1] + "/progress.json",
+    put_json(s3, bucket, out.split(f"s3://{bucket}/", 1)[1] + "/progress.json",
               {"step": 5, "totalSteps": 100, "loss": 4.0, "worldSize": 1})
     wait_for("Running at step 5", lambda: _phase(cluster, name) == "Running"
              and cluster.status(PLURAL, name).get("step") == 5)

@@ -13,8 +13,8 @@ from forge_trainer.config import Architecture, ModelConfig, SizePreset
 from forge_trainer.model import KVCache, ModelArgs, Transformer, resolve_model_args
 from forge_trainer.model.flops import active_params
 from forge_trainer.model.hf_export import export_hf, load_hf
-from tests.conftest import S3Server
-from tests.unit.train_fixtures import EOS, PAD, one_thread, real_corpus, train_tokenizer
+from tests.support.s3 import S3Server
+from tests.support.training import EOS, PAD, one_thread, real_corpus, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

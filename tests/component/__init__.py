@@ -1,0 +1,1 @@
+"""Component tier: training and servers run in this process (seconds per test)."""
