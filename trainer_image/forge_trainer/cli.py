@@ -13,51 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import TypeVar
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from forge_trainer.config import PrepareConfig, TrainConfig
+from forge_trainer.config_file import load_config
+from forge_trainer.errors import WorkloadError
+from forge_trainer.store import StoreError
 
-M = TypeVar("M", bound=BaseModel)
-
-
-class WorkloadError(Exception):
-    """A workload failed for a reason a person can act on; the message is that reason."""
-
-    exit_code = 1
-
-
-class ConfigError(WorkloadError):
-    """The workload's configuration is invalid; the message names the file and field."""
-
-    exit_code = 2
-
-
-def format_validation_error(exc: ValidationError, where: str) -> str:
-    """One line per problem, each naming the field by its wire path."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{where}: {loc}: {err['msg']}")
-    return "\n".join(parts)
-
-
-def load_config(path: Path, model: type[M]) -> M:
-    """Read a YAML or JSON config file into `model`; errors name the file and field."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from exc
+# Each command imports its workload when it runs: `serve` and `fetch` need not load the training
+# stack (nor `train` the HTTP server), which keeps a pod's start-up short.
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -79,12 +49,8 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> None:
-    import os
-    import shutil
-    import tempfile
-
-    from forge_trainer.serve.model_files import ModelFilesError, fetch_model_dir, verify_digest
-    from forge_trainer.store import StoreError
+    from forge_trainer.model.files import ModelFilesError
+    from forge_trainer.serve.model_files import fetch_model_dir, verify_digest
 
     dest: Path = args.dest
     try:
@@ -148,8 +114,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m forge_trainer.cli` (how torchrun starts workers) runs this file as __main__; the
-    # workloads raise forge_trainer.cli's exception classes, so dispatch through that module.
-    from forge_trainer.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """The dataset manifest: the contract between `forge-trainer prepare` (writer) and training (reader).
 
-A prepared dataset lives under one prefix:
+A prepared dataset lives under one prefix (the names are `forge_trainer.config.store`'s):
 
     <prefix>/manifest.json          this model; its own sha256 is the dataset digest
     <prefix>/tokenizer.json         Hugging Face `tokenizers` file (PreTrainedTokenizerFast loads it)
@@ -21,11 +21,10 @@ from typing import Any
 from pydantic import Field
 
 from forge_trainer.config import DatasetCounts, DatasetPurpose, WireModel
-
-MANIFEST_NAME = "manifest.json"
-TOKENIZER_NAME = "tokenizer.json"
-PROGRESS_NAME = "progress.json"
-AUDIT_NAME = "audit.jsonl"
+from forge_trainer.config.store import AUDIT_NAME as AUDIT_NAME
+from forge_trainer.config.store import MANIFEST_NAME as MANIFEST_NAME
+from forge_trainer.config.store import PROGRESS_NAME as PROGRESS_NAME
+from forge_trainer.config.store import TOKENIZER_NAME as TOKENIZER_NAME
 
 
 class ShardFormat(StrEnum):

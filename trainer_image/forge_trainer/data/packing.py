@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from forge_trainer.config.store import RECORDS_DIR, SHARDS_DIR
 from forge_trainer.data.encode import FastEncoder
 from forge_trainer.data.manifest import ShardFormat, ShardInfo, Split
 
@@ -74,7 +75,7 @@ class TokenShardWriter(_ShardWriter):
 
     def __init__(self, split: Split, dtype: str, tokens_per_shard: int, tmpdir: Path, publish: Publish,
                  eos_id: int) -> None:
-        super().__init__(split, ShardFormat.TOKENS, tmpdir, publish, ".bin", "shards")
+        super().__init__(split, ShardFormat.TOKENS, tmpdir, publish, ".bin", SHARDS_DIR)
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.tokens_per_shard = tokens_per_shard
         self.eos_id = eos_id
@@ -98,7 +99,7 @@ class RecordShardWriter(_ShardWriter):
     """Writes records as JSON Lines, rolling over to a new shard at about `max_bytes`."""
 
     def __init__(self, split: Split, tmpdir: Path, publish: Publish, max_bytes: int = JSONL_SHARD_BYTES) -> None:
-        super().__init__(split, ShardFormat.JSONL, tmpdir, publish, ".jsonl", "records")
+        super().__init__(split, ShardFormat.JSONL, tmpdir, publish, ".jsonl", RECORDS_DIR)
         self.max_bytes = max_bytes
         self.total_tokens = 0
 

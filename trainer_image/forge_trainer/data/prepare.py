@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from forge_trainer.cli import WorkloadError
 from forge_trainer.config import DatasetPurpose, PrepareConfig
 from forge_trainer.data import ingest
 from forge_trainer.data.clean import Cleaner
@@ -37,6 +36,7 @@ from forge_trainer.data.pii import Redactor
 from forge_trainer.data.report import Reporter, now_rfc3339
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
 from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
+from forge_trainer.errors import WorkloadError
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forge_trainer.config import DatasetCounts, DatasetProgress
-from forge_trainer.data.manifest import AUDIT_NAME, PROGRESS_NAME
+from forge_trainer.config.store import AUDIT_NAME, PROGRESS_NAME
 from forge_trainer.store import ObjectStore, append_jsonl, join_key, write_json_atomic
 
 log = logging.getLogger(__name__)

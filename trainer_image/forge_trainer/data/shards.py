@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from forge_trainer.config import StoreConfig
-from forge_trainer.data.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ShardFormat, ShardInfo
+from forge_trainer.config.store import MANIFEST_NAME, TOKENIZER_NAME
+from forge_trainer.data.manifest import Manifest, ShardFormat, ShardInfo
 from forge_trainer.store import (
     LocalStore,
     ObjectStore,

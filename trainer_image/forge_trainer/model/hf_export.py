@@ -13,7 +13,6 @@ generation: `<|im_end|>` is a stop token of the builtin server, and end of text 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Mapping
@@ -27,8 +26,9 @@ from torch import Tensor, nn
 
 from forge_trainer.config import StoreConfig
 from forge_trainer.model.args import ModelArgs
+from forge_trainer.model.files import model_dir_digest
 from forge_trainer.model.transformer import Transformer
-from forge_trainer.store import join_key, open_uri, sha256_file, split_uri
+from forge_trainer.store import join_key, open_uri, split_uri
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -153,11 +153,6 @@ def chat_template(tokenizer: dict[str, Any]) -> str:
         else EOS_CHAT_TEMPLATE
 
 
-def _digest(directory: Path, names: list[str]) -> str:
-    lines = "".join(f"{name} {sha256_file(directory / name)}\n" for name in sorted(names))
-    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
-
-
 def write_hf_dir(state: Mapping[str, Tensor], args: ModelArgs, tokenizer_json: bytes | None,
                  directory: Path, *, eos_token_id: int, bos_token_id: int | None = None,
                  pad_token_id: int | None = None, dtype: torch.dtype = torch.float32) -> list[str]:
@@ -212,7 +207,7 @@ def export_hf(model: nn.Module | Mapping[str, Tensor], args: ModelArgs, tokenize
         staging = Path(tmp)
         names = write_hf_dir(state, args, tokenizer_json, staging, eos_token_id=eos_token_id,
                              bos_token_id=bos_token_id, pad_token_id=pad_token_id, dtype=dtype)
-        digest = _digest(staging, names)
+        digest = model_dir_digest(staging)
         store, prefix = open_uri(str(out), store_config)
         # config.json last: a reader that finds it finds the weights too
         for name in sorted(names, key=lambda n: n == CONFIG_NAME):

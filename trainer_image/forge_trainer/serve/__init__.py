@@ -7,7 +7,7 @@
     sampling.py     greedy / temperature / top-p choice of the next token, per-request seeds
     text_stream.py  token ids to text as they arrive, stop strings
     loading.py      fetch, verify and load a Hugging Face export (+ LoRA merge)
-    model_files.py  fetching a model directory from the store; `model_dir_digest`, its one definition
+    model_files.py  fetching a model directory from the store, checked by `model.files.model_dir_digest`
     lora.py         merging a PEFT-format LoRA adapter into the weights
     metrics.py      the runtime's Prometheus metrics
 """

@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from forge_trainer.config import StoreConfig
+from forge_trainer.model.files import ModelFilesError
 from forge_trainer.serve.lora import AdapterError, merge_lora
-from forge_trainer.serve.model_files import ModelFilesError, fetch_model_dir, verify_digest
+from forge_trainer.serve.model_files import fetch_model_dir, verify_digest
 
 log = logging.getLogger(__name__)
 

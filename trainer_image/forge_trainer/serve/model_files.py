@@ -1,13 +1,5 @@
-"""Where the served model's files come from: the object store or a local path, checked against a digest.
-
-The digest of a model directory is the one the operator records and passes as `--model-digest`:
-
-    sha256 over the lines "<relative path> sha256:<hex of the file>\\n", sorted by relative path,
-
-over every regular file under the directory (relative paths use "/"; each file's digest is
-`forge_trainer.store.sha256_file`), written `sha256:<hex>`. `model_dir_digest` is the one definition;
-`forge_trainer.model.hf_export` computes the same value over the files it writes.
-"""
+"""Where the served model's files come from: the object store or a local path, checked against a digest
+(`forge_trainer.model.files.model_dir_digest`, the one definition)."""
 
 from __future__ import annotations
 
@@ -18,24 +10,10 @@ import shutil
 from pathlib import Path
 
 from forge_trainer.config import StoreConfig
-from forge_trainer.store import StoreError, open_uri, sha256_file, split_uri
+from forge_trainer.model.files import ModelFilesError, model_dir_digest
+from forge_trainer.store import StoreError, open_uri, split_uri
 
 log = logging.getLogger(__name__)
-
-
-class ModelFilesError(Exception):
-    """The model's files could not be fetched or are not the ones expected; the message names the URI."""
-
-
-def model_dir_digest(path: Path) -> str:
-    """`sha256:<hex>` digest of a model directory (see the module docstring for the definition)."""
-    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-    if not files:
-        raise ModelFilesError(f"{path}: no files to digest")
-    h = hashlib.sha256()
-    for rel in files:
-        h.update(f"{rel} {sha256_file(path / rel)}\n".encode())
-    return "sha256:" + h.hexdigest()
 
 
 def _cache_dir_for(uri: str, cache_root: Path) -> Path:

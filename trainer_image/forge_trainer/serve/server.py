@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from forge_trainer.cli import WorkloadError
 from forge_trainer.config import StoreConfig
+from forge_trainer.errors import WorkloadError
 from forge_trainer.serve.app import ServingState, build_app
 from forge_trainer.serve.loading import LoadError, load_model
 from forge_trainer.serve.metrics import ServeMetrics

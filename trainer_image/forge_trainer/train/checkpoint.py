@@ -27,9 +27,12 @@ from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from forge_trainer.config import CheckpointInfo
+from forge_trainer.config.store import CHECKPOINTS_DIR
+from forge_trainer.errors import WorkloadError
 from forge_trainer.store import ObjectStore, StoreError, join_key, read_json, sha256_file, write_json_atomic
 from forge_trainer.train.progress import ProgressReporter
 from forge_trainer.train.runtime import Runtime, barrier, broadcast_object, gather_objects
+from forge_trainer.train.trainer import NonFiniteLossError, all_params_finite
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def _load(state: dict[str, Any], path: Path) -> None:
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp_load(state, checkpoint_id=path)
 
-CHECKPOINTS_DIR = "checkpoints"
+
 MARKER_NAME = "checkpoint.json"
 _STEP_DIR = re.compile(r"step-(\d{8})$")
 
@@ -192,8 +195,6 @@ def checkpoint_and_prune(store: ObjectStore, prefix: str, step: int, model: nn.M
                          state: dict[str, Any], runtime: Runtime, keep: int, reporter: ProgressReporter) -> None:
     """What every training loop does at a checkpoint step: refuse to save non-finite weights, save
     (collective), then on rank 0 keep the newest `keep` checkpoints and report them."""
-    from forge_trainer.train.trainer import NonFiniteLossError, all_params_finite
-
     if not all_params_finite(model, runtime):
         raise NonFiniteLossError(f"parameters became NaN/inf by step {step}; not writing a poisoned checkpoint")
     info = save_checkpoint(store, prefix, step, model, optimizer, state, runtime)
@@ -206,8 +207,6 @@ def resume_latest(store: ObjectStore, prefix: str, runtime: Runtime, model: nn.M
                   optimizer: torch.optim.Optimizer) -> tuple[Checkpoint | None, int, int]:
     """Load the newest complete checkpoint under `prefix`, if any: (its resume point or None, the step to
     start from, tokens seen). A checkpoint that cannot be read fails the run naming its URI."""
-    from forge_trainer.cli import WorkloadError
-
     resume = find_resume_point(store, prefix, runtime)
     if resume is None:
         return None, 0, 0

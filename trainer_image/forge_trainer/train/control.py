@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from forge_trainer.config import TrainConfig
+from forge_trainer.config_file import load_config
+from forge_trainer.errors import WorkloadError
 from forge_trainer.train.runtime import Runtime, TerminateFlag, all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,6 @@ class MaxStepsWatcher:
 
     def read(self) -> int:
         """Read the file now."""
-        from forge_trainer.cli import WorkloadError, load_config
-
         assert self.path is not None
         try:
             value = load_config(self.path, TrainConfig).hyperparameters.max_steps

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from forge_trainer.config import DatasetPurpose, RewardConfig, Stage, TrainConfig
+from forge_trainer.config.store import EVAL_NAME
 from forge_trainer.data.manifest import Manifest, ShardFormat, Split
 from forge_trainer.data.shards import iter_records, load_manifest
 from forge_trainer.model.transformer import Transformer
@@ -43,7 +44,6 @@ from forge_trainer.train.verifiers import RewardModel, limits_of, read_custom_so
 
 log = logging.getLogger(__name__)
 
-EVAL_NAME = "eval.json"
 MAX_EVAL_TASKS = 256
 """Most tasks scored per evaluation."""
 EVAL_BATCH = 16

@@ -21,11 +21,13 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from forge_trainer.cli import ConfigError, WorkloadError
 from forge_trainer.config import SftMethod, TrainConfig, TrainProgress
+from forge_trainer.config.store import ADAPTER_DIR, MODEL_DIR
 from forge_trainer.data.shards import fetch_tokenizer
 from forge_trainer.data.tokenizer import special_token_ids
+from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.args import ModelArgs, with_vocab
+from forge_trainer.model.files import model_dir_digest
 from forge_trainer.model.hf_export import (
     CONFIG_NAME,
     GENERATION_CONFIG_NAME,
@@ -35,7 +37,6 @@ from forge_trainer.model.hf_export import (
     write_hf_dir,
 )
 from forge_trainer.model.transformer import Transformer
-from forge_trainer.serve.model_files import model_dir_digest
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri
 from forge_trainer.train.chat import ChatTokenizer, tokenizer_config_patch
 from forge_trainer.train.lora import apply_lora, base_state_dict, merged_state_dict, save_adapter
@@ -44,9 +45,6 @@ from forge_trainer.train.progress import ProgressReporter
 from forge_trainer.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-MODEL_DIR = "model"
-ADAPTER_DIR = "adapter"
 
 
 @dataclass

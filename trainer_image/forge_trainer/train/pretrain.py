@@ -18,10 +18,11 @@ from typing import Any, cast
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from forge_trainer.cli import ConfigError, WorkloadError
 from forge_trainer.config import Precision, TrainConfig, TrainProgress
+from forge_trainer.config.store import MODEL_DIR
 from forge_trainer.data.manifest import Manifest, Split
 from forge_trainer.data.shards import fetch_tokenizer, load_manifest
+from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.args import ModelArgs, resolve_model_args
 from forge_trainer.model.flops import flops_per_token, peak_flops
 from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, export_hf, load_hf
@@ -49,8 +50,6 @@ from forge_trainer.train.runtime import Runtime, barrier, init_runtime, shutdown
 from forge_trainer.train.trainer import NonFiniteLossError, StepStats, Trainer, first_non_finite
 
 log = logging.getLogger(__name__)
-
-MODEL_DIR = "model"
 
 
 @dataclass

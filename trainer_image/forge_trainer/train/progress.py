@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forge_trainer.config import TrainProgress
+from forge_trainer.config.store import LOGS_DIR, PROGRESS_NAME
 from forge_trainer.store import ObjectStore, StoreError, join_key, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-PROGRESS_NAME = "progress.json"
-LOGS_DIR = "logs"
 LOG_SEGMENT_STEPS = 1000
 
 _GAUGES = {

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from forge_trainer.cli import ConfigError, WorkloadError
 from forge_trainer.config import DatasetPurpose, Precision, SftMethod, TrainConfig, TrainProgress
 from forge_trainer.data.manifest import Split
 from forge_trainer.data.shards import load_manifest
+from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, open_uri
 from forge_trainer.train.batches import Batch

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from forge_trainer.cli import ConfigError, WorkloadError
 from forge_trainer.config import DatasetPurpose, Precision, TrainConfig, TrainProgress
 from forge_trainer.data.manifest import Manifest, ShardFormat, Split
 from forge_trainer.data.shards import iter_records, load_manifest
+from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.store import ObjectStore, StoreError, open_uri
 from forge_trainer.train.batches import IGNORE_INDEX, Batch, micro_batch_size_for
 from forge_trainer.train.chat import ChatFormatError, ChatTokenizer, messages_of

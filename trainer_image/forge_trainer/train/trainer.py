@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from forge_trainer.cli import WorkloadError
 from forge_trainer.config import Hyperparameters
+from forge_trainer.errors import WorkloadError
 from forge_trainer.train.batches import IGNORE_INDEX, Batch
 from forge_trainer.train.parallel import autocast, gradient_sync, unwrap
 from forge_trainer.train.runtime import Runtime, all_reduce_sum
