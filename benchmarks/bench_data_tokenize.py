@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from bench_data_dedup import make_corpus
-from forge_trainer.data.packing import pack_token_shards
 from forge_trainer.data.prepare import ENCODE_BATCH, spill_batches
+from forge_trainer.data.shard_writers import pack_token_shards
 from forge_trainer.data.tokenizer import special_token_ids, train_tokenizer
 from forge_trainer.store import LocalStore
 

@@ -14,8 +14,15 @@ from forge_trainer.model import Transformer, resolve_model_args
 from forge_trainer.model.hf_export import load_hf
 from forge_trainer.train.batches import IGNORE_INDEX
 from forge_trainer.train.chat import CHATML_TEMPLATE, ChatTokenizer, messages_of
-from forge_trainer.train.packing import block_causal_mask, make_example, pack, packed_logits, rows_batch
-from forge_trainer.train.sft import run_sft, sft_loss
+from forge_trainer.train.sample_packing import (
+    block_causal_mask,
+    make_example,
+    pack,
+    packed_logits,
+    rows_batch,
+)
+from forge_trainer.train.sft import run_sft
+from forge_trainer.train.sft_examples import sft_loss
 from tests.support.posttrain import (
     TINY,
     make_tokenizer,

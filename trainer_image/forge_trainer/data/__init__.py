@@ -6,5 +6,5 @@
 
 Inside: ingest (every source format), normalize, quality, dedup (exact + MinHash/LSH), pii, records
 (sft/rl shapes), clean (the per-record chain), tokenizer (byte-level BPE), encode (cached encoding),
-packing (shard writers), report (progress.json and the audit log), manifest (the contract).
+shard_writers (token and record shards), report (progress.json and the audit log), manifest (the contract).
 """

@@ -31,9 +31,9 @@ from forge_trainer.data.manifest import (
     ShardInfo,
     TokenizerInfo,
 )
-from forge_trainer.data.packing import Publish, pack_record_shards, pack_token_shards
 from forge_trainer.data.pii import Redactor
 from forge_trainer.data.report import Reporter, now_rfc3339
+from forge_trainer.data.shard_writers import Publish, pack_record_shards, pack_token_shards
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
 from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
 from forge_trainer.errors import WorkloadError

@@ -39,6 +39,7 @@ from forge_trainer.train.chat import ChatTokenizer
 from forge_trainer.train.generate import sample
 from forge_trainer.train.runtime import Runtime, all_reduce_sum, gather_objects
 from forge_trainer.train.sandbox import SandboxLimits
+from forge_trainer.train.sft_examples import PackedStream, read_sft_examples, sft_eval_loss
 from forge_trainer.train.trainer import token_loss_sum
 from forge_trainer.train.verifiers import RewardModel, limits_of, read_custom_source
 
@@ -157,8 +158,6 @@ def token_loss(ctx: EvalContext, model: Transformer, uri: str, manifest: Manifes
 
 def sft_dataset_loss(ctx: EvalContext, model: Transformer, uri: str, manifest: Manifest) -> float | None:
     """Assistant-token loss on an sft dataset's validation split (or train split if it has none)."""
-    from forge_trainer.train.sft import PackedStream, read_sft_examples, sft_eval_loss
-
     hp = ctx.config.hyperparameters
     seq_len = min(hp.sequence_length, model.args.max_seq_len)
     for split in (Split.VALIDATION, Split.TRAIN):
