@@ -96,6 +96,7 @@ def test_manifest_progress_and_audit_agree(tmp_path: Path) -> None:
     reads = {a["uri"] for a in audit if a["event"] == "read"}
     writes = {a["uri"]: a for a in audit if a["event"] == "write"}
     assert reads == {p.as_uri() for p in (tmp_path / "src").iterdir()}
+    assert manifest.shards
     for shard in manifest.shards:
         assert writes[(out / shard.path).as_uri()]["sha256"] == shard.sha256
     assert writes[(out / "manifest.json").as_uri()]["sha256"] == digest

@@ -180,6 +180,7 @@ def test_activation_checkpointing_keeps_the_losses(dataset: str, tmp_path: Path)
     plain = run_pretrain(pretrain_config(dataset, tmp_path / "a", hyperparameters={"maxSteps": 4}))
     recomputed = run_pretrain(pretrain_config(dataset, tmp_path / "b",
                                      hyperparameters={"maxSteps": 4, "activationCheckpointing": True}))
+    assert sorted(plain.losses) == sorted(recomputed.losses) == [1, 2, 3, 4]
     for step, loss in plain.losses.items():
         assert recomputed.losses[step] == pytest.approx(loss, rel=1e-5)
 

@@ -68,6 +68,7 @@ def test_two_gloo_workers_agree_with_one(dataset: str, tmp_path: Path, strategy:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = read_step_log(LocalStore(tmp_path / "two"), "")
     assert sorted(log) == list(range(1, 9)) and {r["world_size"] for r in log.values()} == {2}
+    assert sorted(alone.losses) == sorted(log)
     for step, loss in alone.losses.items():
         assert log[step]["loss"] == pytest.approx(loss, rel=1e-3, abs=1e-3), step
     progress = read(tmp_path / "two")

@@ -100,6 +100,7 @@ def test_dataset_reaches_ready_with_counts_and_children_go_with_it(
     assert len(reports) == 1
     report = __import__("json").loads(s3.get_object(store_bucket, reports[0].object_name).read())
     assert report["name"] == "handbook" and report["deletedObjects"] > 3 and report["deletedBytes"] > 0
+    assert len(report["deleted"]) == report["deletedObjects"]
     assert all(o["sha256"].startswith("sha256:") for o in report["deleted"])
     wait_for("the Job to be garbage-collected", lambda: cluster.job("handbook-prepare") is None, timeout=120,
              interval=2)

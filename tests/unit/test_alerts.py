@@ -63,7 +63,9 @@ def test_the_parser_sees_metrics_and_not_functions() -> None:
 
 def test_every_alert_uses_only_exported_metrics() -> None:
     known = exported_metrics()
-    for alert, expr in rule_exprs().items():
+    rules = rule_exprs()
+    assert len(rules) == 7, sorted(rules)  # the loop below checks each of them
+    for alert, expr in rules.items():
         used = metric_names(expr)
         assert used, alert
         assert used <= known, f"{alert} reads metrics the operator does not export: {used - known}"
@@ -72,7 +74,9 @@ def test_every_alert_uses_only_exported_metrics() -> None:
 def test_every_dashboard_query_uses_only_exported_metrics() -> None:
     known = exported_metrics()
     used: set[str] = set()
-    for expr in dashboard_exprs():
+    exprs = dashboard_exprs()
+    assert len(exprs) >= len(DASHBOARD["panels"]), exprs  # every panel has at least one query
+    for expr in exprs:
         names = metric_names(expr)
         assert names, expr
         assert names <= known, f"{expr!r} reads {names - known}"

@@ -46,7 +46,9 @@ def test_job_runs_prepare_with_its_config_from_a_configmap() -> None:
 
 
 def test_children_are_owned_by_the_dataset_and_labelled() -> None:
-    for obj in _render(_dataset()).values():
+    objs = _render(_dataset())
+    assert set(objs) == {"NetworkPolicy", "ConfigMap", "Job"}
+    for obj in objs.values():
         (owner,) = obj["metadata"]["ownerReferences"]
         assert owner == {"apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDataset", "name": "handbook",
                          "uid": "u-123", "controller": True, "blockOwnerDeletion": True}

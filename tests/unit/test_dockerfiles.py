@@ -65,7 +65,9 @@ def test_trainer_pins_the_cuda_torch_the_project_pins() -> None:
 
 @pytest.mark.parametrize("path", [OPERATOR, TRAINER], ids=["operator", "trainer"])
 def test_no_secrets_in_the_image(path: Path) -> None:
-    for op, args in instructions(path):
+    found = instructions(path)
+    assert {"ENV", "COPY"} <= {op for op, _ in found}  # both kinds the loop checks are there
+    for op, args in found:
         if op in ("ENV", "ARG"):
             names = re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?==|\s|$)", args)
             assert not [n for n in names if SECRETISH.search(n)], f"{op} {args}"
@@ -77,9 +79,9 @@ def test_no_secrets_in_the_image(path: Path) -> None:
 def test_copied_paths_exist_and_are_in_the_build_context(path: Path) -> None:
     ignored = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
                if ln.strip() and not ln.startswith("#")]
-    for op, args in instructions(path):
-        if op != "COPY" or args.startswith("--from"):
-            continue
+    copies = [args for op, args in instructions(path) if op == "COPY" and not args.startswith("--from")]
+    assert copies, f"{path.name} copies nothing from the build context"
+    for args in copies:
         for src in args.split()[:-1]:
             assert (ROOT / src).exists(), f"{path.name}: COPY {src} does not exist"
             top = src.rstrip("/")
