@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,7 @@ def s3(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 TIERS = ("unit", "component", "integration", "e2e")
+CLUSTER_ENV = "FORGE_TEST_KUBECONFIG"  # the integration tier's cluster
 TESTS = Path(__file__).resolve().parent
 
 
@@ -73,6 +75,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if marked - {tier}:
             raise pytest.UsageError(f"{item.nodeid}: marked {sorted(marked)} but lives in the {tier} tier's folder")
         item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """With a cluster given (FORGE_TEST_KUBECONFIG), an integration test that skips fails instead: the
+    tier must not go quietly green without having run."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail") and os.environ.get(CLUSTER_ENV)
+            and item.get_closest_marker("integration")):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"integration test skipped although {CLUSTER_ENV} is set: {reason}"
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

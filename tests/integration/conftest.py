@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ def kubeconfig() -> str:
     path = os.environ.get("FORGE_TEST_KUBECONFIG")
     if not path:
         pytest.skip("integration tier needs FORGE_TEST_KUBECONFIG (see ../shared/kube-harness; .ci/run sets it)")
+    if not Path(path).is_file():
+        pytest.fail(f"FORGE_TEST_KUBECONFIG={path}: no such file")
     return path
 
 
@@ -34,7 +37,12 @@ def api(kubeconfig: str) -> Any:
     from kubernetes import client, config
 
     config.load_kube_config(config_file=kubeconfig)
-    return client.ApiClient()
+    api = client.ApiClient()
+    try:
+        client.VersionApi(api).get_code(_request_timeout=15)
+    except Exception as exc:  # any failure to reach it: the tier cannot run, and must say so
+        pytest.fail(f"the cluster in FORGE_TEST_KUBECONFIG={kubeconfig} is unreachable: {exc}", pytrace=False)
+    return api
 
 
 @pytest.fixture(scope="session")
