@@ -15,7 +15,7 @@ import pytest
 
 from forge_trainer.config import ConfigMapKeyRef, RewardConfig, VerifierKind
 from forge_trainer.train.sandbox import SandboxLimits, network_isolation
-from forge_trainer.train.verifiers import CUSTOM_VERIFIER_ENV, RewardModel, python_tests
+from forge_trainer.train.verifiers import CUSTOM_VERIFIER_ENV, RewardModel, python_tests, regex
 
 LIMITS = SandboxLimits(timeout_seconds=2.0, memory_mb=256)
 
@@ -175,3 +175,11 @@ def test_hostile_generated_code_is_contained_too() -> None:
     assert (loop.score, loop.reason) == (0.0, "timeout")
     big = python_tests("x = ' ' * (8 * 1024**3)\ndef f(): return 1", tests, LIMITS)
     assert (big.score, big.reason) == (0.0, "memory")
+
+
+def test_a_catastrophically_backtracking_pattern_is_stopped_and_counted() -> None:
+    start = time.monotonic()
+    outcome = regex("a" * 40 + "!", {"pattern": r"(a|aa)+$"})  # exponential in a backtracking engine
+    assert time.monotonic() - start < 10
+    assert outcome.score == 0.0 and outcome.is_error
+    assert "took longer than" in outcome.detail

@@ -52,16 +52,6 @@ def test_regex_with_an_invalid_pattern_scores_zero_and_is_counted() -> None:
     assert outcome.score == 0.0 and outcome.is_error
 
 
-def test_a_catastrophically_backtracking_pattern_is_stopped_and_counted() -> None:
-    import time
-
-    start = time.monotonic()
-    outcome = regex("a" * 40 + "!", {"pattern": r"(a|aa)+$"})  # exponential in a backtracking engine
-    assert time.monotonic() - start < 10
-    assert outcome.score == 0.0 and outcome.is_error
-    assert "took longer than" in outcome.detail
-
-
 SCHEMA = {"type": "object", "properties": {"sum": {"type": "integer"}}, "required": ["sum"],
           "additionalProperties": False}
 
