@@ -23,7 +23,7 @@ from forge_trainer.model import Transformer, resolve_model_args
 from forge_trainer.model.flops import flops_per_token, peak_flops
 from forge_trainer.train.parallel import wrap_model
 from forge_trainer.train.runtime import Runtime
-from forge_trainer.train.trainer import Trainer
+from forge_trainer.train.step_engine import StepEngine
 
 VOCAB = 32_000
 
@@ -74,7 +74,7 @@ def main() -> int:
 
     torch.manual_seed(0)
     model = wrap_model(Transformer(args), runtime, a.activation_checkpointing, a.compile)
-    trainer = Trainer(model, hp, runtime, bf16=True)
+    trainer = StepEngine(model, hp, runtime, bf16=True)
     results["forge trainer"] = statistics.median(time_steps(trainer.train_step, data, a.accum, warmup))
     del trainer, model
     torch.cuda.empty_cache()

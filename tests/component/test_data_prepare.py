@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from forge_trainer.cli import WorkloadError, main
+from forge_trainer.cli import main
 from forge_trainer.config import DatasetProgress, PrepareConfig
 from forge_trainer.data.manifest import Manifest, ShardFormat, Split
 from forge_trainer.data.prepare import run_prepare
@@ -22,6 +22,7 @@ from forge_trainer.data.shards import (
     load_manifest,
     read_token_shard,
 )
+from forge_trainer.errors import WorkloadError
 from forge_trainer.store import open_uri
 from tests.support.raw_corpus import corrupt_corpus, mixed_corpus, sentence_doc, write_jsonl
 from tests.support.s3 import S3Server

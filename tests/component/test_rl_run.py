@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_trainer.cli import ConfigError
+from forge_trainer.errors import ConfigError
 from forge_trainer.train.rl import run_rl
 from forge_trainer.train.verifiers import CUSTOM_VERIFIER_ENV
 from tests.support.posttrain import (

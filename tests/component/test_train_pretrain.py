@@ -15,10 +15,11 @@ import torch
 import yaml
 from tokenizers import Tokenizer
 
-from forge_trainer.cli import WorkloadError, main
+from forge_trainer.cli import main
 from forge_trainer.config import ModelConfig, SizePreset, TrainProgress
 from forge_trainer.data.manifest import Split
 from forge_trainer.data.shards import load_manifest
+from forge_trainer.errors import WorkloadError
 from forge_trainer.model import Transformer, resolve_model_args
 from forge_trainer.model.flops import PEAK_FLOPS_ENV, flops_per_token
 from forge_trainer.model.hf_export import load_hf
@@ -27,7 +28,7 @@ from forge_trainer.train.batches import TokenSequences
 from forge_trainer.train.checkpoint import list_checkpoints, load_checkpoint
 from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.progress import read_step_log
-from forge_trainer.train.trainer import NonFiniteLossError
+from forge_trainer.train.step_engine import NonFiniteLossError
 from tests.support.ports import free_port
 from tests.support.s3 import S3Server
 from tests.support.training import local_dataset, one_thread, pretrain_config, real_corpus, write_dataset

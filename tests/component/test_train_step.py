@@ -10,12 +10,12 @@ import torch
 from forge_trainer.config import Hyperparameters, ModelConfig, SizePreset
 from forge_trainer.model import Transformer, resolve_model_args
 from forge_trainer.train.runtime import Runtime
-from forge_trainer.train.trainer import Trainer, first_non_finite
+from forge_trainer.train.step_engine import StepEngine, first_non_finite
 
 CPU = Runtime(0, 1, 0, torch.device("cpu"), False)
 
 
-def setup() -> tuple[Trainer, list[list[dict[str, torch.Tensor]]]]:
+def setup() -> tuple[StepEngine, list[list[dict[str, torch.Tensor]]]]:
     torch.manual_seed(0)
     model = Transformer(resolve_model_args(ModelConfig(size=SizePreset.TINY), 128))
     hp = Hyperparameters(max_steps=10, global_batch_size=4, micro_batch_size=2, sequence_length=16,
@@ -23,7 +23,7 @@ def setup() -> tuple[Trainer, list[list[dict[str, torch.Tensor]]]]:
     g = torch.Generator().manual_seed(1)
     batches = [[{"input_ids": torch.randint(0, 128, (2, 16), generator=g),
                  "labels": torch.randint(0, 128, (2, 16), generator=g)} for _ in range(2)] for _ in range(3)]
-    return Trainer(model, hp, CPU, bf16=False), batches
+    return StepEngine(model, hp, CPU, bf16=False), batches
 
 
 def test_unchecked_steps_match_checked_ones() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forge_trainer.cli import WorkloadError
+from forge_trainer.errors import WorkloadError
 from forge_trainer.serve.server import main
 
 

@@ -48,7 +48,7 @@ ENCODE_BATCH = 1024
 
 
 @dataclass
-class _Run:
+class _Preparation:
     """What one prepare run works with."""
 
     config: PrepareConfig
@@ -70,7 +70,7 @@ def run_prepare(config: PrepareConfig, progress_interval: float = 5.0) -> Manife
     report = Reporter(out, prefix, progress_interval, Redactor(pii.types).redact if pii.enabled else None)
     try:
         with tempfile.TemporaryDirectory(prefix="forge-prepare-") as tmp:
-            return _prepare(_Run(config, out, prefix, report, Path(tmp)))
+            return _prepare(_Preparation(config, out, prefix, report, Path(tmp)))
     except (WorkloadError, StoreError) as exc:
         _record_failure(report, str(exc))
         if isinstance(exc, WorkloadError):
@@ -90,7 +90,7 @@ def _record_failure(report: Reporter, message: str) -> None:
         log.warning("could not write progress.json: %s", exc)
 
 
-def _prepare(run: _Run) -> Manifest:
+def _prepare(run: _Preparation) -> Manifest:
     cfg = run.config
     if cfg.tokenizer.vocab_size is None and cfg.tokenizer.uri is None:
         raise WorkloadError("tokenizer.datasetRef must be resolved to tokenizer.uri before the workload runs")
@@ -123,7 +123,7 @@ def _prepare(run: _Run) -> Manifest:
     return _write_manifest(run, shards, info)
 
 
-def _clean(run: _Run, src: ObjectStore, objects: list[Any], out: IO[bytes]) -> int:
+def _clean(run: _Preparation, src: ObjectStore, objects: list[Any], out: IO[bytes]) -> int:
     """Pass 1: read, clean, dedup and redact every record into the spill file; cleaned bytes kept."""
     cfg, report = run.config, run.report
     structured = cfg.purpose is not DatasetPurpose.PRETRAIN
@@ -184,7 +184,7 @@ def _sample(spill: Path, kept_bytes: int) -> Iterator[str]:
             yield line["t"]
 
 
-def _tokenizer(run: _Run, spill: Path, kept_bytes: int) -> tuple[Path, TokenizerInfo]:
+def _tokenizer(run: _Preparation, spill: Path, kept_bytes: int) -> tuple[Path, TokenizerInfo]:
     """Pass 2: train the tokenizer, or fetch the reused one; both are then uploaded with the dataset."""
     tcfg = run.config.tokenizer
     path = run.tmp / TOKENIZER_NAME
@@ -215,7 +215,7 @@ def _tokenizer(run: _Run, spill: Path, kept_bytes: int) -> tuple[Path, Tokenizer
     return path, info
 
 
-def _fetch_reused_tokenizer(run: _Run, uri: str, dest: Path) -> None:
+def _fetch_reused_tokenizer(run: _Preparation, uri: str, dest: Path) -> None:
     """Copy a reused tokenizer to `dest`: a tokenizer.json URI, or a dataset (prefix or manifest)."""
     store_cfg = run.config.store
     try:
@@ -229,7 +229,7 @@ def _fetch_reused_tokenizer(run: _Run, uri: str, dest: Path) -> None:
     run.report.audit("read", uri, sha256_file(dest), dest.stat().st_size)
 
 
-def _publisher(run: _Run) -> Publish:
+def _publisher(run: _Preparation) -> Publish:
     """Uploads a finished shard under the dataset prefix and audits it."""
     def publish(path: Path, info: ShardInfo) -> None:
         key = join_key(run.prefix, info.path)
@@ -252,7 +252,7 @@ def spill_batches(spill: Path, with_record: bool) -> Iterator[list[Any]]:
         yield batch
 
 
-def _pack(run: _Run, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> list[ShardInfo]:
+def _pack(run: _Preparation, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> list[ShardInfo]:
     """Pass 3: tokenize and pack the spill into shards, uploading each as it fills."""
     tok = load_tokenizer(tokenizer_path)
     publish = _publisher(run)
@@ -268,7 +268,7 @@ def _pack(run: _Run, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> 
     return shards
 
 
-def _write_manifest(run: _Run, shards: list[ShardInfo], info: TokenizerInfo) -> Manifest:
+def _write_manifest(run: _Preparation, shards: list[ShardInfo], info: TokenizerInfo) -> Manifest:
     manifest = Manifest(
         purpose=run.purpose,
         dtype=token_dtype(info.vocab_size) if run.purpose is DatasetPurpose.PRETRAIN else None,

@@ -32,7 +32,7 @@ from forge_trainer.errors import WorkloadError
 from forge_trainer.store import ObjectStore, StoreError, join_key, read_json, sha256_file, write_json_atomic
 from forge_trainer.train.progress import ProgressReporter
 from forge_trainer.train.runtime import Runtime, barrier, broadcast_object, gather_objects
-from forge_trainer.train.trainer import NonFiniteLossError, all_params_finite
+from forge_trainer.train.step_engine import NonFiniteLossError, all_params_finite
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from forge_trainer.config import DatasetPurpose, RewardConfig, Stage, TrainConfig
+from forge_trainer.config import DatasetPurpose, Stage, TrainConfig
 from forge_trainer.config.store import EVAL_NAME
 from forge_trainer.data.manifest import Manifest, ShardFormat, Split
 from forge_trainer.data.shards import iter_records, load_manifest
@@ -38,10 +38,9 @@ from forge_trainer.train.batches import TokenSequences, eval_micro_batches
 from forge_trainer.train.chat import ChatTokenizer
 from forge_trainer.train.generate import sample
 from forge_trainer.train.runtime import Runtime, all_reduce_sum, gather_objects
-from forge_trainer.train.sandbox import SandboxLimits
 from forge_trainer.train.sft_examples import PackedStream, read_sft_examples, sft_eval_loss
-from forge_trainer.train.trainer import token_loss_sum
-from forge_trainer.train.verifiers import RewardModel, limits_of, read_custom_source
+from forge_trainer.train.step_engine import token_loss_sum
+from forge_trainer.train.verifiers import RewardModel
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +92,6 @@ def read_tasks(uri: str, config: TrainConfig, splits: tuple[Split, ...], limit: 
             if limit is not None and len(tasks) >= limit:
                 return tasks, manifest
     return tasks, manifest
-
-
-def reward_model_for(config: TrainConfig) -> RewardModel:
-    """The run's reward model (rl.reward), or, without one, each task's own built-in verifier."""
-    reward: RewardConfig | None = config.rl.reward
-    if reward is None:
-        return RewardModel(None, SandboxLimits())
-    source = read_custom_source() if reward.custom_source is not None else None
-    return RewardModel(reward.verifier, limits_of(reward), source)
 
 
 def score_tasks(ctx: EvalContext, model: Transformer, tasks: list[dict[str, Any]],
@@ -196,7 +186,7 @@ def evaluate(ctx: EvalContext, model: Transformer, train_split_loss: float | Non
     if task_uri is not None:
         tasks, _ = read_tasks(task_uri, config, task_splits, MAX_EVAL_TASKS)
         if tasks:
-            metrics.update(score_tasks(ctx, model, tasks, reward_model_for(config)))
+            metrics.update(score_tasks(ctx, model, tasks, RewardModel.from_config(config.rl.reward)))
     return metrics
 
 

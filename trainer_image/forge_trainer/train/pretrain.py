@@ -7,7 +7,6 @@ added) starts it again and it resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,20 +35,11 @@ from forge_trainer.train.batches import (
     step_indices,
     step_micro_batches,
 )
-from forge_trainer.train.checkpoint import (
-    MARKER_NAME,
-    Checkpoint,
-    checkpoint_and_prune,
-    load_checkpoint,
-    resume_latest,
-)
-from forge_trainer.train.control import RunControl, with_max_steps
+from forge_trainer.train.checkpoint import MARKER_NAME, Checkpoint, load_checkpoint
+from forge_trainer.train.loop import StageRun, open_run, run_stage
 from forge_trainer.train.parallel import build_model, wrap_model
-from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import Runtime, barrier, init_runtime, shutdown
-from forge_trainer.train.trainer import NonFiniteLossError, StepStats, Trainer, first_non_finite
-
-log = logging.getLogger(__name__)
+from forge_trainer.train.runtime import Runtime, barrier, init_runtime
+from forge_trainer.train.step_engine import NonFiniteLossError, StepEngine, StepStats, first_non_finite
 
 
 @dataclass
@@ -144,31 +134,7 @@ def run_pretrain(config: TrainConfig, runtime: Runtime | None = None,
     config_path: the file `config` was read from; its `hyperparameters.maxSteps` is followed while
     the run goes on (see `control`)."""
     runtime = runtime or init_runtime()
-    try:
-        return _run(config, runtime, config_path)
-    finally:
-        shutdown(runtime)
-
-
-def _run(config: TrainConfig, runtime: Runtime, config_path: Path | None = None) -> PretrainResult:
-    try:
-        store, prefix = open_uri(config.output, config.store)
-    except StoreError as exc:
-        raise ConfigError(f"output: {exc}") from exc
-    try:
-        return _train(config, runtime, store, prefix, config_path)
-    except WorkloadError as exc:
-        if runtime.is_main:
-            _record_error(store, prefix, str(exc).splitlines()[0])
-        raise
-
-
-def _record_error(store: ObjectStore, prefix: str, line: str) -> None:
-    """Put the one-line reason into progress.json (unless the loop already did)."""
-    progress = read_progress(store, prefix) or TrainProgress()
-    if progress.error != line:
-        reporter = ProgressReporter(store, prefix, True, progress.model_copy(update={"error": line, "done": False}))
-        reporter.flush()
+    return run_stage(config, runtime, lambda store, prefix: _train(config, runtime, store, prefix, config_path))
 
 
 def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: str,
@@ -189,26 +155,16 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
     torch.manual_seed(hp.seed)
     core = _initial_model(config, args)
     model = wrap_model(core, runtime, hp.activation_checkpointing, hp.compile)
-    trainer = Trainer(model, hp, runtime, bf16=config.precision is Precision.BF16)
+    engine = StepEngine(model, hp, runtime, bf16=config.precision is Precision.BF16)
 
-    previous = read_progress(store, prefix) if runtime.is_main else None
-    resume, start_step, tokens_seen = resume_latest(store, prefix, runtime, model, trainer.optimizer)
-    if resume is None and config.init_checkpoint:
-        _load_weights_from_checkpoint(config, model)
-    restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
-    progress = TrainProgress(step=start_step, total_steps=max(hp.max_steps, start_step), tokens_seen=tokens_seen,
-                             world_size=runtime.world_size, restarts=restarts,
-                             checkpoints=previous.checkpoints if previous else [],
-                             eval_loss=previous.eval_loss if previous else None)
-    reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
-    reporter.flush()
-    run = _Run(config, runtime, store, prefix, manifest, args, model, trainer, train, val, micro, reporter,
-               config_path)
-    try:
-        return run.loop(start_step, tokens_seen)
-    except WorkloadError as exc:
-        reporter.update(force=True, error=str(exc).splitlines()[0])
-        raise
+    def checkpoint_extra(step: int) -> dict[str, Any]:
+        return {"sequence_length": hp.sequence_length, "data_position": step * hp.global_batch_size,
+                "model_args": args.to_dict()}
+
+    with open_run(config, runtime, store, prefix, engine, config_path, checkpoint_extra) as run:
+        if run.resumed is None and config.init_checkpoint:
+            _load_weights_from_checkpoint(config, model)
+        return _Pretrain(run, manifest, args, train, val, micro).loop()
 
 
 def _initial_model(config: TrainConfig, args: ModelArgs) -> Transformer:
@@ -255,35 +211,27 @@ class _Pending:
 
 
 @dataclass
-class _Run:
-    """One start of a pretraining run: the loop from a step to the end."""
+class _Pretrain:
+    """One start of a pretraining run: its data and the loop from a step to the end."""
 
-    config: TrainConfig
-    runtime: Runtime
-    store: ObjectStore
-    prefix: str
+    run: StageRun
     manifest: Manifest
     args: ModelArgs
-    model: torch.nn.Module
-    trainer: Trainer
     train: TokenSequences
     val: TokenSequences
     micro: int
-    reporter: ProgressReporter
-    config_path: Path | None = None
-    """The config file the run started with (re-read for live max steps)."""
     _warming: Future[None] | None = None
 
-    def loop(self, start_step: int, tokens_seen: int) -> PretrainResult:
+    def loop(self) -> PretrainResult:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-shards") as loader:
-            return self._steps(start_step, tokens_seen, loader)
+            return self._steps(loader)
 
     def _batches(self, step: int, loader: ThreadPoolExecutor) -> list[Batch]:
         """This worker's micro-batches of `step` (pinned for a GPU), and the shards the next step needs,
         when not read yet, read in the background (from S3, say) while this step computes. The batches
         themselves are gathered here: tens of microseconds, less than handing them between threads
         costs on a busy machine."""
-        hp, rt = self.config.hyperparameters, self.runtime
+        hp, rt = self.run.config.hyperparameters, self.run.runtime
         try:
             batches = step_micro_batches(self.train, step, hp.global_batch_size, rt.rank, rt.world_size,
                                          self.micro)
@@ -292,7 +240,7 @@ class _Run:
                 self._warming = None
                 warming.result()  # a failed read surfaces here
         except StoreError as exc:
-            raise WorkloadError(f"dataset {self.config.dataset}: {exc}") from exc
+            raise WorkloadError(f"dataset {self.run.config.dataset}: {exc}") from exc
         if self._warming is None:
             upcoming = self.train.missing_shards(step_indices(step + 1, hp.global_batch_size, rt.rank,
                                                               rt.world_size))
@@ -302,35 +250,33 @@ class _Run:
             batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
         return batches
 
-    def _steps(self, start_step: int, tokens_seen: int, loader: ThreadPoolExecutor) -> PretrainResult:
+    def _steps(self, loader: ThreadPoolExecutor) -> PretrainResult:
         """Steps until the last one. Nothing here waits for the device between sync steps: a step's
         loss, gradient norm and the workers' agreement (SIGTERM, live max steps) ride along with its
         loss all-reduce and are read at sync steps (about every SYNC_SECONDS, at checkpoints, evals
         and the last step; the same steps on every worker). A non-finite step is skipped on the
         device and stops the run at the next sync step, before any checkpoint."""
-        hp, rt = self.config.hyperparameters, self.runtime
+        run = self.run
+        hp, rt, control = run.config.hyperparameters, run.runtime, run.control
         step_tokens = hp.global_batch_size * hp.sequence_length
-        fpt = flops_per_token(self.args, hp.sequence_length)
+        flops_per_tok = flops_per_token(self.args, hp.sequence_length)
         peak = peak_flops(rt.device)
         losses: dict[int, float] = {}
-        control = RunControl(rt, hp.max_steps, self.config_path)
-        max_steps = hp.max_steps
         pending: list[_Pending] = []
-        sync_every, synced_step, synced_at = 1, start_step, time.perf_counter()
+        sync_every, synced_step, synced_at = 1, run.step, time.perf_counter()
         step_seconds = 0.0
-        step = start_step
-        while step < max_steps:
+        step, tokens_seen = run.step, run.tokens_seen
+        while step < run.max_steps:
             began = time.perf_counter()
             batches = self._batches(step, loader)
             extra = control.local_tensor(step_seconds) if rt.distributed else None
-            stats = self.trainer.train_step(step, batches, check=False, extra=extra)
+            stats = run.engine.train_step(step, batches, check=False, extra=extra)
             step += 1
             step_seconds = time.perf_counter() - began
             tokens_seen += step_tokens
             pending.append(_Pending(step, stats, step_seconds, time.time(), tokens_seen))
-            checkpoint_due = step % self.config.checkpointing.interval == 0
-            eval_due = bool(hp.eval_interval) and step % hp.eval_interval == 0
-            if not (checkpoint_due or eval_due or step >= max_steps or step - synced_step >= sync_every):
+            if not (run.checkpoint_due(step) or run.eval_due(step) or step >= run.max_steps
+                    or step - synced_step >= sync_every):
                 continue
 
             bad = first_non_finite([p.stats for p in pending])
@@ -347,68 +293,44 @@ class _Run:
                 first = pending[bad]
                 if good:
                     last = good[-1]
-                    self.reporter.update(step_records=records, step=last.done, tokens_seen=last.tokens_seen,
-                                         loss=last.stats.loss)
+                    run.reporter.update(step_records=records, step=last.done, tokens_seen=last.tokens_seen,
+                                        loss=last.stats.loss)
                 raise NonFiniteLossError(f"{first.stats.problem} at step {first.done}; its optimizer step was "
                                          "skipped and no checkpoint written from this state")
-            if decision.max_steps != max_steps:
-                max_steps = self._set_max_steps(decision.max_steps, step)
-                hp = self.config.hyperparameters
             fields: dict[str, Any] = {
-                "step": step, "total_steps": max_steps, "tokens_seen": tokens_seen, "loss": stats.loss,
-                "tokens_per_second": tps, "mfu": fpt * tps / (peak * rt.world_size) if peak else None,
-                "world_size": rt.world_size,
+                "step": step, "tokens_seen": tokens_seen, "loss": stats.loss, "tokens_per_second": tps,
+                "mfu": flops_per_tok * tps / (peak * rt.world_size) if peak else None, "world_size": rt.world_size,
             }
-            if eval_due and step < max_steps:
-                fields["eval_loss"] = records[-1]["eval_loss"] = self.evaluate()
-            checkpoint_now = checkpoint_due or decision.stop or step >= max_steps
-            self.reporter.update(force=checkpoint_now, step_records=records, **fields)
-            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, max_steps, stats.loss, stats.lr, tps)
-            if checkpoint_now:
-                self.checkpoint(step, tokens_seen)
-            if decision.stop:
-                raise WorkloadError(f"terminated by SIGTERM at step {step}; checkpoint written, the run resumes "
-                                    "from it")
+            run.after_step(step, tokens_seen, fields, records, decision, evaluate=lambda _: self.evaluate(),
+                           summary=f"loss {stats.loss:.4f} lr {stats.lr:.2e} {tps:.0f} tok/s")
             pending.clear()
             seconds = decision.step_seconds if rt.distributed else step_seconds
             sync_every = max(1, min(MAX_SYNC_STEPS, int(SYNC_SECONDS / max(seconds, 1e-6))))
             synced_step, synced_at = step, time.perf_counter()
         return PretrainResult(progress=self.finish(), losses=losses)
 
-    def _set_max_steps(self, new: int, step: int) -> int:
-        self.config = with_max_steps(self.config, new, step)
-        self.trainer.hp = self.config.hyperparameters
-        return self.config.hyperparameters.max_steps
-
     def evaluate(self) -> float | None:
-        hp, rt = self.config.hyperparameters, self.runtime
+        hp, rt = self.run.config.hyperparameters, self.run.runtime
         batches = eval_micro_batches(self.val, hp.eval_batches * hp.micro_batch_size, rt.rank, rt.world_size,
                                      self.micro)
-        return self.trainer.evaluate(batches)
-
-    def checkpoint(self, step: int, tokens_seen: int) -> None:
-        hp = self.config.hyperparameters
-        state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
-                 "global_batch_size": hp.global_batch_size, "sequence_length": hp.sequence_length,
-                 "seed": hp.seed, "data_position": step * hp.global_batch_size, "model_args": self.args.to_dict()}
-        checkpoint_and_prune(self.store, self.prefix, step, self.model, self.trainer.optimizer, state, self.runtime,
-                             self.config.checkpointing.keep, self.reporter)
+        return self.run.engine.evaluate(batches)
 
     def finish(self) -> TrainProgress:
         """Final evaluation and the Hugging Face export; the final progress."""
+        run = self.run
         eval_loss = self.evaluate()
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        full = cast(dict[str, torch.Tensor], get_model_state_dict(self.model, options=options))
+        full = cast(dict[str, torch.Tensor], get_model_state_dict(run.engine.model, options=options))
         metrics: dict[str, float] = {}
         if eval_loss is not None:
             metrics = {"loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50.0))}
-        if self.runtime.is_main:
-            tokenizer = fetch_tokenizer(self.config.dataset, self.config.store, manifest=self.manifest)
+        if run.runtime.is_main:
+            tokenizer = fetch_tokenizer(run.config.dataset, run.config.store, manifest=self.manifest)
             tok = self.manifest.tokenizer
-            export = export_hf(full, self.args, tokenizer, self.store.uri(join_key(self.prefix, MODEL_DIR)),
+            export = export_hf(full, self.args, tokenizer, run.store.uri(join_key(run.prefix, MODEL_DIR)),
                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                               store_config=self.config.store)
-            self.reporter.update(force=True, eval_loss=eval_loss, eval_metrics=metrics, done=True,
-                                 final_model_uri=export.uri, final_model_digest=export.digest, error=None)
-        barrier(self.runtime)
-        return self.reporter.progress
+                               store_config=run.config.store)
+            run.reporter.update(force=True, eval_loss=eval_loss, eval_metrics=metrics, done=True,
+                                final_model_uri=export.uri, final_model_digest=export.digest, error=None)
+        barrier(run.runtime)
+        return run.reporter.progress

@@ -1,4 +1,4 @@
-"""`stage: rl`: GRPO with task-completion rewards, on the same machinery as sft (runtime, Trainer
+"""`stage: rl`: GRPO with task-completion rewards, on the same machinery as sft (runtime, StepEngine
 step, DCP checkpoints with resume, progress.json, export with chat template, eval.json).
 
 One step:
@@ -37,15 +37,11 @@ from forge_trainer.data.manifest import Split
 from forge_trainer.data.shards import load_manifest
 from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.transformer import Transformer
-from forge_trainer.store import ObjectStore, StoreError, open_uri
+from forge_trainer.store import ObjectStore, StoreError
 from forge_trainer.train.batches import Batch
-from forge_trainer.train.checkpoint import (
-    checkpoint_and_prune,
-    resume_latest,
-)
-from forge_trainer.train.control import RunControl, with_max_steps
 from forge_trainer.train.evaluate import EvalContext, prompt_text, read_tasks, task_prompt, write_eval
 from forge_trainer.train.generate import sample
+from forge_trainer.train.loop import StageRun, open_run, run_stage
 from forge_trainer.train.lora import adapters_disabled
 from forge_trainer.train.parallel import autocast, unwrap, wrap_model
 from forge_trainer.train.posttrain import (
@@ -54,10 +50,9 @@ from forge_trainer.train.posttrain import (
     load_base,
     prepare_for_method,
 )
-from forge_trainer.train.progress import ProgressReporter, read_progress
-from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime, shutdown
-from forge_trainer.train.trainer import Trainer
-from forge_trainer.train.verifiers import RewardModel, RewardStats, limits_of, read_custom_source
+from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime
+from forge_trainer.train.step_engine import StepEngine
+from forge_trainer.train.verifiers import RewardModel, RewardStats
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +105,7 @@ def masked_mean_per_row(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def grpo_loss_fn(clip_ratio: float, kl_coefficient: float, temperature: float) -> Any:
-    """The Trainer loss function of GRPO for these settings."""
+    """The StepEngine loss function of GRPO for these settings."""
 
     def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
         logp = token_logprobs(model, batch, temperature)
@@ -156,15 +151,6 @@ class ReferencePolicy:
             yield self.policy
 
 
-def run_rl(config: TrainConfig, runtime: Runtime | None = None, config_path: Path | None = None) -> RlResult:
-    """Run (or resume) an RL run to its last step and export the model (and adapter)."""
-    runtime = runtime or init_runtime()
-    try:
-        return _run(config, runtime, config_path)
-    finally:
-        shutdown(runtime)
-
-
 @dataclass
 class RlResult:
     """What a finished run produced (for in-process callers: tests, benchmarks)."""
@@ -177,17 +163,6 @@ class RlResult:
     eval_metrics: dict[str, float] = field(default_factory=dict)
     initial_eval: dict[str, float] = field(default_factory=dict)
     """Evaluation before the first step (fresh runs only)."""
-
-
-def _reward_model(config: TrainConfig) -> RewardModel:
-    reward = config.rl.reward
-    if reward is None:
-        raise ConfigError("rl.reward: stage rl needs a verifier (rl.reward.verifier)")
-    try:
-        source = read_custom_source() if reward.custom_source is not None else None
-    except FileNotFoundError as exc:
-        raise ConfigError(f"rl.reward.customSource: {exc}") from exc
-    return RewardModel(reward.verifier, limits_of(reward), source)
 
 
 def _tasks(config: TrainConfig) -> list[dict[str, Any]]:
@@ -204,17 +179,22 @@ def _tasks(config: TrainConfig) -> list[dict[str, Any]]:
     return tasks
 
 
-def _run(config: TrainConfig, runtime: Runtime, config_path: Path | None) -> RlResult:
+def run_rl(config: TrainConfig, runtime: Runtime | None = None, config_path: Path | None = None) -> RlResult:
+    """Run (or resume) an RL run to its last step and export the model (and adapter)."""
+    runtime = runtime or init_runtime()
+    return run_stage(config, runtime, lambda store, prefix: _train(config, runtime, store, prefix, config_path))
+
+
+def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: str,
+           config_path: Path | None) -> RlResult:
     hp, rl = config.hyperparameters, config.rl
-    try:
-        store, prefix = open_uri(config.output, config.store)
-    except StoreError as exc:
-        raise ConfigError(f"output: {exc}") from exc
     prompts_per_step = max(1, hp.global_batch_size // rl.group_size)
     if prompts_per_step % runtime.world_size:
         raise ConfigError(f"hyperparameters.globalBatchSize / rl.groupSize ({prompts_per_step} prompts per step) "
                           f"must be divisible by the number of workers ({runtime.world_size})")
-    rewards = _reward_model(config)
+    if rl.reward is None:
+        raise ConfigError("rl.reward: stage rl needs a verifier (rl.reward.verifier)")
+    rewards = RewardModel.from_config(rl.reward)
     tasks = _tasks(config)
     torch.manual_seed(hp.seed)
     base = load_base(config)
@@ -224,46 +204,28 @@ def _run(config: TrainConfig, runtime: Runtime, config_path: Path | None) -> RlR
     if reference.copy is not None:
         reference.copy.to(runtime.device)
     loss_fn = grpo_loss_fn(rl.clip_ratio, rl.kl_coefficient, rl.temperature)
-    trainer = Trainer(model, hp, runtime, loss_fn=loss_fn, params=list(model.named_parameters()),
-                      bf16=config.precision is Precision.BF16)
-
-    previous = read_progress(store, prefix) if runtime.is_main else None
-    _, start_step, tokens_seen = resume_latest(store, prefix, runtime, model, trainer.optimizer)
-    restarts = (previous.restarts + 1) if previous is not None and not previous.done else 0
-    progress = TrainProgress(step=start_step, total_steps=max(hp.max_steps, start_step), tokens_seen=tokens_seen,
-                             world_size=runtime.world_size, restarts=restarts,
-                             checkpoints=previous.checkpoints if previous else [])
-    reporter = ProgressReporter(store, prefix, runtime.is_main, progress, config.metrics_port)
-    reporter.flush()
-    run = _RlRun(config, runtime, store, prefix, base, model, reference, trainer, rewards, tasks,
-                 prompts_per_step, reporter, config_path)
-    try:
-        return run.loop(start_step, tokens_seen)
-    except WorkloadError as exc:
-        reporter.update(force=True, error=str(exc).splitlines()[0])
-        raise
+    engine = StepEngine(model, hp, runtime, loss_fn=loss_fn, params=list(model.named_parameters()),
+                        bf16=config.precision is Precision.BF16)
+    with open_run(config, runtime, store, prefix, engine, config_path,
+                  lambda step: {"task_position": step * prompts_per_step}) as run:
+        return _Rl(run, base, reference, rewards, tasks, prompts_per_step).loop()
 
 
 @dataclass
-class _RlRun:
-    config: TrainConfig
-    runtime: Runtime
-    store: ObjectStore
-    prefix: str
+class _Rl:
+    """One start of an RL run: its policy, reference, tasks and rewards, and the loop to the end."""
+
+    run: StageRun
     base: Base
-    model: nn.Module
     reference: ReferencePolicy
-    trainer: Trainer
     rewards: RewardModel
     tasks: list[dict[str, Any]]
     prompts_per_step: int
-    reporter: ProgressReporter
-    config_path: Path | None = None
     _order: dict[int, list[int]] = field(default_factory=dict)
 
     def step_tasks(self, step: int) -> list[dict[str, Any]]:
         """This worker's tasks of `step`: a contiguous share of the seeded endless task stream."""
-        rt, n = self.runtime, len(self.tasks)
+        rt, n = self.run.runtime, len(self.tasks)
         share = self.prompts_per_step // rt.world_size
         start = step * self.prompts_per_step + rt.rank * share
         out = []
@@ -271,7 +233,7 @@ class _RlRun:
             epoch, within = divmod(index, n)
             if epoch not in self._order:
                 order = list(range(n))
-                random.Random(self.config.hyperparameters.seed * 1_000_003 + epoch).shuffle(order)
+                random.Random(self.run.config.hyperparameters.seed * 1_000_003 + epoch).shuffle(order)
                 self._order = {epoch: order}
             out.append(self.tasks[self._order[epoch][within]])
         return out
@@ -279,13 +241,14 @@ class _RlRun:
     @torch.no_grad()
     def rollout(self, step: int) -> StepRollout:
         """Sample, score and prepare the GRPO batch of this worker for `step`."""
-        rl, rt, chat = self.config.rl, self.runtime, self.base.chat
+        config, rt, chat = self.run.config, self.run.runtime, self.base.chat
+        rl = config.rl
         tasks = self.step_tasks(step)
         group = [t for t in tasks for _ in range(rl.group_size)]
         prompts = [task_prompt(chat, t) for t in group]
         generator = torch.Generator(device=rt.device).manual_seed(
-            self.config.hyperparameters.seed * 1_000_003 + step * 1009 + rt.rank)
-        policy = unwrap(self.model)
+            config.hyperparameters.seed * 1_000_003 + step * 1009 + rt.rank)
+        policy = unwrap(self.run.engine.model)
         policy.eval()  # no dropout while sampling and scoring old/reference log-probs
         completions = sample(policy, prompts, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
                              stop_ids={chat.im_end, self.base.eos_id}, pad_id=self.base.pad_id,
@@ -296,7 +259,7 @@ class _RlRun:
         batch = rollout_batch(prompts, completions, self.base.pad_id)
         batch["advantages"] = group_advantages(scores).reshape(-1)
         on_device = {k: v.to(rt.device) for k, v in batch.items()}
-        with autocast(rt, self.config.precision is Precision.BF16):
+        with autocast(rt, config.precision is Precision.BF16):
             old = token_logprobs(policy, on_device, rl.temperature)
             with self.reference.model() as ref_model:
                 ref = token_logprobs(ref_model, on_device, rl.temperature)
@@ -307,75 +270,54 @@ class _RlRun:
         return StepRollout(batch, stats, kl, int(batch["target_mask"].sum()), samples)
 
     def micro_batches(self, batch: Batch) -> list[Batch]:
-        micro = self.config.hyperparameters.micro_batch_size
+        micro = self.run.config.hyperparameters.micro_batch_size
         n = batch["input_ids"].shape[0]
         return [{k: v[i:i + micro] for k, v in batch.items()} for i in range(0, n, micro)]
 
-    def loop(self, start_step: int, tokens_seen: int) -> RlResult:
-        hp, rt = self.config.hyperparameters, self.runtime
-        result = RlResult(progress=self.reporter.progress)
-        control = RunControl(rt, hp.max_steps, self.config_path)
-        step = start_step
-        if start_step == 0:
+    def loop(self) -> RlResult:
+        run, rt = self.run, self.run.runtime
+        result = RlResult(progress=run.reporter.progress)
+        step, tokens_seen = run.step, run.tokens_seen
+        if step == 0:
             result.initial_eval = self.evaluate(0, final=False)
-        while step < hp.max_steps:
+        while step < run.max_steps:
             began = time.perf_counter()
             roll = self.rollout(step)
-            stats = self.trainer.train_step(step, self.micro_batches(roll.batch))
+            stats = run.engine.train_step(step, self.micro_batches(roll.batch))
             totals = all_reduce_sum(rt, torch.tensor([roll.stats.score_sum, float(roll.stats.passed),
                                                       float(roll.stats.total), float(roll.stats.errors), roll.kl,
                                                       float(roll.batch["attention_mask"].sum())],
                                                      dtype=torch.float64))
             score_sum, passed, total, errors, kl_sum, seq_tokens = totals.tolist()
-            done = step = step + 1
+            step += 1
             mean_reward, success, kl = score_sum / total, passed / total, kl_sum / rt.world_size
             tokens_seen += int(seq_tokens)
-            result.rewards[done], result.success[done] = mean_reward, success
-            fields: dict[str, Any] = {"step": done, "tokens_seen": tokens_seen, "loss": stats.loss,
+            result.rewards[step], result.success[step] = mean_reward, success
+            fields: dict[str, Any] = {"step": step, "tokens_seen": tokens_seen, "loss": stats.loss,
                                       "mean_reward": mean_reward, "success_rate": success, "kl": kl,
                                       "tokens_per_second": seq_tokens / max(time.perf_counter() - began, 1e-9),
                                       "world_size": rt.world_size}
-            record: dict[str, Any] = {"step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+            record: dict[str, Any] = {"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
                                       "mean_reward": mean_reward, "success_rate": success, "kl": kl,
                                       "verifier_errors": int(errors), "completion_tokens": roll.completion_tokens,
                                       "samples": roll.samples}
-            if hp.eval_interval and done % hp.eval_interval == 0 and done < hp.max_steps:
-                self.evaluate(done, final=False)
-            decision = control.agree_now()
-            stop = decision.stop
-            if decision.max_steps != hp.max_steps:
-                self.config = with_max_steps(self.config, decision.max_steps, done)
-                hp = self.trainer.hp = self.config.hyperparameters
-                fields["total_steps"] = hp.max_steps
-            checkpoint_now = done % self.config.checkpointing.interval == 0 or stop or done >= hp.max_steps
-            self.reporter.update(force=checkpoint_now, step_record=record, **fields)
-            log.info("rl step %d/%d reward %.3f success %.3f kl %.4f loss %.4f", done, hp.max_steps, mean_reward,
-                     success, kl, stats.loss)
-            if checkpoint_now:
-                self.checkpoint(done, tokens_seen)
-            if stop:
-                raise WorkloadError(f"terminated by SIGTERM at step {done}; checkpoint written, the run resumes "
-                                    "from it")
-        result.eval_metrics = self.evaluate(hp.max_steps, final=True)
+            run.after_step(step, tokens_seen, fields, [record],
+                           evaluate=lambda at: self.evaluate(at, final=False).get("loss"),
+                           summary=f"reward {mean_reward:.3f} success {success:.3f} kl {kl:.4f} loss {stats.loss:.4f}")
+        result.eval_metrics = self.evaluate(run.max_steps, final=True)
         result.progress = self.finish(result.eval_metrics)
         return result
 
     def evaluate(self, step: int, final: bool) -> dict[str, float]:
-        ctx = EvalContext(self.config, self.runtime, self.store, self.prefix, self.base.chat, self.base.eos_id,
+        run = self.run
+        ctx = EvalContext(run.config, run.runtime, run.store, run.prefix, self.base.chat, self.base.eos_id,
                           self.base.pad_id)
         extra = {"train_verifier_errors": float(self.rewards.totals.errors)} if final else None
-        metrics = write_eval(ctx, unwrap(self.model), step, final, extra=extra)
-        self.reporter.update(force=True, eval_metrics=metrics, eval_loss=metrics.get("loss"))
+        metrics = write_eval(ctx, unwrap(run.engine.model), step, final, extra=extra)
+        run.reporter.update(force=True, eval_metrics=metrics, eval_loss=metrics.get("loss"))
         return metrics
 
-    def checkpoint(self, step: int, tokens_seen: int) -> None:
-        hp = self.config.hyperparameters
-        state = {"step": step, "tokens_seen": tokens_seen, "world_size": self.runtime.world_size,
-                 "global_batch_size": hp.global_batch_size, "seed": hp.seed,
-                 "task_position": step * self.prompts_per_step}
-        checkpoint_and_prune(self.store, self.prefix, step, self.model, self.trainer.optimizer, state, self.runtime,
-                             self.config.checkpointing.keep, self.reporter)
-
     def finish(self, metrics: dict[str, float]) -> TrainProgress:
-        return finish_posttrain(self.model, self.config, self.runtime, self.base, self.store, self.prefix,
-                                self.reporter, metrics)
+        run = self.run
+        return finish_posttrain(run.engine.model, run.config, run.runtime, self.base, run.store, run.prefix,
+                                run.reporter, metrics)

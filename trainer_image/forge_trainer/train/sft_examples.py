@@ -21,7 +21,7 @@ from forge_trainer.train.chat import ChatFormatError, ChatTokenizer, messages_of
 from forge_trainer.train.parallel import unwrap
 from forge_trainer.train.runtime import Runtime, all_reduce_sum
 from forge_trainer.train.sample_packing import Example, make_example, pack, packed_logits, rows_batch
-from forge_trainer.train.trainer import cross_entropy_sum, mean_with_balance_loss
+from forge_trainer.train.step_engine import cross_entropy_sum, mean_with_balance_loss
 
 
 def read_sft_examples(uri: str, manifest: Manifest, split: Split, chat: ChatTokenizer, max_len: int,

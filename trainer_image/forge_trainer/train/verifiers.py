@@ -26,6 +26,7 @@ from typing import Any
 import regex as regex_module
 
 from forge_trainer.config import RewardConfig, VerifierKind
+from forge_trainer.errors import ConfigError
 from forge_trainer.train.sandbox import SandboxLimits, run_custom_verifier, run_python_tests
 
 CUSTOM_VERIFIER_ENV = "FORGE_CUSTOM_VERIFIER"
@@ -305,9 +306,15 @@ class RewardModel:
         self._scorers: dict[VerifierKind, Scorer] = {}
 
     @classmethod
-    def from_config(cls, reward: RewardConfig) -> RewardModel:
-        """The reward model a run's `rl.reward` describes (custom source read from its mount)."""
-        source = read_custom_source() if reward.verifier is VerifierKind.CUSTOM else None
+    def from_config(cls, reward: RewardConfig | None) -> RewardModel:
+        """The reward model a run's `rl.reward` describes (custom source read from its mount); without
+        one, each task's own built-in verifier. A custom source that cannot be read is a ConfigError."""
+        if reward is None:
+            return cls(None, SandboxLimits())
+        try:
+            source = read_custom_source() if reward.verifier is VerifierKind.CUSTOM else None
+        except FileNotFoundError as exc:
+            raise ConfigError(f"rl.reward.customSource: {exc}") from exc
         return cls(reward.verifier, limits_of(reward), source)
 
     def kind_of(self, task: dict[str, Any]) -> VerifierKind:

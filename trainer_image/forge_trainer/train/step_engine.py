@@ -1,11 +1,11 @@
 """The optimisation step, shared by every stage: gradient accumulation over micro-batches, gradient
 sync across workers, a NaN guard, global-norm clipping and AdamW with the scheduled learning rate.
 
-    trainer = Trainer(wrapped_model, hp, runtime)          # loss_fn defaults to causal_lm_loss
-    stats = trainer.train_step(step, micro_batches)        # raises NonFiniteLossError on NaN/inf
-    stats = trainer.train_step(step, micro_batches, check=False)  # no wait: a NaN step is skipped on
+    engine = StepEngine(wrapped_model, hp, runtime)        # loss_fn defaults to causal_lm_loss
+    stats = engine.train_step(step, micro_batches)         # raises NonFiniteLossError on NaN/inf
+    stats = engine.train_step(step, micro_batches, check=False)  # no wait: a NaN step is skipped on
     first_non_finite([stats])                              # the device, found when read
-    eval_loss = trainer.evaluate(eval_batches)
+    eval_loss = engine.evaluate(eval_batches)
 
 A loss function takes the (wrapped) model and a micro-batch and returns the mean loss to minimise;
 SFT/RL pass their own (masked labels, policy-gradient objectives) and the parameters to train.
@@ -137,8 +137,9 @@ def first_non_finite(stats: Sequence[StepStats]) -> int | None:
     return next((i for i, s in enumerate(stats) if s.problem is not None), None)
 
 
-class Trainer:
-    """Owns the optimizer of a wrapped model and performs optimizer steps."""
+class StepEngine:
+    """Owns the optimizer of a wrapped model and performs optimizer steps (the loops around it are the
+    stages' own, see `loop.py`)."""
 
     def __init__(self, model: nn.Module, hp: Hyperparameters, runtime: Runtime, loss_fn: LossFn = causal_lm_loss,
                  params: Sequence[tuple[str, nn.Parameter]] | None = None, bf16: bool = True) -> None:
