@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from forge_trainer.store import sha256_bytes
+from tests.support.processes import default_sigint
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,8 @@ SERVING = re.compile(r"is serving at (http://\S+) \(model \"([^\"]+)\"\)")
 def _start(cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([*FORGE, "run", "quickstart/", "--port", "0", "--plain"], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=default_sigint)  # _stop sends Ctrl-C
 
 
 def _wait_serving(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str, list[str]]:
