@@ -4,6 +4,7 @@ tests/integration/test_chart_install.py runs it on statuses read back from a rea
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -28,7 +29,8 @@ def resource(kind: str, status: Any, generation: int = 1) -> dict[str, Any]:
 
 
 def dataset_status(**obs: Any) -> ForgeDatasetStatus:
-    return derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, **obs), NOW)
+    status, _ = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, **obs), datetime(2026, 1, 1, tzinfo=UTC))
+    return status
 
 
 def cond(type_: str, status: str, message: str) -> Condition:

@@ -23,7 +23,6 @@ GRANTS: dict[tuple[str, str], set[str]] = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "secrets"): {"get"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
@@ -51,7 +50,7 @@ PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "Sec
            "NetworkPolicy": "networkpolicies", **{k.kind: k.plural for k in KINDS}}
 FACADE_VERBS = {"get": {"get"}, "list": {"list"}, "patch": {"patch"}, "delete": {"delete"},
                 "apply": {"create", "patch"},  # server-side apply is a PATCH that may create
-                "patch_status": {"patch"}, "read_secret_keys": {"get"}}
+                "patch_status": {"patch"}}
 
 
 def _module_of(path: Path) -> Any:
@@ -97,9 +96,7 @@ def derive_needs() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
                 if via_kube and node.func.attr in FACADE_VERBS:
                     module = module or _module_of(path)
                     verbs = FACADE_VERBS[node.func.attr]
-                    if node.func.attr == "read_secret_keys":
-                        add(("", "secrets"), verbs)
-                    elif node.func.attr == "apply":
+                    if node.func.attr == "apply":
                         continue  # the applied kinds are the rendered ones, below
                     else:
                         api_version, kind = (_value(a, module) for a in node.args[:2])
@@ -165,5 +162,6 @@ def test_the_table_covers_every_call_in_the_code_and_kopfs_own() -> None:
         assert missing == {}, f"the ClusterRole lacks these verbs: {missing}"
 
 
-def test_secrets_are_read_only() -> None:
-    assert cluster_role_grants(render())[("", "secrets")] == {"get"}
+def test_the_operator_cannot_read_secrets() -> None:
+    """Workload pods get store keys through secretKeyRef (the kubelet reads them); the operator never does."""
+    assert ("", "secrets") not in cluster_role_grants(render())

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from forge_operator.api.common import ConditionStatus
 from forge_operator.api.dataset import DatasetPhase, ForgeDatasetStatus
-from forge_operator.status.conditions import get_condition
+from forge_operator.status.conditions import Waiting, get_condition
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
 from forge_operator.status.job import observe_job
 from forge_trainer.config import DatasetCounts, DatasetProgress
 
 JOB = "corpus-prepare"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1, T2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
 
 
 def _obs(job: dict | None, progress: DatasetProgress | None = None, gen: int = 1) -> DatasetObservation:  # type: ignore[type-arg]
@@ -26,48 +30,59 @@ FAILED = {"status": {"failed": 3, "conditions": [{"type": "Failed", "status": "T
 
 
 def test_lifecycle_pending_running_ready() -> None:
-    s0 = derive_dataset_status(ForgeDatasetStatus(), _obs(None), "t0")
+    s0, _ = derive_dataset_status(ForgeDatasetStatus(), _obs(None), T0)
     assert s0.phase is DatasetPhase.PENDING
-    s1 = derive_dataset_status(s0, _obs({"status": {"active": 1}},
-                                        DatasetProgress(stage="reading", documents_done=4)), "t1")
+    s1, _ = derive_dataset_status(s0, _obs({"status": {"active": 1}},
+                                           DatasetProgress(stage="reading", documents_done=4)), T1)
     assert s1.phase is DatasetPhase.RUNNING and s1.documents_done == 4
     assert "reading, 4 documents" in (get_condition(s1.conditions, "Ready") or s1).message
-    s2 = derive_dataset_status(s1, _obs(COMPLETE, DONE), "t2")
+    s2, _ = derive_dataset_status(s1, _obs(COMPLETE, DONE), T2)
     assert s2.phase is DatasetPhase.READY
     ready = get_condition(s2.conditions, "Ready")
-    assert ready is not None and ready.status is ConditionStatus.TRUE and ready.last_transition_time == "t2"
+    assert ready is not None and ready.status is ConditionStatus.TRUE and ready.last_transition_time == "2026-01-01T00:00:02Z"
     assert ready.observed_generation == 1 and s2.observed_generation == 1
     assert s2.digest == "sha256:abc" and s2.counts and s2.counts.dropped == {"too_short": 2}
-    assert s2.started_at == "t1" and s2.completed_at == "t2"
+    assert s2.started_at == "2026-01-01T00:00:01Z" and s2.completed_at == "2026-01-01T00:00:02Z"
 
 
 def test_unchanged_condition_keeps_its_transition_time() -> None:
-    s1 = derive_dataset_status(ForgeDatasetStatus(), _obs({"status": {"active": 1}}), "t1")
-    s2 = derive_dataset_status(s1, _obs({"status": {"active": 1}}), "t2")
+    s1, _ = derive_dataset_status(ForgeDatasetStatus(), _obs({"status": {"active": 1}}), T1)
+    s2, _ = derive_dataset_status(s1, _obs({"status": {"active": 1}}), T2)
     assert s1 == s2
 
 
 def test_failed_job_reports_the_workload_reason() -> None:
     progress = DatasetProgress(stage="failed", error="s3://raw/empty/ holds no objects")
-    s = derive_dataset_status(ForgeDatasetStatus(), _obs(FAILED, progress), "t")
+    s, _ = derive_dataset_status(ForgeDatasetStatus(), _obs(FAILED, progress), T0)
     assert s.phase is DatasetPhase.FAILED
     assert "s3://raw/empty/ holds no objects" in (s.message or "")
 
 
 def test_job_that_succeeded_without_a_manifest_is_a_failure() -> None:
-    s = derive_dataset_status(ForgeDatasetStatus(), _obs(COMPLETE, None), "t")
+    s, _ = derive_dataset_status(ForgeDatasetStatus(), _obs(COMPLETE, None), T0)
     assert s.phase is DatasetPhase.FAILED
     assert get_condition(s.conditions, "Ready").reason == "ResultMissing"  # type: ignore[union-attr]
 
 
 def test_invalid_spec_sets_the_condition_and_fails() -> None:
-    s = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(3, spec_error="spec.tokenizer: bad"), "t")
+    s, _ = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(3, spec_error="spec.tokenizer: bad"), T0)
     assert s.phase is DatasetPhase.FAILED and s.observed_generation == 3
     cond = get_condition(s.conditions, "InvalidSpec")
     assert cond is not None and cond.status is ConditionStatus.TRUE and cond.message == "spec.tokenizer: bad"
 
 
 def test_waiting_for_a_referenced_tokenizer() -> None:
-    s = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, waiting_for="waiting for X"), "t")
+    waiting = Waiting("TokenizerReady", "waiting for ForgeDataset base (spec.tokenizer.datasetRef) to be Ready")
+    s, _ = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, waiting=waiting), T0)
     assert s.phase is DatasetPhase.PENDING
     assert get_condition(s.conditions, "Ready").reason == "WaitingForTokenizer"  # type: ignore[union-attr]
+    cond = get_condition(s.conditions, "TokenizerReady")
+    assert cond is not None and cond.status is ConditionStatus.FALSE and cond.message == waiting.message
+
+
+def test_a_replaced_job_starts_the_times_afresh() -> None:
+    done, _ = derive_dataset_status(ForgeDatasetStatus(), _obs(COMPLETE, DONE), T0)
+    running = DatasetObservation(2, job_name=JOB, output_uri="s3://b/p", job=observe_job({"status": {"active": 1}}),
+                                 replaced=True)
+    s, _ = derive_dataset_status(done, running, T2)
+    assert s.phase is DatasetPhase.RUNNING and s.completed_at is None and s.started_at == "2026-01-01T00:00:02Z"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes_validate
@@ -14,6 +15,7 @@ from forge_operator.settings import OperatorSettings
 from forge_operator.status.deployment import DeploymentObservation, derive_deployment_status
 
 SETTINGS = OperatorSettings(store_endpoint="minio:9000", store_secure=False)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _objs(**spec: Any) -> dict[str, dict[str, Any]]:
@@ -63,9 +65,9 @@ def test_eval_gate_names_metric_and_both_values() -> None:
 def test_status_available_once_replicas_are_ready() -> None:
     obs = DeploymentObservation(1, gate_passed=True, deployment={"status": {"readyReplicas": 0}}, desired_replicas=2,
                                 endpoint="http://chat.ml.svc:8000/v1")
-    s = derive_deployment_status(ForgeDeploymentStatus(), obs, "t")
+    s, _ = derive_deployment_status(ForgeDeploymentStatus(), obs, T0)
     assert s.phase is DeploymentPhase.PROGRESSING
     obs = DeploymentObservation(1, gate_passed=True, deployment={"status": {"readyReplicas": 2}}, desired_replicas=2,
                                 endpoint="http://chat.ml.svc:8000/v1", model_digest="sha256:abc")
-    s = derive_deployment_status(s, obs, "t2")
+    s, _ = derive_deployment_status(s, obs, T0)
     assert s.phase is DeploymentPhase.AVAILABLE and s.ready_replicas == 2 and s.model_digest == "sha256:abc"

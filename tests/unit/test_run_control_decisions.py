@@ -14,13 +14,12 @@ from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase, Traini
 from forge_operator.plan.training import ResolvedRefs, job_shape, plan_training_run, shape_changes
 from forge_operator.render.training import SHAPE_ANNOTATION, render_training
 from forge_operator.settings import OperatorSettings
-from forge_operator.status.conditions import get_condition
+from forge_operator.status.conditions import Action, get_condition
 from forge_operator.status.job import JobObservation, observe_job
 from forge_operator.status.training import (
     Hold,
     JobDecision,
     JobStep,
-    RunAction,
     RunObservation,
     decide_job,
     derive_run_status,
@@ -83,7 +82,7 @@ def test_suspend_by_delete_then_resume_is_not_a_restart() -> None:
     assert s.phase is RunPhase.RUNNING
     # spec.suspend on a server without Job suspend: the Job is deleted, the next attempt comes on resume
     s, action = derive_run_status(s, _obs(None, attempt=1, hold=Hold.SUSPEND, step=JobDecision(JobStep.DELETE)), T0)
-    assert action is RunAction.NONE and s.phase is RunPhase.SUSPENDED
+    assert action is Action.NONE and s.phase is RunPhase.SUSPENDED
     assert (s.restarts, s.attempt) == (1, 2)
     reason, message = _ready(s)
     assert reason == "Suspended" and "r-train-1 is deleted" in message and "no Job suspend" in message
@@ -98,7 +97,7 @@ def test_suspend_by_delete_then_resume_is_not_a_restart() -> None:
     # resumed: attempt 2's Job is created and runs; the stall clock starts afresh
     s, action = derive_run_status(again, _obs(OLD_SERVER, attempt=2, step=JobDecision(JobStep.CREATE)),
                                   T0 + timedelta(hours=5))
-    assert action is RunAction.NONE and s.phase is RunPhase.RUNNING
+    assert action is Action.NONE and s.phase is RunPhase.RUNNING
     assert (s.restarts, s.attempt, s.job_name) == (1, 2, "r-train-2")
     assert s.last_progress_time == "2026-01-01T05:00:00Z"
 
@@ -113,7 +112,7 @@ def test_suspend_in_place_keeps_the_attempt() -> None:
     assert s.phase is RunPhase.RUNNING and (s.attempt, s.restarts) == (0, 0)
     # a long suspension is not a stall
     s, action = derive_run_status(s, _obs(RUNNING), T0 + timedelta(days=1, seconds=60))
-    assert action is RunAction.NONE and s.phase is RunPhase.RUNNING
+    assert action is Action.NONE and s.phase is RunPhase.RUNNING
 
 
 def test_waiting_for_earlier_pods_says_so() -> None:
@@ -133,9 +132,9 @@ def test_queued_job_waits_for_admission() -> None:
 def test_a_failed_job_is_not_restarted_while_suspended_but_on_resume() -> None:
     failed = JobObservation(failed_final=True, message="exit 1")
     s, action = derive_run_status(ForgeTrainingRunStatus(), _obs(failed, hold=Hold.SUSPEND), T0)
-    assert action is RunAction.NONE and s.phase is RunPhase.SUSPENDED and s.restarts == 0
+    assert action is Action.NONE and s.phase is RunPhase.SUSPENDED and s.restarts == 0
     s, action = derive_run_status(s, _obs(failed), T0)
-    assert action is RunAction.RESTART and (s.restarts, s.attempt) == (1, 1)
+    assert action is Action.RESTART and (s.restarts, s.attempt) == (1, 1)
 
 
 # ---- GPU-hour budget -----------------------------------------------------------------------------
@@ -195,7 +194,7 @@ def test_budget_exceeded_stops_the_run_and_raising_it_resumes() -> None:
     assert step.step is JobStep.SUSPEND
     s, action = derive_run_status(s, _obs(JobObservation(active=1, suspended=True, suspend_supported=True),
                                           gpus_in_use=8, max_gpu_hours=budget, hold=hold, step=step), at)
-    assert action is RunAction.NONE and s.phase is RunPhase.SUSPENDED
+    assert action is Action.NONE and s.phase is RunPhase.SUSPENDED
     assert s.gpu_hours == pytest.approx(2.1333, abs=1e-4)
     reason, message = _ready(s)
     assert reason == "BudgetExceeded"
@@ -213,7 +212,7 @@ def test_budget_exceeded_stops_the_run_and_raising_it_resumes() -> None:
     assert run_hold(False, 4.0, gpu_hours_used(s, later)) is None
     assert decide_job(stopped, hold=False, queued=False, changes=[]).step is JobStep.RESUME
     s, action = derive_run_status(s, _obs(RUNNING, max_gpu_hours=4.0, step=JobDecision(JobStep.RESUME)), later)
-    assert action is RunAction.NONE and s.phase is RunPhase.RUNNING and s.restarts == 0
+    assert action is Action.NONE and s.phase is RunPhase.RUNNING and s.restarts == 0
     cond = get_condition(s.conditions, "BudgetExceeded")
     assert cond is not None and cond.status.value == "False"
 
@@ -267,7 +266,7 @@ def test_roll_recreates_as_the_next_attempt_without_counting_a_restart() -> None
     s, _ = derive_run_status(ForgeTrainingRunStatus(restarts=1, attempt=1), _obs(RUNNING, attempt=1), T0)
     decision = JobDecision(JobStep.ROLL, "spec.resources.maxNodes 2 -> 4")
     s, action = derive_run_status(s, _obs(None, attempt=1, step=decision), T0 + timedelta(minutes=1))
-    assert action is RunAction.NONE and (s.restarts, s.attempt) == (1, 2) and s.phase is RunPhase.RUNNING
+    assert action is Action.NONE and (s.restarts, s.attempt) == (1, 2) and s.phase is RunPhase.RUNNING
     reason, message = _ready(s)
     assert reason == "JobRolled"
     assert "spec.resources changed (spec.resources.maxNodes 2 -> 4)" in message

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
-from forge_operator.status.conditions import get_condition
+from forge_operator.status.conditions import Action, Waiting, get_condition
 from forge_operator.status.job import JobObservation
-from forge_operator.status.training import Hold, RunAction, RunObservation, derive_run_status
+from forge_operator.status.training import Hold, RunObservation, derive_run_status
 from forge_trainer.config import TrainProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -24,7 +24,7 @@ def test_progress_is_mirrored_with_eta() -> None:
     assert s.phase is RunPhase.RUNNING and s.started_at == "2026-01-01T00:00:00Z"
     p = TrainProgress(step=25, total_steps=100, loss=2.345678, tokens_per_second=1234.56, world_size=16, mfu=0.41)
     s, action = derive_run_status(s, _obs(ACTIVE, p), T0 + timedelta(minutes=25))
-    assert action is RunAction.NONE
+    assert action is Action.NONE
     assert (s.step, s.progress, s.loss, s.world_size) == (25, "25/100", 2.3457, 16)
     assert s.eta == "2026-01-01T01:40:00Z"
 
@@ -43,10 +43,10 @@ def test_failed_job_is_restarted_until_max_restarts() -> None:
     s = ForgeTrainingRunStatus()
     for n in (1, 2):
         s, action = derive_run_status(s, _obs(failed, max_restarts=2), T0)
-        assert action is RunAction.RESTART and s.restarts == n and s.phase is RunPhase.RUNNING
+        assert action is Action.RESTART and s.restarts == n and s.phase is RunPhase.RUNNING
         assert f"restart {n} of 2" in (s.message or "")
     s, action = derive_run_status(s, _obs(failed, max_restarts=2), T0)
-    assert action is RunAction.NONE and s.phase is RunPhase.FAILED
+    assert action is Action.NONE and s.phase is RunPhase.FAILED
     assert "no restarts left" in (s.message or "") and "exited 1" in (s.message or "")
 
 
@@ -54,16 +54,16 @@ def test_stall_is_detected_and_restarts() -> None:
     p = TrainProgress(step=10, total_steps=100)
     s, _ = derive_run_status(ForgeTrainingRunStatus(), _obs(ACTIVE, p, stall_timeout_seconds=600), T0)
     s, action = derive_run_status(s, _obs(ACTIVE, p, stall_timeout_seconds=600), T0 + timedelta(seconds=300))
-    assert action is RunAction.NONE
+    assert action is Action.NONE
     s, action = derive_run_status(s, _obs(ACTIVE, p, stall_timeout_seconds=600), T0 + timedelta(seconds=700))
-    assert action is RunAction.RESTART
+    assert action is Action.RESTART
     stalled = get_condition(s.conditions, "Stalled")
     assert stalled is not None and stalled.status.value == "True" and "step 10 has not advanced" in stalled.message
 
 
 def test_waiting_for_dataset_and_suspended() -> None:
     s, _ = derive_run_status(ForgeTrainingRunStatus(), RunObservation(
-        1, waiting_condition="DatasetReady", waiting_for="waiting for ForgeDataset c to be Ready"), T0)
+        1, waiting=Waiting("DatasetReady", "waiting for ForgeDataset c to be Ready")), T0)
     assert s.phase is RunPhase.PENDING
     cond = get_condition(s.conditions, "DatasetReady")
     assert cond is not None and cond.status.value == "False" and cond.reason == "Waiting"

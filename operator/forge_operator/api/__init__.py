@@ -14,7 +14,7 @@ from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, 
 from forge_operator.api.training import ForgeTrainingRun, ForgeTrainingRunSpec, ForgeTrainingRunStatus
 
 __all__ = [
-    "API_VERSION", "GROUP", "KINDS", "VERSION", "Condition", "ConditionStatus", "ForgeDataset",
+    "API_VERSION", "DATASET", "DEPLOYMENT", "GROUP", "KINDS", "TRAINING_RUN", "VERSION", "Condition", "ConditionStatus", "ForgeDataset",
     "ForgeDatasetSpec", "ForgeDatasetStatus", "ForgeDeployment", "ForgeDeploymentSpec",
     "ForgeDeploymentStatus", "ForgeTrainingRun", "ForgeTrainingRunSpec", "ForgeTrainingRunStatus",
     "KindInfo", "kind_info",
@@ -50,48 +50,48 @@ def _col(name: str, type_: str, path: str, description: str, priority: int = 0) 
 
 _AGE = _col("Age", "date", ".metadata.creationTimestamp", "Time since creation")
 
-KINDS: list[KindInfo] = [
-    KindInfo(
-        kind="ForgeDataset", plural="forgedatasets", singular="forgedataset", short_names=["fds"],
-        resource=ForgeDataset, spec=ForgeDatasetSpec, status=ForgeDatasetStatus,
-        printer_columns=[
-            _col("Purpose", "string", ".spec.purpose", "What the dataset is for"),
-            _col("Phase", "string", ".status.phase", "Lifecycle phase"),
-            _col("Kept", "integer", ".status.counts.documentsKept", "Documents kept"),
-            _col("Tokens", "integer", ".status.counts.tokens", "Tokens in all shards"),
-            _col("Digest", "string", ".status.digest", "Manifest digest", priority=1),
-            _AGE,
-        ],
-    ),
-    KindInfo(
-        kind="ForgeTrainingRun", plural="forgetrainingruns", singular="forgetrainingrun",
-        short_names=["ftr"], resource=ForgeTrainingRun, spec=ForgeTrainingRunSpec,
-        status=ForgeTrainingRunStatus,
-        printer_columns=[
-            _col("Stage", "string", ".spec.stage", "Training stage"),
-            _col("Phase", "string", ".status.phase", "Lifecycle phase"),
-            _col("Progress", "string", ".status.progress", "Step / total steps"),
-            _col("Loss", "number", ".status.loss", "Latest training loss"),
-            _col("Workers", "integer", ".status.worldSize", "Workers in the current group"),
-            _col("Tokens/s", "number", ".status.tokensPerSecond", "Recent throughput", priority=1),
-            _col("Restarts", "integer", ".status.restarts", "Job restarts", priority=1),
-            _AGE,
-        ],
-    ),
-    KindInfo(
-        kind="ForgeDeployment", plural="forgedeployments", singular="forgedeployment",
-        short_names=["fdep"], resource=ForgeDeployment, spec=ForgeDeploymentSpec,
-        status=ForgeDeploymentStatus,
-        printer_columns=[
-            _col("Model", "string", ".spec.modelRef", "Training run served"),
-            _col("Runtime", "string", ".spec.runtime", "Serving runtime"),
-            _col("Phase", "string", ".status.phase", "Lifecycle phase"),
-            _col("Ready", "integer", ".status.readyReplicas", "Ready replicas"),
-            _col("Endpoint", "string", ".status.endpoint", "OpenAI-compatible endpoint", priority=1),
-            _AGE,
-        ],
-    ),
-]
+DATASET = KindInfo(
+    kind="ForgeDataset", plural="forgedatasets", singular="forgedataset", short_names=["fds"],
+    resource=ForgeDataset, spec=ForgeDatasetSpec, status=ForgeDatasetStatus,
+    printer_columns=[
+        _col("Purpose", "string", ".spec.purpose", "What the dataset is for"),
+        _col("Phase", "string", ".status.phase", "Lifecycle phase"),
+        _col("Kept", "integer", ".status.counts.documentsKept", "Documents kept"),
+        _col("Tokens", "integer", ".status.counts.tokens", "Tokens in all shards"),
+        _col("Digest", "string", ".status.digest", "Manifest digest", priority=1),
+        _AGE,
+    ],
+)
+TRAINING_RUN = KindInfo(
+    kind="ForgeTrainingRun", plural="forgetrainingruns", singular="forgetrainingrun",
+    short_names=["ftr"], resource=ForgeTrainingRun, spec=ForgeTrainingRunSpec,
+    status=ForgeTrainingRunStatus,
+    printer_columns=[
+        _col("Stage", "string", ".spec.stage", "Training stage"),
+        _col("Phase", "string", ".status.phase", "Lifecycle phase"),
+        _col("Progress", "string", ".status.progress", "Step / total steps"),
+        _col("Loss", "number", ".status.loss", "Latest training loss"),
+        _col("Workers", "integer", ".status.worldSize", "Workers in the current group"),
+        _col("Tokens/s", "number", ".status.tokensPerSecond", "Recent throughput", priority=1),
+        _col("Restarts", "integer", ".status.restarts", "Job restarts", priority=1),
+        _AGE,
+    ],
+)
+DEPLOYMENT = KindInfo(
+    kind="ForgeDeployment", plural="forgedeployments", singular="forgedeployment",
+    short_names=["fdep"], resource=ForgeDeployment, spec=ForgeDeploymentSpec,
+    status=ForgeDeploymentStatus,
+    printer_columns=[
+        _col("Model", "string", ".spec.modelRef", "Training run served"),
+        _col("Runtime", "string", ".spec.runtime", "Serving runtime"),
+        _col("Phase", "string", ".status.phase", "Lifecycle phase"),
+        _col("Ready", "integer", ".status.readyReplicas", "Ready replicas"),
+        _col("Endpoint", "string", ".status.endpoint", "OpenAI-compatible endpoint", priority=1),
+        _AGE,
+    ],
+)
+KINDS: list[KindInfo] = [DATASET, TRAINING_RUN, DEPLOYMENT]
+"""Every kind, in reference order (datasets, runs, deployments)."""
 
 
 def kind_info(kind: str) -> KindInfo:

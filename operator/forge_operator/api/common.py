@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
@@ -22,9 +22,32 @@ DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 NAME_MAX = 52  # leaves room for the suffixes children get ("-prepare", "-config", ...)
 
 
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+"""How Kubernetes writes a timestamp (RFC 3339, seconds, UTC); every status time has this form."""
+
+
+def rfc3339(when: datetime) -> str:
+    """`when` as Kubernetes writes a timestamp."""
+    return when.astimezone(UTC).strftime(RFC3339) if when.tzinfo else when.strftime(RFC3339)
+
+
 def now_rfc3339() -> str:
-    """The current time as Kubernetes writes it (RFC 3339, seconds, UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current time as Kubernetes writes it."""
+    return rfc3339(datetime.now(UTC))
+
+
+def parse_time(value: object) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339 text, or a datetime from a client) as an aware datetime; None if
+    absent or unreadable."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class ConditionStatus(StrEnum):
@@ -112,9 +135,3 @@ class RetentionSpec(WireModel):
 
     on_delete: RetentionPolicy = RetentionPolicy.DELETE
     """Delete, Retain, or KeepFinal."""
-
-
-def k8s_meta(body: dict[str, Any]) -> dict[str, Any]:
-    """The metadata of a raw resource body (empty if absent)."""
-    meta = body.get("metadata") or {}
-    return dict(meta)

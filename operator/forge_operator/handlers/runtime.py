@@ -1,10 +1,8 @@
-"""What every handler shares: settings, the API facade, and publishing a new status once."""
+"""What every handler shares: settings, the API facade, Events, and publishing a new status once."""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -13,35 +11,33 @@ from pydantic import BaseModel, ValidationError
 
 from forge_operator import metrics
 from forge_operator.api.common import API_VERSION
+from forge_operator.api.dataset import DatasetPhase
+from forge_operator.api.deployment import DeploymentPhase
+from forge_operator.api.training import RunPhase
 from forge_operator.kube.client import Kube
 from forge_operator.settings import OperatorSettings
 
 log = logging.getLogger("forge.operator")
+FAILED = {DatasetPhase.FAILED, RunPhase.FAILED, DeploymentPhase.FAILED}
 
 
 @dataclass
-class Runtime:
-    """The operator's process-wide state."""
+class OperatorRuntime:
+    """The operator's process-wide state: its settings and its API facade."""
 
     settings: OperatorSettings
     kube: Kube
 
 
-_runtime: Runtime | None = None
+_runtime: OperatorRuntime | None = None
 
 
-def runtime() -> Runtime:
+def runtime() -> OperatorRuntime:
     """The runtime, created on first use from the environment."""
     global _runtime
     if _runtime is None:
-        _runtime = Runtime(settings=OperatorSettings.from_env(), kube=Kube())
+        _runtime = OperatorRuntime(settings=OperatorSettings.from_env(), kube=Kube())
     return _runtime
-
-
-def set_runtime(rt: Runtime | None) -> None:
-    """Replace the runtime (the operator's startup and tests)."""
-    global _runtime
-    _runtime = rt
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -49,8 +45,6 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
     patch.update({k: None for k in old if k not in new})
     return patch
-
-
 
 
 def publish_status(body: dict[str, Any], old_status: BaseModel, new_status: BaseModel) -> bool:
@@ -69,7 +63,7 @@ def publish_status(body: dict[str, Any], old_status: BaseModel, new_status: Base
         phase = str(new["phase"])
         metrics.PHASE_TRANSITIONS.labels(kind, phase).inc()
         message = str(new.get("message") or f"phase {phase}")
-        post_event(body, phase, message, warning=phase == "Failed")
+        post_event(body, phase, message, warning=phase in FAILED)
     return True
 
 
@@ -97,23 +91,3 @@ def parse_status(model: type[S], body: dict[str, Any]) -> S:
         return model.model_validate(body.get("status") or {})
     except ValidationError:
         return model()
-
-
-def timed_reconcile(kind: str, reconcile: Callable[[dict[str, Any]], None], body: dict[str, Any]) -> None:
-    """Run one reconcile, counting it by result (ok, invalid, waiting, error) and timing it."""
-    started = time.monotonic()
-    result = "ok"
-    try:
-        reconcile(body)
-    except kopf.PermanentError:
-        result = "invalid"
-        raise
-    except kopf.TemporaryError:
-        result = "waiting"
-        raise
-    except Exception:
-        result = "error"
-        raise
-    finally:
-        metrics.RECONCILES.labels(kind, result).inc()
-        metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)

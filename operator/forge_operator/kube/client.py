@@ -251,12 +251,3 @@ class Kube:
             if exc.status == 404:
                 return False
             raise KubeError(f"delete {kind} {namespace}/{name}: {exc}") from exc
-
-    def read_secret_keys(self, namespace: str, name: str) -> dict[str, str]:
-        """The decoded data of a Secret (used only to hand credentials to the store client)."""
-        import base64
-
-        obj = self.get("v1", "Secret", namespace, name)
-        if obj is None:
-            raise KubeError(f"Secret {namespace}/{name} does not exist")
-        return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}

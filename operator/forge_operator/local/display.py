@@ -10,7 +10,17 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-SHORT = {"ForgeDataset": "fds", "ForgeTrainingRun": "ftr", "ForgeDeployment": "fdep"}
+from forge_operator.api import DATASET, KINDS, TRAINING_RUN
+from forge_operator.api.dataset import DatasetPhase
+from forge_operator.api.deployment import DeploymentPhase
+from forge_operator.api.training import RunPhase
+
+SHORT = {info.kind: info.short_names[0] for info in KINDS}
+PENDING, RUNNING, FAILED = RunPhase.PENDING, RunPhase.RUNNING, RunPhase.FAILED
+"""The phases every kind shares (the same words in DatasetPhase and DeploymentPhase)."""
+DONE = {DatasetPhase.READY, RunPhase.SUCCEEDED, DeploymentPhase.AVAILABLE}
+"""The phases in which a resource did what it was for."""
+SETTLED = DONE | {FAILED}
 PLAIN_EVERY = 10.0
 
 
@@ -27,18 +37,18 @@ class Display(Protocol):
 def detail(kind: str, record: dict[str, Any]) -> str:
     """One line of what matters for a resource right now."""
     st = record.get("status") or {}
-    phase = st.get("phase") or "Pending"
-    if kind == "ForgeDataset":
+    phase = st.get("phase") or PENDING
+    if kind == DATASET.kind:
         counts = st.get("counts") or {}
         parts = [phase, f"{st.get('documentsDone') or 0} documents"]
-        if st.get("stage") and phase == "Running":
+        if st.get("stage") and phase == RUNNING:
             parts.append(str(st["stage"]))
         if counts.get("tokens"):
             parts.append(f"{counts.get('documentsKept', 0)} kept, {counts['tokens']} tokens")
         if st.get("digest"):
             parts.append(str(st["digest"])[:19])
         return "  ".join(parts)
-    if kind == "ForgeTrainingRun":
+    if kind == TRAINING_RUN.kind:
         parts = [phase]
         if st.get("progress"):
             parts.append(f"step {st['progress']}")
@@ -54,14 +64,14 @@ def detail(kind: str, record: dict[str, Any]) -> str:
 
 def _fraction(kind: str, record: dict[str, Any]) -> tuple[float, float | None]:
     st = record.get("status") or {}
-    if kind == "ForgeTrainingRun":
+    if kind == TRAINING_RUN.kind:
         return float(st.get("step") or 0), float(st["totalSteps"]) if st.get("totalSteps") else None
-    done = st.get("phase") in ("Ready", "Available", "Succeeded")
+    done = st.get("phase") in DONE
     return (1.0, 1.0) if done else (0.0, None)
 
 
 def _failed(record: dict[str, Any]) -> bool:
-    return (record.get("status") or {}).get("phase") == "Failed"
+    return (record.get("status") or {}).get("phase") == FAILED
 
 
 class LiveDisplay:
@@ -76,18 +86,18 @@ class LiveDisplay:
 
     def add(self, kind: str, name: str) -> None:
         self.tasks[(kind, name)] = self.progress.add_task(f"{SHORT.get(kind, kind)}/{name}", total=None,
-                                                          detail="Pending", start=False)
+                                                          detail=PENDING, start=False)
 
     def update(self, kind: str, name: str, record: dict[str, Any]) -> None:
         task = self.tasks[(kind, name)]
         done, total = _fraction(kind, record)
         phase = (record.get("status") or {}).get("phase")
-        if phase and phase != "Pending":
+        if phase and phase != PENDING:
             self.progress.start_task(task)
         text = detail(kind, record)
         self.progress.update(task, completed=done, total=total,
                              detail=f"[red]{text}[/red]" if _failed(record) else text)
-        if phase in ("Ready", "Succeeded", "Available", "Failed"):
+        if phase in SETTLED:
             self.progress.stop_task(task)
 
     def note(self, kind: str, name: str, message: str) -> None:
@@ -118,14 +128,14 @@ class PlainDisplay:
         self.last[(kind, name)] = ("", 0.0)
 
     def update(self, kind: str, name: str, record: dict[str, Any]) -> None:
-        phase = (record.get("status") or {}).get("phase") or "Pending"
+        phase = (record.get("status") or {}).get("phase") or PENDING
         prev_phase, at = self.last.get((kind, name), ("", 0.0))
         now = time.monotonic()
         if phase != prev_phase or now - at >= PLAIN_EVERY:
             self.last[(kind, name)] = (phase, now)
             self._print(f"{SHORT.get(kind, kind)}/{name}: {detail(kind, record)}")
             message = (record.get("status") or {}).get("message")
-            if phase in ("Failed", "Ready", "Succeeded") and phase != prev_phase and message:
+            if phase in SETTLED - {DeploymentPhase.AVAILABLE} and phase != prev_phase and message:
                 self._print(f"  {message}")
 
     def note(self, kind: str, name: str, message: str) -> None:

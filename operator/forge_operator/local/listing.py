@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forge_operator.api import KINDS
-
-RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+from forge_operator.api.common import parse_time
 
 
 def _at(obj: Any, json_path: str) -> Any:
@@ -17,9 +16,10 @@ def _at(obj: Any, json_path: str) -> Any:
 
 
 def _age(stamp: str | None, now: datetime) -> str:
-    if not stamp:
+    created = parse_time(stamp)
+    if created is None:
         return "<unknown>"
-    secs = int((now - datetime.strptime(stamp, RFC3339).replace(tzinfo=UTC)).total_seconds())
+    secs = int((now - created).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= size:
             return f"{secs // size}{unit}"

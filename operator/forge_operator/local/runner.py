@@ -3,7 +3,6 @@ status derived by the operator's own status functions and saved under the state 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import socket
@@ -23,33 +22,34 @@ from pydantic import BaseModel
 from forge_operator.api.common import now_rfc3339
 from forge_operator.api.dataset import DatasetPhase, ForgeDataset, ForgeDatasetStatus
 from forge_operator.api.deployment import DeploymentPhase, ForgeDeployment, ForgeDeploymentStatus
-from forge_operator.api.training import ForgeTrainingRun, ForgeTrainingRunStatus, Lineage, RunPhase
+from forge_operator.api.training import ForgeTrainingRun, ForgeTrainingRunStatus, RunPhase
 from forge_operator.local.display import Display
+from forge_operator.local.lookup import RecordLookup
 from forge_operator.local.processes import end_tree, log_tail, new_token, start_process
 from forge_operator.local.state import ResourceDir
 from forge_operator.local.torchx_launch import LocalApp
 from forge_operator.manifests import LoadedManifest
 from forge_operator.plan.dataset import plan_dataset
-from forge_operator.plan.deployment import evaluate_gate, plan_deployment
+from forge_operator.plan.deployment import plan_deployment
 from forge_operator.plan.naming import output_uri
-from forge_operator.plan.training import RDZV_PORT_ENV, ResolvedRefs, plan_training_run
+from forge_operator.plan.training import RDZV_PORT_ENV, plan_training_run
 from forge_operator.plan.workload import InvalidSpecError
+from forge_operator.resolve.dataset import resolve_dataset
+from forge_operator.resolve.deployment import resolve_deployment
+from forge_operator.resolve.training import resolve_run
 from forge_operator.settings import OperatorSettings
+from forge_operator.status.conditions import Waiting
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
 from forge_operator.status.deployment import DeploymentObservation, derive_deployment_status
 from forge_operator.status.job import JobObservation
 from forge_operator.status.training import RunObservation, derive_run_status
 from forge_operator.store.artifacts import read_progress
-from forge_trainer.config import DatasetProgress, ModelConfig, StoreConfig, TrainProgress
+from forge_trainer.config import DatasetProgress, StoreConfig, TrainProgress
 from forge_trainer.store import StoreError, join_key, open_uri, sha256_bytes
 
 LOCAL_UID = "local"
 M = TypeVar("M", bound=BaseModel)
 POLL_SECONDS = 0.5
-
-
-class Interrupted(Exception):
-    """Ctrl-C (or SIGTERM) stopped the run."""
 
 
 class RunFailed(Exception):
@@ -86,11 +86,27 @@ class LocalRunner:
     def _dir(self, kind: str, name: str) -> ResourceDir:
         return ResourceDir(self.options.root, self.options.namespace, kind, name)
 
+    @property
+    def _bucket(self) -> str:
+        """The bucket artifacts go to (`--store s3://bucket`, else the settings' bucket)."""
+        if self.options.store:
+            return self.options.store.removeprefix("s3://").strip("/").split("/", 1)[0]
+        return self.settings.store_bucket
+
+    @property
+    def _lookup(self) -> RecordLookup:
+        """What references resolve against: the records of the resources run so far."""
+        return RecordLookup(self.records)
+
     def _output(self, kind: str, name: str) -> str:
         if self.options.store:
-            bucket = self.options.store.removeprefix("s3://").strip("/").split("/", 1)[0]
-            return output_uri(bucket, self.options.namespace, kind, name, LOCAL_UID)
+            return output_uri(self._bucket, self.options.namespace, kind, name, LOCAL_UID)
         return str(self._dir(kind, name).artifacts.resolve())
+
+    def _fail(self, m: LoadedManifest, status: BaseModel, message: str) -> RunFailed:
+        """Save the failed status; the RunFailed to raise."""
+        self._save(m, status, {})
+        return RunFailed(f"{m.kind} {m.name}: {message}")
 
     @property
     def store_config(self) -> StoreConfig:
@@ -175,19 +191,17 @@ class LocalRunner:
         if not src.startswith("s3://"):
             body["spec"]["source"]["uri"] = str((m.path.parent / src).resolve())
         ds = ForgeDataset.model_validate(body)
-        reused = None
-        if ds.spec.tokenizer.dataset_ref:
-            ref = self.records.get(("ForgeDataset", ds.spec.tokenizer.dataset_ref)) or {}
-            reused = (ref.get("status") or {}).get("tokenizerUri")
+        resolved = resolve_dataset(ds, self._lookup)
+        if isinstance(resolved, Waiting):
+            status, _ = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, waiting=resolved), _now())
+            raise self._fail(m, status, resolved.message)
         try:
-            plan = plan_dataset(ds, self.settings, reused_tokenizer_uri=reused, local=True,
+            plan = plan_dataset(ds, self.settings, reused_tokenizer_uri=resolved.reused_tokenizer_uri, local=True,
                                 output=self._output(m.kind, m.name))
         except InvalidSpecError as exc:
-            status = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, spec_error=str(exc)),
-                                           now_rfc3339())
-            self._save(m, status, {})
-            raise RunFailed(f"ForgeDataset {m.name}: {exc}") from exc
-        digest = _hash(plan.config.to_wire())
+            status, _ = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, spec_error=str(exc)), _now())
+            raise self._fail(m, status, str(exc)) from exc
+        digest = plan.config_hash
         saved = rd.read() or {}
         if saved.get("configHash") == digest and self._dataset_intact(saved.get("status") or {}):
             self.display.note(m.kind, m.name, "Ready (up to date, manifest digest verified): not recomputed")
@@ -209,18 +223,18 @@ class LocalRunner:
                        JobObservation(succeeded=1, complete=True) if code == 0 else
                        JobObservation(failed=1, failed_final=True, message=log_tail(log) or f"exit status {code}"))
                 progress = self._progress(plan.output_uri, DatasetProgress)
-                status = derive_dataset_status(status, DatasetObservation(
-                    1, job_name=plan.job_name, output_uri=plan.output_uri, job=job, progress=progress), now_rfc3339())
+                status, _ = derive_dataset_status(status, DatasetObservation(
+                    1, job_name=plan.job_name, output_uri=plan.output_uri, job=job, progress=progress), _now())
                 self._save(m, status, extra)
                 if code is not None:
                     break
                 self._wait()
         except BaseException:
             end_tree(token, proc)
-            status = derive_dataset_status(status, DatasetObservation(
+            status, _ = derive_dataset_status(status, DatasetObservation(
                 1, job_name=plan.job_name, output_uri=plan.output_uri,
                 job=JobObservation(failed_final=True, message="interrupted (Ctrl-C); the next `forge run` "
-                                                              "prepares it again")), now_rfc3339())
+                                                              "prepares it again")), _now())
             self._save(m, status, extra)
             raise
         end_tree(token, grace=2)
@@ -228,7 +242,7 @@ class LocalRunner:
             raise RunFailed(f"ForgeDataset {m.name}: {status.message} (log: {log})")
 
     def _dataset_intact(self, status: dict[str, Any]) -> bool:
-        if status.get("phase") != "Ready" or not status.get("manifestUri") or not status.get("digest"):
+        if status.get("phase") != DatasetPhase.READY or not status.get("manifestUri") or not status.get("digest"):
             return False
         data = self._read_bytes(status["manifestUri"])
         return data is not None and sha256_bytes(data) == status["digest"]
@@ -241,63 +255,26 @@ class LocalRunner:
 
     # -- training runs --------------------------------------------------------------------------
 
-    def _model_of_chain(self, run: ForgeTrainingRun) -> ModelConfig | None:
-        seen = 0
-        current: ForgeTrainingRun | None = run
-        while current is not None and seen < 16:
-            if current.spec.model is not None:
-                return current.spec.model
-            base = current.spec.init.base_run
-            nxt = self.manifests.get(("ForgeTrainingRun", base)) if base else None
-            current = nxt.resource if nxt is not None and isinstance(nxt.resource, ForgeTrainingRun) else None
-            seen += 1
-        return None
-
-    def _refs(self, run: ForgeTrainingRun) -> tuple[ResolvedRefs, Lineage]:
-        spec = run.spec
-
-        def dataset(name: str, field_: str) -> dict[str, Any]:
-            st = (self.records.get(("ForgeDataset", name)) or {}).get("status") or {}
-            if st.get("phase") != "Ready":
-                raise RunFailed(f"ForgeTrainingRun {run.metadata['name']}: {field_}: ForgeDataset {name} is not Ready")
-            return dict(st)
-
-        ds = dataset(spec.dataset_ref, "spec.datasetRef")
-        ev = dataset(spec.eval_dataset_ref, "spec.evalDatasetRef") if spec.eval_dataset_ref else {}
-        init_model, base_digest = spec.init.model_uri, None
-        if spec.init.base_run:
-            st = (self.records.get(("ForgeTrainingRun", spec.init.base_run)) or {}).get("status") or {}
-            if st.get("phase") != "Succeeded" or not st.get("finalModelUri"):
-                raise RunFailed(f"ForgeTrainingRun {run.metadata['name']}: spec.init.baseRun: "
-                                f"ForgeTrainingRun {spec.init.base_run} has not succeeded")
-            init_model, base_digest = st["finalModelUri"], st.get("finalModelDigest")
-        refs = ResolvedRefs(dataset_manifest=ds["manifestUri"], dataset_digest=ds.get("digest"),
-                            eval_manifest=ev.get("manifestUri"), eval_digest=ev.get("digest"),
-                            init_model_uri=init_model, init_checkpoint_uri=spec.init.checkpoint_uri,
-                            base_model_digest=base_digest, model=spec.model or self._model_of_chain(run))
-        lineage = Lineage(dataset_digest=refs.dataset_digest, eval_dataset_digest=refs.eval_digest,
-                          base_model_digest=base_digest, trainer_image="local")
-        return refs, lineage
-
     def run_training(self, m: LoadedManifest) -> None:
         """Train through TorchX's local scheduler, unless it already succeeded with the same config;
         an unfinished run resumes from its newest checkpoint (same output prefix)."""
         rd = self._dir(m.kind, m.name)
         run = ForgeTrainingRun.model_validate(self._body(m))
-        refs, lineage = self._refs(run)
         config_file = rd.path / "train.yaml"
         try:
-            plan = plan_training_run(run, self.settings, refs, config_path=str(config_file.resolve()),
+            resolved = resolve_run(run, self._lookup, bucket=self._bucket, trainer_image="local")
+            if isinstance(resolved, Waiting):
+                status, _ = derive_run_status(ForgeTrainingRunStatus(), RunObservation(1, waiting=resolved), _now())
+                raise self._fail(m, status, resolved.message)
+            plan = plan_training_run(run, self.settings, resolved.refs, config_path=str(config_file.resolve()),
                                      output=self._output(m.kind, m.name))
         except InvalidSpecError as exc:
-            status, _ = derive_run_status(ForgeTrainingRunStatus(), RunObservation(1, spec_error=str(exc)),
-                                          datetime.now(UTC))
-            self._save(m, status, {})
-            raise RunFailed(f"ForgeTrainingRun {m.name}: {exc}") from exc
-        lineage.config_hash = plan.config_hash
+            status, _ = derive_run_status(ForgeTrainingRunStatus(), RunObservation(1, spec_error=str(exc)), _now())
+            raise self._fail(m, status, str(exc)) from exc
+        lineage = resolved.lineage.model_copy(update={"config_hash": plan.config_hash})
         saved = rd.read() or {}
         st = saved.get("status") or {}
-        if saved.get("configHash") == plan.config_hash and st.get("phase") == "Succeeded" and \
+        if saved.get("configHash") == plan.config_hash and st.get("phase") == RunPhase.SUCCEEDED and \
                 self._read_bytes(st.get("finalModelUri") or "", "config.json") is not None:
             self.display.note(m.kind, m.name, f"Succeeded (up to date, {st.get('progress')} steps): not retrained")
             return
@@ -322,8 +299,7 @@ class LocalRunner:
                 status, _ = derive_run_status(status, RunObservation(
                     1, job_name=plan.app.name, output_uri=plan.output_uri, job=job, progress=progress,
                     max_restarts=0, stall_timeout_seconds=run.spec.stall_timeout_seconds, lineage=lineage,
-                    resolved=["DatasetReady"] + (["BaseModelReady"] if run.spec.init.base_run else [])),
-                    datetime.now(UTC))
+                    resolved=resolved.resolved), _now())
                 self._save(m, status, extra)
                 if job.complete or job.failed_final or status.phase in (RunPhase.FAILED, RunPhase.SUCCEEDED):
                     break
@@ -334,7 +310,7 @@ class LocalRunner:
                 1, job_name=plan.app.name, output_uri=plan.output_uri, max_restarts=0, lineage=lineage,
                 job=JobObservation(failed_final=True, message="interrupted (Ctrl-C); the next `forge run` resumes "
                                                               "from the newest checkpoint"),
-                progress=self._progress(plan.output_uri, TrainProgress)), datetime.now(UTC))
+                progress=self._progress(plan.output_uri, TrainProgress)), _now())
             self._save(m, status, extra)
             raise
         app.close()
@@ -350,21 +326,21 @@ class LocalRunner:
         if not self.options.serve:
             self.display.note(m.kind, m.name, "not served (--no-serve)")
             return
-        metrics: dict[str, float] = {}
-        model_uri, digest = spec.model_uri, None
-        if spec.model_ref:
-            st = (self.records.get(("ForgeTrainingRun", spec.model_ref)) or {}).get("status") or {}
-            model_uri, digest = st.get("finalModelUri"), st.get("finalModelDigest")
-            metrics = {k: float(v) for k, v in (st.get("evalMetrics") or {}).items()}
-            if st.get("loss") is not None:
-                metrics.setdefault("loss", float(st["loss"]))
-        gate = evaluate_gate(spec.eval_gate, metrics)
-        status = derive_deployment_status(ForgeDeploymentStatus(), DeploymentObservation(
-            1, gate_passed=gate.passed, gate_message=gate.message), now_rfc3339())
-        if not gate.passed or not model_uri:
-            self._save(m, status, {})
-            raise RunFailed(f"ForgeDeployment {m.name}: {status.message or 'no model to serve'}")
-        plan = plan_deployment(dep, self.settings, model_uri, digest)
+        try:
+            model = resolve_deployment(dep, self._lookup, bucket=self._bucket)
+        except InvalidSpecError as exc:
+            status, _ = derive_deployment_status(ForgeDeploymentStatus(), DeploymentObservation(
+                1, spec_error=str(exc)), _now())
+            raise self._fail(m, status, str(exc)) from exc
+        if isinstance(model, Waiting):
+            status, _ = derive_deployment_status(ForgeDeploymentStatus(), DeploymentObservation(1, waiting=model), _now())
+            raise self._fail(m, status, model.message)
+        gate = model.gate
+        status, _ = derive_deployment_status(ForgeDeploymentStatus(), DeploymentObservation(
+            1, gate_passed=gate.passed, gate_message=gate.message), _now())
+        if not gate.passed:
+            raise self._fail(m, status, gate.message)
+        plan = plan_deployment(dep, self.settings, model.uri, model.digest)
         port = self.options.port or _free_port(self.options.host)
         if not _port_free(self.options.host, port):
             port = _free_port(self.options.host)
@@ -384,7 +360,7 @@ class LocalRunner:
                                     endpoint=endpoint, model_uri=plan.model_uri, model_digest=plan.model_digest)
         extra = {"log": str(log), "pid": self.server.pid}
         while True:
-            status = derive_deployment_status(status, obs, now_rfc3339())
+            status, _ = derive_deployment_status(status, obs, _now())
             self._save(m, status, extra)
             if status.phase == DeploymentPhase.AVAILABLE:
                 break
@@ -409,9 +385,9 @@ class LocalRunner:
         if not saved:
             return
         prev = ForgeDeploymentStatus.model_validate(saved.get("status") or {})
-        status = derive_deployment_status(prev, DeploymentObservation(
+        status, _ = derive_deployment_status(prev, DeploymentObservation(
             1, gate_passed=True, deployment={"status": {"readyReplicas": 0}}, endpoint=prev.endpoint,
-            model_uri=prev.model_uri, model_digest=prev.model_digest), now_rfc3339())
+            model_uri=prev.model_uri, model_digest=prev.model_digest), _now())
         status.message = "stopped (forge run ended); run it again to serve"
         self._save(m, status, {k: v for k, v in saved.items() if k in ("log",)})
 
@@ -424,10 +400,6 @@ def _worker_error(stderr_files: list[Path]) -> str:
         if lines:
             return f"\n  {lines[-1]}\n  (log: {path})"
     return f"\n  (logs: {', '.join(map(str, stderr_files))})" if stderr_files else ""
-
-
-def _hash(obj: Any) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -451,3 +423,7 @@ def _ready(url: str) -> bool:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from forge_operator.api import DATASET
 from forge_operator.api.common import ComputeResources
 from forge_operator.api.dataset import ForgeDataset
 from forge_operator.api.network import NetworkSpec
 from forge_operator.plan.naming import child_name, common_labels, output_uri
-from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta
+from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta, config_hash
 from forge_operator.settings import OperatorSettings
 from forge_trainer.config import PrepareConfig, TokenizerConfig
 
-KIND = "ForgeDataset"
+KIND = DATASET.kind
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class DatasetPlan:
     config_name: str
     output_uri: str
     config: PrepareConfig
+    config_hash: str
     image: str
     image_pull_policy: str
     store: StoreAccess
@@ -60,7 +62,7 @@ def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokeniz
         text_field=spec.text_field, processing=spec.processing, tokenizer=tokenizer, split=spec.split,
         sharding=spec.sharding, store=settings.store,
     )
-    secret = spec.source.credentials_secret.name if spec.source.credentials_secret else settings.credentials_secret
+    secret = spec.source.credentials_secret.name if spec.source.credentials_secret else None
     return DatasetPlan(
         meta=WorkloadMeta(namespace=namespace, owner=OwnerRef.of(ds.model_dump(by_alias=True)),
                           labels=common_labels(KIND, name, "prepare")),
@@ -68,10 +70,10 @@ def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokeniz
         config_name=child_name(name, "prepare-config"),
         output_uri=out,
         config=config,
+        config_hash=config_hash(config),
         image=settings.trainer_image,
         image_pull_policy=settings.image_pull_policy,
-        store=StoreAccess(endpoint=settings.store_endpoint, secure=settings.store_secure,
-                          region=settings.store_region, credentials_secret=secret),
+        store=StoreAccess.of(settings, secret),
         resources=spec.resources,
         network=spec.network,
     )

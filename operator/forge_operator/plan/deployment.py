@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from forge_operator.api import DEPLOYMENT
 from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, GateRule
 from forge_operator.plan.naming import child_name, common_labels
 from forge_operator.plan.workload import OwnerRef, StoreAccess, WorkloadMeta
 from forge_operator.settings import OperatorSettings
 
-KIND = "ForgeDeployment"
+KIND = DEPLOYMENT.kind
 SERVING_PORT = 8000
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 
@@ -81,6 +82,5 @@ def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri:
         trainer_image=settings.trainer_image,
         vllm_image=VLLM_IMAGE,
         image_pull_policy=settings.image_pull_policy,
-        store=StoreAccess(endpoint=settings.store_endpoint, secure=settings.store_secure,
-                          region=settings.store_region, credentials_secret=settings.credentials_secret),
+        store=StoreAccess.of(settings),
     )

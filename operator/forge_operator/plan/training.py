@@ -7,7 +7,6 @@ the local runner hands the very same AppDef to TorchX's local scheduler.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,16 +16,17 @@ from pydantic import ValidationError
 from torchx import specs
 from torchx.specs import macros
 
+from forge_operator.api import TRAINING_RUN
 from forge_operator.api.errors import spec_error_message
 from forge_operator.api.network import NetworkSpec
 from forge_operator.api.training import ForgeTrainingRun, TrainingResources
 from forge_operator.plan.naming import child_name, common_labels, output_uri
 from forge_operator.plan.quantity import parse_quantity
-from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta
+from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta, config_hash
 from forge_operator.settings import OperatorSettings
 from forge_trainer.config import ModelConfig, TrainConfig
 
-KIND = "ForgeTrainingRun"
+KIND = TRAINING_RUN.kind
 RDZV_PORT = 29400
 RDZV_PORT_ENV = "FORGE_RDZV_PORT"
 METRICS_PORT = 9400
@@ -145,18 +145,13 @@ def shape_changes(live: str | None, desired: dict[str, Any]) -> list[str]:
         return []
     if not isinstance(old, dict):
         return []
-    return [f"spec.resources.{key} {_show(old.get(key))} -> {_show(desired.get(key))}"
+    return [f"spec.resources.{key} {_shape_value(old.get(key))} -> {_shape_value(desired.get(key))}"
             for key in sorted(set(old) | set(desired)) if old.get(key) != desired.get(key)]
 
 
-def _show(value: Any) -> str:
+def _shape_value(value: Any) -> str:
+    """A field of a Job's shape as a change message shows it."""
     return "unset" if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def config_hash(config: TrainConfig) -> str:
-    """sha256 of the resolved trainer config: part of the model's lineage."""
-    canonical = json.dumps(config.to_wire(), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: ResolvedRefs,
@@ -199,8 +194,7 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         config=config,
         config_hash=config_hash(config),
         app=app,
-        store=StoreAccess(endpoint=settings.store_endpoint, secure=settings.store_secure,
-                          region=settings.store_region, credentials_secret=settings.credentials_secret),
+        store=StoreAccess.of(settings),
         resources=spec.resources,
         suspend=spec.suspend or spec.resources.queue is not None,
         queue=spec.resources.queue,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from forge_operator.api.common import API_VERSION
+from forge_operator.settings import OperatorSettings
+from forge_trainer.config import WireModel
 
 
 class InvalidSpecError(ValueError):
@@ -37,6 +41,12 @@ class StoreAccess:
     region: str | None
     credentials_secret: str
 
+    @classmethod
+    def of(cls, settings: OperatorSettings, credentials_secret: str | None = None) -> StoreAccess:
+        """The store access of this installation; `credentials_secret` replaces its default Secret."""
+        return cls(endpoint=settings.store_endpoint, secure=settings.store_secure, region=settings.store_region,
+                   credentials_secret=credentials_secret or settings.credentials_secret)
+
 
 @dataclass(frozen=True)
 class WorkloadMeta:
@@ -45,3 +55,10 @@ class WorkloadMeta:
     namespace: str
     owner: OwnerRef
     labels: dict[str, str] = field(default_factory=dict)
+
+
+def config_hash(config: WireModel) -> str:
+    """sha256 of a resolved workload config (its wire form, keys sorted): part of a model's lineage, and how
+    `forge run` knows a finished resource is up to date."""
+    canonical = json.dumps(config.to_wire(), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from forge_operator.plan.dataset import DatasetPlan
+from forge_operator.render.config_map import config_map
+from forge_operator.render.network_policy import network_policy
 from forge_operator.render.pod import (
     CONFIG_DIR,
     CONFIG_FILE,
-    config_map,
     config_volume,
     container_security_context,
-    network_policy,
     object_meta,
     pod_security_context,
     resource_requirements,

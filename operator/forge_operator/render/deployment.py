@@ -7,9 +7,9 @@ from typing import Any
 
 from forge_operator.api.deployment import ServingRuntime
 from forge_operator.plan.deployment import SERVING_PORT, DeploymentPlan
+from forge_operator.render.network_policy import network_policy
 from forge_operator.render.pod import (
     container_security_context,
-    network_policy,
     object_meta,
     pod_security_context,
     resource_requirements,

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlparse
-
-import yaml
 
 from forge_operator.plan.workload import OwnerRef, StoreAccess, WorkloadMeta
 
@@ -82,43 +79,3 @@ def config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
     """(volume, volumeMount) of a writable /tmp, since the root filesystem is read-only."""
     return ({"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"})
-
-
-def config_map(name: str, meta: WorkloadMeta, config: dict[str, Any]) -> dict[str, Any]:
-    """A ConfigMap holding a workload's config as config.yaml (mounted at /etc/forge)."""
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": object_meta(name, meta),
-            "data": {CONFIG_FILE: yaml.safe_dump(config, sort_keys=False)}}
-
-
-DNS_EGRESS: dict[str, Any] = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
-
-
-def store_port(endpoint: str | None, secure: bool) -> int:
-    """TCP port of the object store endpoint."""
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
-        if parsed.port:
-            return parsed.port
-    return 443 if secure else 80
-
-
-def network_policy(name: str, meta: WorkloadMeta, store: StoreAccess, *, ingress: list[dict[str, Any]],
-                   peers: bool = False, extra_egress: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The NetworkPolicy fencing a workload's pods (those carrying its labels): ingress only as
-    `ingress` says (empty: none), egress only to DNS, the object-store port and, with `peers`, the
-    workload's own pods; then the spec's `network.extraEgress` rules, appended (they only widen)."""
-    own = {"podSelector": {"matchLabels": dict(meta.labels)}}
-    egress: list[dict[str, Any]] = [{"to": [own]}] if peers else []
-    egress += [DNS_EGRESS, {"ports": [{"protocol": "TCP", "port": store_port(store.endpoint, store.secure)}]}]
-    egress += list(extra_egress or [])
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": object_meta(name, meta),
-        "spec": {
-            "podSelector": {"matchLabels": dict(meta.labels)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": ingress,
-            "egress": egress,
-        },
-    }

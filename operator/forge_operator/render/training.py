@@ -9,11 +9,11 @@ from typing import Any
 from torchx.specs import macros
 
 from forge_operator.plan.training import METRICS_PORT, RDZV_PORT, TrainingPlan
+from forge_operator.render.config_map import config_map
+from forge_operator.render.network_policy import network_policy
 from forge_operator.render.pod import (
-    config_map,
     config_volume,
     container_security_context,
-    network_policy,
     object_meta,
     pod_security_context,
     resource_requirements,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from forge_operator.api.common import ConditionStatus
+from forge_operator.api.common import ConditionStatus, rfc3339
 from forge_operator.api.dataset import DatasetPhase, DatasetReason, ForgeDatasetStatus
-from forge_operator.status.conditions import INVALID_SPEC, READY, set_condition
+from forge_operator.status.conditions import Action, Waiting, begin_status, mark_ready, mark_references
 from forge_operator.status.job import JobObservation
 from forge_trainer.config import DatasetProgress
 
-T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
+TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
+TOKENIZER_READY = "TokenizerReady"
 
 
 @dataclass(frozen=True)
@@ -19,32 +21,28 @@ class DatasetObservation:
 
     generation: int
     spec_error: str | None = None
-    waiting_for: str | None = None
+    waiting: Waiting | None = None
+    resolved: list[str] = field(default_factory=list)
     job_name: str | None = None
     output_uri: str | None = None
     job: JobObservation | None = None
     progress: DatasetProgress | None = None
+    replaced: bool = False
+    """The Job of an older generation was replaced by this one (its times start afresh)."""
 
 
-def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation, now: str) -> ForgeDatasetStatus:
-    """The status a dataset should have after this observation."""
-    gen = obs.generation
-    status = prev.model_copy(deep=True)
-    status.observed_generation = gen
-    conds = set_condition(status.conditions, INVALID_SPEC, T if obs.spec_error else F,
-                          DatasetReason.INVALID_SPEC.value if obs.spec_error else "Valid",
-                          obs.spec_error or "", gen, now)
-
-    def ready(st: ConditionStatus, reason: DatasetReason, message: str) -> None:
-        nonlocal conds
-        conds = set_condition(conds, READY, st, reason.value, message, gen, now)
-        status.message = message
-
+def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
+                          now: datetime) -> tuple[ForgeDatasetStatus, Action]:
+    """The status a dataset should have after this observation (a dataset never asks for an action)."""
+    stamp = rfc3339(now)
+    status = begin_status(prev, obs.generation, obs.spec_error, stamp)
     if obs.spec_error:
         status.phase = DatasetPhase.FAILED
-        ready(F, DatasetReason.INVALID_SPEC, obs.spec_error)
-        status.conditions = conds
-        return status
+        mark_ready(status, FALSE, DatasetReason.INVALID_SPEC, obs.spec_error, stamp)
+        return status, Action.NONE
+    mark_references(status, obs.resolved, obs.waiting, stamp)
+    if obs.replaced:
+        status.started_at = status.completed_at = None
     status.job_name = obs.job_name or status.job_name
     status.output_uri = obs.output_uri or status.output_uri
     progress = obs.progress
@@ -54,37 +52,38 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation, now
         status.bytes_done = progress.bytes_done
         status.counts = progress.counts
     job = obs.job
-    if obs.waiting_for:
+    if obs.waiting is not None:
         status.phase = DatasetPhase.PENDING
-        ready(F, DatasetReason.WAITING_FOR_TOKENIZER, obs.waiting_for)
+        mark_ready(status, FALSE, DatasetReason.WAITING_FOR_TOKENIZER, obs.waiting.message, stamp)
     elif job is None:
         status.phase = DatasetPhase.PENDING
-        ready(F, DatasetReason.JOB_CREATED, f"creating preparation job {obs.job_name}")
+        mark_ready(status, FALSE, DatasetReason.JOB_CREATED, f"creating preparation job {obs.job_name}", stamp)
     elif job.failed_final:
         status.phase = DatasetPhase.FAILED
         reason = (progress.error if progress and progress.error else None) or job.message or "job failed"
-        ready(F, DatasetReason.JOB_FAILED, f"preparation job {obs.job_name} failed: {reason}")
-        status.completed_at = status.completed_at or now
+        mark_ready(status, FALSE, DatasetReason.JOB_FAILED, f"preparation job {obs.job_name} failed: {reason}", stamp)
+        status.completed_at = status.completed_at or stamp
     elif job.complete:
         if progress is None or progress.manifest_uri is None or progress.stage != "done":
             status.phase = DatasetPhase.FAILED
-            ready(F, DatasetReason.RESULT_MISSING,
-                  f"preparation job {obs.job_name} succeeded but wrote no manifest under {obs.output_uri}")
+            mark_ready(status, FALSE, DatasetReason.RESULT_MISSING,
+                       f"preparation job {obs.job_name} succeeded but wrote no manifest under {obs.output_uri}", stamp)
         else:
             status.phase = DatasetPhase.READY
             status.manifest_uri = progress.manifest_uri
             status.digest = progress.manifest_digest
             status.tokenizer_uri = progress.tokenizer_uri
             kept = progress.counts.documents_kept
-            ready(T, DatasetReason.PREPARED,
-                  f"{kept} documents kept, {progress.counts.tokens} tokens; digest {progress.manifest_digest}")
-        status.completed_at = status.completed_at or now
+            mark_ready(status, TRUE, DatasetReason.PREPARED,
+                       f"{kept} documents kept, {progress.counts.tokens} tokens; digest {progress.manifest_digest}",
+                       stamp)
+        status.completed_at = status.completed_at or stamp
     else:
         status.phase = DatasetPhase.RUNNING
-        status.started_at = status.started_at or now
+        status.started_at = status.started_at or stamp
         detail = f" ({progress.stage}, {progress.documents_done} documents)" if progress else ""
-        ready(F, DatasetReason.JOB_RUNNING, f"preparation job {obs.job_name} is running{detail}")
+        mark_ready(status, FALSE, DatasetReason.JOB_RUNNING, f"preparation job {obs.job_name} is running{detail}",
+                   stamp)
     if job is not None:
-        status.started_at = status.started_at or now
-    status.conditions = conds
-    return status
+        status.started_at = status.started_at or stamp
+    return status, Action.NONE

@@ -6,32 +6,33 @@ One readable state machine; the handler only carries out what these functions de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from forge_operator.api.common import ConditionStatus
+from forge_operator.api.common import ConditionStatus, parse_time, rfc3339
 from forge_operator.api.training import ForgeTrainingRunStatus, Lineage, RunPhase, RunReason
-from forge_operator.status.conditions import INVALID_SPEC, READY, get_condition, set_condition
+from forge_operator.status.conditions import (
+    Action,
+    Waiting,
+    begin_status,
+    get_condition,
+    mark,
+    mark_ready,
+    mark_references,
+)
 from forge_operator.status.job import JobObservation
 from forge_trainer.config import TrainProgress
 
-T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
+TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
 DATASET_READY = "DatasetReady"
 BASE_MODEL_READY = "BaseModelReady"
 STALLED = "Stalled"
 BUDGET_EXCEEDED = "BudgetExceeded"
-RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+POD_FINISHED = ("Succeeded", "Failed")
+"""Pod phases (core/v1 PodPhase) of a pod that holds nothing any more."""
 ACCRUAL_SECONDS = 60
 """While GPUs are in use, status.gpuHours is folded in at least this often (fewer status writes)."""
-
-
-class RunAction(StrEnum):
-    """What the handler must do after deriving the status."""
-
-    NONE = "none"
-    RESTART = "restart"
-    """Delete the current job; the next reconcile creates the next attempt (counted as a restart)."""
 
 
 class Hold(StrEnum):
@@ -78,8 +79,7 @@ class RunObservation:
 
     generation: int
     spec_error: str | None = None
-    waiting_condition: str | None = None
-    waiting_for: str | None = None
+    waiting: Waiting | None = None
     job_name: str | None = None
     output_uri: str | None = None
     job: JobObservation | None = None
@@ -104,23 +104,6 @@ class RunObservation:
     """Pods of earlier attempts still stopping (for the WAIT message)."""
 
 
-def _ts(value: str | None) -> datetime | None:
-    return datetime.strptime(value, RFC3339).replace(tzinfo=UTC) if value else None
-
-
-def _k8s_time(value: object) -> datetime | None:
-    """A Kubernetes timestamp (RFC 3339 text, or a datetime from a client), None if absent or unreadable."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def gpus_in_use(job: JobObservation | None, gpus_per_node: int) -> int:
     """GPUs the run's Job holds now: gpusPerNode x its pods that hold a node. Ready pods where the API
     server reports them (a pending pod holds no GPU yet), else active pods; a finished Job holds none."""
@@ -134,7 +117,7 @@ def gpu_hours_used(status: ForgeTrainingRunStatus, now: datetime) -> float:
     """GPU-hours used up to `now`: what status.gpuHours holds plus the time since it was last folded in,
     at the rate (status.gpusInUse) observed then."""
     used = status.gpu_hours or 0.0
-    since = _ts(status.gpu_hours_updated_at)
+    since = parse_time(status.gpu_hours_updated_at)
     if since is not None and status.gpus_in_use:
         used += status.gpus_in_use * max(0.0, (now - since).total_seconds()) / 3600
     return used
@@ -147,9 +130,9 @@ def stopping_pods(pods: list[dict[str, Any]], now: datetime) -> int:
     a lost node and is not waited for)."""
     count = 0
     for pod in pods:
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if (pod.get("status") or {}).get("phase") in POD_FINISHED:
             continue
-        deadline = _k8s_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+        deadline = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
         if deadline is not None and deadline <= now:
             continue
         count += 1
@@ -189,11 +172,26 @@ def decide_job(job: JobObservation | None, *, hold: bool, queued: bool, changes:
     return JobDecision(JobStep.KEEP)
 
 
+class Outcome(StrEnum):
+    """What a reconcile's observation amounts to; derive_run_status switches on it."""
+
+    INVALID_SPEC = "invalid-spec"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    HELD = "held"
+    ROLLED = "rolled"
+    NO_JOB = "no-job"
+    QUEUED = "queued"
+    JOB_FAILED = "job-failed"
+    STALLED = "stalled"
+    RUNNING = "running"
+
+
 def _accrue(status: ForgeTrainingRunStatus, gpus_now: int, now: datetime, force: bool = False) -> None:
     """Fold the GPU-hours used since the last fold into status when the rate changes, or at least every
     ACCRUAL_SECONDS while GPUs are in use (between folds, gpu_hours_used adds the rest exactly), or when
     `force`d (the budget is spent: status shows the exact figure)."""
-    since = _ts(status.gpu_hours_updated_at)
+    since = parse_time(status.gpu_hours_updated_at)
     rate = status.gpus_in_use or 0
     if since is None and gpus_now == 0 and status.gpu_hours is None:
         return  # never used a GPU: nothing to show
@@ -202,148 +200,175 @@ def _accrue(status: ForgeTrainingRunStatus, gpus_now: int, now: datetime, force:
     if due:
         status.gpu_hours = round(gpu_hours_used(status, now), 4)
         status.gpus_in_use = gpus_now
-        status.gpu_hours_updated_at = now.strftime(RFC3339)
+        status.gpu_hours_updated_at = rfc3339(now)
 
 
-def _num(value: float) -> str:
+def _gpu_hours_text(value: float) -> str:
     return f"{round(value, 4):g}"
 
 
-def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
-                      now: datetime) -> tuple[ForgeTrainingRunStatus, RunAction]:
-    """The status a run should have after this observation, and the action to take."""
-    gen = obs.generation
-    stamp = now.strftime(RFC3339)
-    status = prev.model_copy(deep=True)
-    status.observed_generation = gen
-    conds = set_condition(status.conditions, INVALID_SPEC, T if obs.spec_error else F,
-                          RunReason.INVALID_SPEC.value if obs.spec_error else "Valid", obs.spec_error or "", gen, stamp)
+def _stalled_seconds(prev: ForgeTrainingRunStatus, status: ForgeTrainingRunStatus, obs: RunObservation,
+                     now: datetime) -> float | None:
+    """How long the step has not advanced, when that is past spec.stallTimeoutSeconds. The stall clock
+    runs only while the run was already Running (not across a suspension)."""
+    last = parse_time(status.last_progress_time) if prev.phase is RunPhase.RUNNING else None
+    if last is None or now - last <= timedelta(seconds=obs.stall_timeout_seconds):
+        return None
+    return (now - last).total_seconds()
 
-    def cond(type_: str, st: ConditionStatus, reason: RunReason | str, message: str) -> None:
-        nonlocal conds
-        conds = set_condition(conds, type_, st, str(reason), message, gen, stamp)
 
-    def ready(st: ConditionStatus, reason: RunReason, message: str) -> None:
-        cond(READY, st, reason, message)
-        status.message = message
-
-    def finish() -> ForgeTrainingRunStatus:
-        status.conditions = conds
-        return status
-
+def _outcome(prev: ForgeTrainingRunStatus, status: ForgeTrainingRunStatus, obs: RunObservation,
+             job: JobObservation | None, now: datetime) -> Outcome:
+    """The one decision of a reconcile, in order of precedence."""
     if obs.spec_error:
-        status.phase = RunPhase.FAILED
-        ready(F, RunReason.INVALID_SPEC, obs.spec_error)
-        return finish(), RunAction.NONE
-    for resolved in obs.resolved:
-        cond(resolved, T, "Resolved", "")
-    if obs.waiting_for and obs.waiting_condition:
-        status.phase = RunPhase.PENDING
-        cond(obs.waiting_condition, F, RunReason.WAITING, obs.waiting_for)
-        ready(F, RunReason.WAITING, obs.waiting_for)
-        return finish(), RunAction.NONE
+        return Outcome.INVALID_SPEC
+    if obs.waiting is not None:
+        return Outcome.WAITING
+    if job is not None and job.complete and obs.progress is not None and obs.progress.done:
+        return Outcome.SUCCEEDED
+    if obs.hold is not None:
+        return Outcome.HELD
+    if obs.step.step is JobStep.ROLL:
+        return Outcome.ROLLED
+    if job is None:
+        return Outcome.NO_JOB
+    if job.suspended and not job.active and obs.queue:
+        return Outcome.QUEUED
+    if job.failed_final or job.complete:
+        return Outcome.JOB_FAILED
+    if _stalled_seconds(prev, status, obs, now) is not None:
+        return Outcome.STALLED
+    return Outcome.RUNNING
+
+
+def _record(status: ForgeTrainingRunStatus, obs: RunObservation, now: datetime) -> None:
+    """Bookkeeping every reconcile of a resolved run does before deciding: lineage, names, attempt,
+    GPU-hours, the budget condition and the mirrored progress."""
+    stamp = rfc3339(now)
     status.lineage = obs.lineage or status.lineage
     status.output_uri = obs.output_uri or status.output_uri
     status.job_name = obs.job_name or status.job_name
     status.restarts = status.restarts or 0
     status.attempt = obs.attempt
     _accrue(status, obs.gpus_in_use, now, force=obs.hold is Hold.BUDGET)
-    used = status.gpu_hours or 0.0  # as folded: messages change at most once per fold
+    used = _gpu_hours_text(status.gpu_hours or 0.0)  # as folded: messages change at most once per fold
     _mirror_progress(status, obs.progress, now)
-    if obs.max_gpu_hours is not None or get_condition(status.conditions, BUDGET_EXCEEDED):
-        if obs.hold is Hold.BUDGET and obs.max_gpu_hours is not None:
-            cond(BUDGET_EXCEEDED, T, RunReason.BUDGET_EXCEEDED,
-                 f"used {_num(used)} GPU-hours, spec.budget.maxGpuHours is {_num(obs.max_gpu_hours)}")
-        else:
-            limit = "no limit" if obs.max_gpu_hours is None else f"of spec.budget.maxGpuHours {_num(obs.max_gpu_hours)}"
-            cond(BUDGET_EXCEEDED, F, "WithinBudget", f"used {_num(used)} GPU-hours {limit}")
-
-    job = obs.job
-    step = obs.step.step
-    if step in (JobStep.DELETE, JobStep.ROLL):
+    if obs.hold is Hold.BUDGET and obs.max_gpu_hours is not None:
+        mark(status, BUDGET_EXCEEDED, TRUE, RunReason.BUDGET_EXCEEDED,
+             f"used {used} GPU-hours, spec.budget.maxGpuHours is {_gpu_hours_text(obs.max_gpu_hours)}", stamp)
+    elif obs.max_gpu_hours is not None or get_condition(status.conditions, BUDGET_EXCEEDED):
+        limit = ("no limit" if obs.max_gpu_hours is None
+                 else f"of spec.budget.maxGpuHours {_gpu_hours_text(obs.max_gpu_hours)}")
+        mark(status, BUDGET_EXCEEDED, FALSE, "WithinBudget", f"used {used} GPU-hours {limit}", stamp)
+    if obs.step.step in (JobStep.DELETE, JobStep.ROLL):
         status.attempt = obs.attempt + 1  # deliberate: not a restart
         status.last_progress_time = stamp  # the next attempt gets a full stall window
-        job = None
+
+
+def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
+                      now: datetime) -> tuple[ForgeTrainingRunStatus, Action]:
+    """The status a run should have after this observation, and the action to take: bookkeeping first,
+    then one switch on the outcome (the precedence is in `_outcome`)."""
+    stamp = rfc3339(now)
+    status = begin_status(prev, obs.generation, obs.spec_error, stamp)
+    if not obs.spec_error:
+        mark_references(status, obs.resolved, obs.waiting, stamp)
+    if not obs.spec_error and obs.waiting is None:
+        _record(status, obs, now)
+    job = None if obs.step.step in (JobStep.DELETE, JobStep.ROLL) else obs.job
     progress = obs.progress
-    if job is not None and job.complete and progress is not None and progress.done:
-        status.started_at = status.started_at or stamp
-        status.phase = RunPhase.SUCCEEDED
-        status.final_model_uri = progress.final_model_uri
-        status.final_model_digest = progress.final_model_digest
-        status.eval_metrics = dict(progress.eval_metrics) or status.eval_metrics
-        status.completed_at = status.completed_at or stamp
-        cond(STALLED, F, "Progressing", "")
-        ready(T, RunReason.TRAINED, f"trained {progress.step} steps; final model {progress.final_model_uri}")
-        return finish(), RunAction.NONE
-
-    if obs.hold is not None:
-        status.phase = RunPhase.SUSPENDED
-        stopped = _how_stopped(obs, job)
-        if obs.hold is Hold.BUDGET:
-            ready(F, RunReason.BUDGET_EXCEEDED,
-                  f"GPU budget spent: used {_num(used)} GPU-hours, spec.budget.maxGpuHours is "
-                  f"{_num(obs.max_gpu_hours or 0)}; {stopped}; raise spec.budget.maxGpuHours to resume from the "
-                  "latest checkpoint")
-        else:
-            ready(F, RunReason.SUSPENDED, f"suspended (spec.suspend); {stopped}; set spec.suspend to false to resume "
-                                          "from the latest checkpoint")
-        return finish(), RunAction.NONE
-    if step is JobStep.ROLL:
-        status.phase = RunPhase.RUNNING if status.started_at else RunPhase.PENDING
-        ready(F, RunReason.JOB_ROLLED,
-              f"spec.resources changed ({obs.step.detail}): training job {obs.job_name} is deleted and recreated as "
-              f"attempt {status.attempt} with the new shape, resuming from the latest checkpoint (not a restart)")
-        return finish(), RunAction.NONE
-    if job is None:
-        status.phase = RunPhase.RUNNING if status.started_at else RunPhase.PENDING
-        if step is JobStep.WAIT:
-            ready(F, RunReason.JOB_CREATED,
-                  f"waiting for {obs.earlier_pods} pod(s) of an earlier attempt to stop (they checkpoint on SIGTERM) "
-                  f"before creating training job {obs.job_name}")
-        else:
-            ready(F, RunReason.JOB_CREATED, f"creating training job {obs.job_name}")
-        return finish(), RunAction.NONE
-    if job.suspended and not job.active and obs.queue:
-        status.phase = RunPhase.SUSPENDED
-        ready(F, RunReason.QUEUED, f"training job {obs.job_name} waits for Kueue to admit it (queue {obs.queue})")
-        return finish(), RunAction.NONE
-    status.started_at = status.started_at or stamp
-
-    failure = None
-    if job.failed_final or job.complete:
-        why = (progress.error if progress and progress.error else None) or job.message or "job ended without a model"
-        failure = (RunReason.JOB_FAILED, f"training job {obs.job_name} failed: {why}")
-    else:
-        # the stall clock runs only while the run was already Running (not across a suspension)
-        last = _ts(status.last_progress_time) if prev.phase is RunPhase.RUNNING else None
-        if last is None:
-            status.last_progress_time = stamp
-        if last is not None and now - last > timedelta(seconds=obs.stall_timeout_seconds):
-            failure = (RunReason.STALLED, f"step {status.step or 0} has not advanced for "
-                                          f"{int((now - last).total_seconds())}s (stallTimeoutSeconds "
-                                          f"{obs.stall_timeout_seconds})")
-            cond(STALLED, T, RunReason.STALLED, failure[1])
-        else:
-            cond(STALLED, F, "Progressing", "")
-    if failure is not None:
-        reason, message = failure
-        if status.restarts < obs.max_restarts:
-            status.restarts += 1
-            status.attempt = obs.attempt + 1
+    match _outcome(prev, status, obs, job, now):
+        case Outcome.INVALID_SPEC:
+            status.phase = RunPhase.FAILED
+            mark_ready(status, FALSE, RunReason.INVALID_SPEC, obs.spec_error or "", stamp)
+        case Outcome.WAITING:
+            status.phase = RunPhase.PENDING
+            mark_ready(status, FALSE, RunReason.WAITING, obs.waiting.message if obs.waiting else "", stamp)
+        case Outcome.SUCCEEDED:
+            assert progress is not None
+            status.started_at = status.started_at or stamp
+            status.phase = RunPhase.SUCCEEDED
+            status.final_model_uri = progress.final_model_uri
+            status.final_model_digest = progress.final_model_digest
+            status.eval_metrics = dict(progress.eval_metrics) or status.eval_metrics
+            status.completed_at = status.completed_at or stamp
+            mark(status, STALLED, FALSE, "Progressing", "", stamp)
+            mark_ready(status, TRUE, RunReason.TRAINED,
+                       f"trained {progress.step} steps; final model {progress.final_model_uri}", stamp)
+        case Outcome.HELD:
+            status.phase = RunPhase.SUSPENDED
+            mark_ready(status, FALSE, *_held_reason(status, obs, job), stamp)
+        case Outcome.ROLLED:
+            status.phase = RunPhase.RUNNING if status.started_at else RunPhase.PENDING
+            mark_ready(status, FALSE, RunReason.JOB_ROLLED,
+                       f"spec.resources changed ({obs.step.detail}): training job {obs.job_name} is deleted and "
+                       f"recreated as attempt {status.attempt} with the new shape, resuming from the latest "
+                       "checkpoint (not a restart)", stamp)
+        case Outcome.NO_JOB:
+            status.phase = RunPhase.RUNNING if status.started_at else RunPhase.PENDING
+            message = f"creating training job {obs.job_name}"
+            if obs.step.step is JobStep.WAIT:
+                message = (f"waiting for {obs.earlier_pods} pod(s) of an earlier attempt to stop (they checkpoint "
+                           f"on SIGTERM) before creating training job {obs.job_name}")
+            mark_ready(status, FALSE, RunReason.JOB_CREATED, message, stamp)
+        case Outcome.QUEUED:
+            status.phase = RunPhase.SUSPENDED
+            mark_ready(status, FALSE, RunReason.QUEUED,
+                       f"training job {obs.job_name} waits for Kueue to admit it (queue {obs.queue})", stamp)
+        case Outcome.JOB_FAILED:
+            assert job is not None
+            status.started_at = status.started_at or stamp
+            why = (progress.error if progress and progress.error else None) or job.message or "job ended without a model"
+            return status, _restart_or_fail(status, obs, RunReason.JOB_FAILED,
+                                            f"training job {obs.job_name} failed: {why}", stamp)
+        case Outcome.STALLED:
+            status.started_at = status.started_at or stamp
+            seconds = int(_stalled_seconds(prev, status, obs, now) or 0)
+            message = (f"step {status.step or 0} has not advanced for {seconds}s (stallTimeoutSeconds "
+                       f"{obs.stall_timeout_seconds})")
+            mark(status, STALLED, TRUE, RunReason.STALLED, message, stamp)
+            return status, _restart_or_fail(status, obs, RunReason.STALLED, message, stamp)
+        case Outcome.RUNNING:
+            status.started_at = status.started_at or stamp
+            if prev.phase is not RunPhase.RUNNING or status.last_progress_time is None:
+                status.last_progress_time = stamp  # the stall clock starts now
+            mark(status, STALLED, FALSE, "Progressing", "", stamp)
             status.phase = RunPhase.RUNNING
-            status.last_progress_time = stamp  # the new attempt gets a full stall window
-            ready(F, RunReason.JOB_RESTARTED,
-                  f"{message}; recreating it (restart {status.restarts} of {obs.max_restarts}), resuming from "
-                  "the latest checkpoint")
-            return finish(), RunAction.RESTART
-        status.phase = RunPhase.FAILED
-        status.completed_at = status.completed_at or stamp
-        ready(F, reason, f"{message}; no restarts left (maxRestarts {obs.max_restarts})")
-        return finish(), RunAction.NONE
-    status.phase = RunPhase.RUNNING
-    detail = f" (step {status.step}/{status.total_steps})" if status.total_steps else ""
-    ready(F, RunReason.JOB_RUNNING, f"training job {obs.job_name} is running{detail}")
-    return finish(), RunAction.NONE
+            detail = f" (step {status.step}/{status.total_steps})" if status.total_steps else ""
+            mark_ready(status, FALSE, RunReason.JOB_RUNNING, f"training job {obs.job_name} is running{detail}", stamp)
+    return status, Action.NONE
+
+
+def _restart_or_fail(status: ForgeTrainingRunStatus, obs: RunObservation, reason: RunReason, message: str,
+                     stamp: str) -> Action:
+    """After a failure or a stall: the next attempt while restarts are left, else Failed."""
+    restarts = status.restarts or 0
+    if restarts < obs.max_restarts:
+        status.restarts = restarts + 1
+        status.attempt = obs.attempt + 1
+        status.phase = RunPhase.RUNNING
+        status.last_progress_time = stamp  # the new attempt gets a full stall window
+        mark_ready(status, FALSE, RunReason.JOB_RESTARTED,
+                   f"{message}; recreating it (restart {status.restarts} of {obs.max_restarts}), resuming from the "
+                   "latest checkpoint", stamp)
+        return Action.RESTART
+    status.phase = RunPhase.FAILED
+    status.completed_at = status.completed_at or stamp
+    mark_ready(status, FALSE, reason, f"{message}; no restarts left (maxRestarts {obs.max_restarts})", stamp)
+    return Action.NONE
+
+
+def _held_reason(status: ForgeTrainingRunStatus, obs: RunObservation,
+                 job: JobObservation | None) -> tuple[RunReason, str]:
+    """The Ready reason and message of a run that must not run now."""
+    stopped = _how_stopped(obs, job)
+    if obs.hold is Hold.BUDGET:
+        return RunReason.BUDGET_EXCEEDED, (
+            f"GPU budget spent: used {_gpu_hours_text(status.gpu_hours or 0.0)} GPU-hours, spec.budget.maxGpuHours "
+            f"is {_gpu_hours_text(obs.max_gpu_hours or 0)}; {stopped}; raise spec.budget.maxGpuHours to resume "
+            "from the latest checkpoint")
+    return RunReason.SUSPENDED, (f"suspended (spec.suspend); {stopped}; set spec.suspend to false to resume from "
+                                 "the latest checkpoint")
 
 
 def _how_stopped(obs: RunObservation, job: JobObservation | None) -> str:
@@ -358,7 +383,7 @@ def _how_stopped(obs: RunObservation, job: JobObservation | None) -> str:
 
 
 def _mirror_progress(status: ForgeTrainingRunStatus, progress: TrainProgress | None, now: datetime) -> None:
-    stamp = now.strftime(RFC3339)
+    stamp = rfc3339(now)
     if progress is None:
         status.last_progress_time = status.last_progress_time or stamp
         return
@@ -378,10 +403,10 @@ def _mirror_progress(status: ForgeTrainingRunStatus, progress: TrainProgress | N
         status.checkpoints = list(progress.checkpoints)
     if progress.eval_metrics:
         status.eval_metrics = dict(progress.eval_metrics)
-    started = _ts(status.started_at)
+    started = parse_time(status.started_at)
     if started and progress.total_steps and 0 < progress.step < progress.total_steps:
         per_step = (now - started) / progress.step
-        status.eta = (now + per_step * (progress.total_steps - progress.step)).strftime(RFC3339)
+        status.eta = rfc3339(now + per_step * (progress.total_steps - progress.step))
     elif progress.done:
         status.eta = None
 
