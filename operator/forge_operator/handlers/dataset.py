@@ -9,9 +9,10 @@ import kopf
 
 from forge_operator.api import DATASET, GROUP, VERSION
 from forge_operator.api.dataset import DatasetPhase, ForgeDataset, ForgeDatasetStatus
+from forge_operator.handlers.adapter import Adapter, Pass
 from forge_operator.handlers.cleanup import finalize
-from forge_operator.handlers.reconcile import Adapter, Pass, on_event, on_tick
-from forge_operator.handlers.runtime import log, runtime
+from forge_operator.handlers.reconcile import on_event, on_tick
+from forge_operator.handlers.runtime import log, progress_or_none, runtime
 from forge_operator.plan.dataset import DatasetPlan, plan_dataset
 from forge_operator.render.dataset import render_dataset
 from forge_operator.resolve.dataset import ResolvedDataset, resolve_dataset
@@ -20,8 +21,6 @@ from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Action, Waiting
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
 from forge_operator.status.job import observe_job
-from forge_operator.store import StoreError
-from forge_operator.store.artifacts import read_progress
 from forge_trainer.config import DatasetProgress
 
 KIND, PLURAL = DATASET.kind, DATASET.plural
@@ -68,11 +67,7 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
     def observe(self, rc: Rc, resolved: ResolvedDataset, plan: DatasetPlan,
                 applied: tuple[dict[str, Any] | None, bool]) -> DatasetObservation:
         job, replaced = applied
-        progress = None
-        try:
-            progress = read_progress(plan.output_uri, runtime().settings.store, DatasetProgress)
-        except StoreError as exc:
-            log.warning("dataset %s/%s: cannot read progress: %s", rc.namespace, rc.name, exc)
+        progress = progress_or_none(plan.output_uri, DatasetProgress, f"dataset {rc.namespace}/{rc.name}")
         return DatasetObservation(rc.generation, resolved=resolved.resolved, job_name=plan.job_name,
                                   output_uri=plan.output_uri, job=observe_job(job), progress=progress,
                                   replaced=replaced)

@@ -10,7 +10,8 @@ import kopf
 
 from forge_operator.api import DEPLOYMENT, GROUP, VERSION
 from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentStatus
-from forge_operator.handlers.reconcile import Adapter, Pass, on_event, on_tick
+from forge_operator.handlers.adapter import Adapter, Pass
+from forge_operator.handlers.reconcile import on_event, on_tick
 from forge_operator.handlers.runtime import runtime
 from forge_operator.plan.deployment import DeploymentPlan, plan_deployment
 from forge_operator.render.deployment import render_deployment

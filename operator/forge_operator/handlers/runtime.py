@@ -16,6 +16,8 @@ from forge_operator.api.deployment import DeploymentPhase
 from forge_operator.api.training import RunPhase
 from forge_operator.kube.client import Kube
 from forge_operator.settings import OperatorSettings
+from forge_operator.store import StoreError
+from forge_operator.store.artifacts import read_progress
 
 log = logging.getLogger("forge.operator")
 FAILED = {DatasetPhase.FAILED, RunPhase.FAILED, DeploymentPhase.FAILED}
@@ -83,6 +85,17 @@ def event_target(body: dict[str, Any]) -> dict[str, Any]:
 
 
 S = TypeVar("S", bound=BaseModel)
+P = TypeVar("P", bound=BaseModel)
+
+
+def progress_or_none(uri: str, model: type[P], what: str) -> P | None:
+    """The workload's progress.json under `uri`; None (logged, the next reconcile reads again) when the
+    store cannot be read. `what` names the resource in the log."""
+    try:
+        return read_progress(uri, runtime().settings.store, model)
+    except StoreError as exc:
+        log.warning("%s: cannot read progress: %s", what, exc)
+        return None
 
 
 def parse_status(model: type[S], body: dict[str, Any]) -> S:

@@ -4,7 +4,6 @@ decides), and its Kopf handlers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,49 +12,24 @@ import kopf
 from forge_operator.api import GROUP, TRAINING_RUN, VERSION, ForgeTrainingRun
 from forge_operator.api.common import API_VERSION
 from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
+from forge_operator.handlers.adapter import Adapter, Pass
 from forge_operator.handlers.cleanup import finalize
-from forge_operator.handlers.reconcile import Adapter, Pass, on_event, on_tick
-from forge_operator.handlers.runtime import log, post_event, runtime
-from forge_operator.handlers.training_job import carry_out_job, earlier_pods
-from forge_operator.plan.training import TrainingPlan, plan_training_run, shape_changes
-from forge_operator.render.training import SHAPE_ANNOTATION, render_training
+from forge_operator.handlers.reconcile import on_event, on_tick
+from forge_operator.handlers.runtime import progress_or_none, runtime
+from forge_operator.handlers.training_job import Applied, apply_job, finish_job
+from forge_operator.plan.training import TrainingPlan, plan_training_run
+from forge_operator.render.training import render_training
 from forge_operator.resolve.lookup import Lookup
 from forge_operator.resolve.training import PINNED, ResolvedRun, check_pinned, pin, resolve_run
 from forge_operator.settings import OperatorSettings
-from forge_operator.status.conditions import Action, Waiting, is_true
-from forge_operator.status.job import JobObservation, observe_job
-from forge_operator.status.training import (
-    BUDGET_EXCEEDED,
-    Hold,
-    JobDecision,
-    JobStep,
-    RunObservation,
-    decide_job,
-    derive_run_status,
-    gpu_hours_used,
-    gpus_in_use,
-    run_hold,
-)
-from forge_operator.store import StoreError
-from forge_operator.store.artifacts import read_progress
+from forge_operator.status.conditions import Action, Waiting
+from forge_operator.status.job import observe_job
+from forge_operator.status.training import RunObservation, derive_run_status, gpus_in_use
 from forge_trainer.config import TrainProgress
 
 KIND, PLURAL = TRAINING_RUN.kind, TRAINING_RUN.plural
 _INTERVAL = OperatorSettings.from_env().reconcile_interval
 Rc = Pass[ForgeTrainingRun, ForgeTrainingRunStatus]
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What the apply step saw of the Job and did to it."""
-
-    seen: JobObservation | None
-    """The Job before acting on it."""
-    live: dict[str, Any] | None
-    """The Job after acting on it."""
-    decision: JobDecision
-    hold: Hold | None
-    earlier_pods: int
 
 
 class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
@@ -82,29 +56,18 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
         """Pin the immutable fields once; apply everything but the Job on every reconcile (a spec change,
         e.g. hyperparameters.maxSteps, lands in the ConfigMap the running pods mount); then do to the Job
         what decide_job decides."""
-        kube, spec = runtime().kube, rc.resource.spec
+        kube = runtime().kube
         if PINNED not in (rc.body["metadata"].get("annotations") or {}):
             kube.patch(API_VERSION, KIND, rc.namespace, rc.name, {"metadata": {"annotations": {PINNED: pin(rc.resource)}}})
         for manifest in manifests:
             if manifest["kind"] != "Job":
                 kube.apply(manifest)
-        live = kube.get("batch/v1", "Job", rc.namespace, plan.job_name)
-        seen = observe_job(live)
-        hold = run_hold(spec.suspend, spec.budget.max_gpu_hours, gpu_hours_used(rc.prev, rc.now))
-        changes = shape_changes(seen.annotations.get(SHAPE_ANNOTATION), plan.job_shape) if seen else []
-        earlier = earlier_pods(plan, rc.now) if seen is None and hold is None else 0
-        decision = decide_job(seen, hold=hold is not None, queued=plan.queue is not None, changes=changes,
-                              earlier_pods=earlier)
         job = next(m for m in manifests if m["kind"] == "Job")
-        return Applied(seen, carry_out_job(plan, decision, live, job), decision, hold, earlier)
+        return apply_job(plan, rc.resource.spec, rc.prev, rc.now, job)
 
     def observe(self, rc: Rc, resolved: ResolvedRun, plan: TrainingPlan, applied: Applied) -> RunObservation:
         spec = rc.resource.spec
-        progress = None
-        try:
-            progress = read_progress(plan.output_uri, runtime().settings.store, TrainProgress)
-        except StoreError as exc:
-            log.warning("run %s/%s: cannot read progress: %s", rc.namespace, rc.name, exc)
+        progress = progress_or_none(plan.output_uri, TrainProgress, f"run {rc.namespace}/{rc.name}")
         return RunObservation(
             rc.generation, job_name=plan.job_name, output_uri=plan.output_uri, job=observe_job(applied.live),
             progress=progress, max_restarts=spec.max_restarts, stall_timeout_seconds=spec.stall_timeout_seconds,
@@ -122,14 +85,7 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
 
     def carry_out(self, rc: Rc, plan: TrainingPlan, applied: Applied, status: ForgeTrainingRunStatus,
                   action: Action) -> None:
-        """Delete the Job for a restart; post the Events of a restart, a roll and a spent budget."""
-        if action is Action.RESTART:
-            runtime().kube.delete("batch/v1", "Job", rc.namespace, plan.job_name)
-            post_event(rc.body, "JobRestarted", status.message or "job recreated", warning=True)
-        if applied.decision.step is JobStep.ROLL:
-            post_event(rc.body, "JobRolled", status.message or f"job {plan.job_name} recreated: {applied.decision.detail}")
-        if applied.hold is Hold.BUDGET and not is_true(rc.prev.conditions, BUDGET_EXCEEDED):
-            post_event(rc.body, "BudgetExceeded", status.message or "spec.budget.maxGpuHours reached", warning=True)
+        finish_job(rc.body, plan, applied, rc.prev, status, action)
 
 
 ADAPTER = TrainingAdapter()

@@ -1,18 +1,57 @@
-"""The Job of a training run's current attempt: carried out as decide_job decides. The Job is created
-once and afterwards only (un)suspended or deleted, so Kueue (which admits a queued Job by unsuspending
-it) and the operator never fight over it."""
+"""The Job of a training run's current attempt: decided by status/training.py (decide_job), carried out
+here. The Job is created once and afterwards only (un)suspended or deleted, so Kueue (which admits a
+queued Job by unsuspending it) and the operator never fight over it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from forge_operator.api import TRAINING_RUN
-from forge_operator.handlers.runtime import runtime
+from forge_operator.api.training import ForgeTrainingRunSpec, ForgeTrainingRunStatus
+from forge_operator.handlers.runtime import post_event, runtime
 from forge_operator.plan.naming import selector_labels
-from forge_operator.plan.training import TrainingPlan
-from forge_operator.render.training import ATTEMPT_LABEL
-from forge_operator.status.training import JobDecision, JobStep, stopping_pods
+from forge_operator.plan.training import TrainingPlan, shape_changes
+from forge_operator.render.training import ATTEMPT_LABEL, SHAPE_ANNOTATION
+from forge_operator.status.conditions import Action, is_true
+from forge_operator.status.job import JobObservation, observe_job
+from forge_operator.status.training import (
+    BUDGET_EXCEEDED,
+    Hold,
+    JobDecision,
+    JobStep,
+    decide_job,
+    gpu_hours_used,
+    run_hold,
+    stopping_pods,
+)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the apply step saw of the Job and did to it."""
+
+    seen: JobObservation | None
+    """The Job before acting on it."""
+    live: dict[str, Any] | None
+    """The Job after acting on it."""
+    decision: JobDecision
+    hold: Hold | None
+    earlier_pods: int
+
+
+def apply_job(plan: TrainingPlan, spec: ForgeTrainingRunSpec, prev: ForgeTrainingRunStatus, now: datetime,
+              job: dict[str, Any]) -> Applied:
+    """Look at the attempt's Job, decide what it needs (hold, roll, create, wait) and do it."""
+    live = runtime().kube.get("batch/v1", "Job", plan.meta.namespace, plan.job_name)
+    seen = observe_job(live)
+    hold = run_hold(spec.suspend, spec.budget.max_gpu_hours, gpu_hours_used(prev, now))
+    changes = shape_changes(seen.annotations.get(SHAPE_ANNOTATION), plan.job_shape) if seen else []
+    earlier = earlier_pods(plan, now) if seen is None and hold is None else 0
+    decision = decide_job(seen, hold=hold is not None, queued=plan.queue is not None, changes=changes,
+                          earlier_pods=earlier)
+    return Applied(seen, carry_out_job(plan, decision, live, job), decision, hold, earlier)
 
 
 def earlier_pods(plan: TrainingPlan, now: datetime) -> int:
@@ -40,3 +79,15 @@ def carry_out_job(plan: TrainingPlan, decision: JobDecision, live: dict[str, Any
         kube.delete("batch/v1", "Job", ns, plan.job_name)
         return None
     return live
+
+
+def finish_job(body: dict[str, Any], plan: TrainingPlan, applied: Applied, prev: ForgeTrainingRunStatus,
+               status: ForgeTrainingRunStatus, action: Action) -> None:
+    """After derive: delete the Job for a restart; post the Events of a restart, a roll and a spent budget."""
+    if action is Action.RESTART:
+        runtime().kube.delete("batch/v1", "Job", plan.meta.namespace, plan.job_name)
+        post_event(body, "JobRestarted", status.message or "job recreated", warning=True)
+    if applied.decision.step is JobStep.ROLL:
+        post_event(body, "JobRolled", status.message or f"job {plan.job_name} recreated: {applied.decision.detail}")
+    if applied.hold is Hold.BUDGET and not is_true(prev.conditions, BUDGET_EXCEEDED):
+        post_event(body, "BudgetExceeded", status.message or "spec.budget.maxGpuHours reached", warning=True)
