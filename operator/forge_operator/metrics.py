@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from forge_operator.api import DATASET, DEPLOYMENT, TRAINING_RUN
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 RECONCILES = Counter("forge_reconcile_total", "Reconciles by kind and result (ok, error, invalid, waiting)",
@@ -73,17 +75,17 @@ class _StateCollector(Collector):
         for (kind, phase), n in sorted(counts.items()):
             phases.add_metric([kind, phase], n)
         yield phases
-        yield from _per_resource(view, "ForgeTrainingRun", _RUN_GAUGES, lambda s: s)
-        yield from _per_resource(view, "ForgeDataset", _DATASET_GAUGES, lambda s: s.get("counts") or {})
+        yield from _per_resource(view, TRAINING_RUN.kind, _RUN_GAUGES, lambda s: s)
+        yield from _per_resource(view, DATASET.kind, _DATASET_GAUGES, lambda s: s.get("counts") or {})
         dropped = GaugeMetricFamily("forge_dataset_documents_dropped", "Documents dropped, by reason",
                                     labels=["namespace", "name", "reason"])
         ready = GaugeMetricFamily("forge_deployment_ready_replicas", "Ready serving replicas",
                                   labels=["namespace", "name"])
         for (kind, ns, name), status in sorted(view.items()):
-            if kind == "ForgeDataset":
+            if kind == DATASET.kind:
                 for reason, n in ((status.get("counts") or {}).get("dropped") or {}).items():
                     dropped.add_metric([ns, name, reason], float(n))
-            elif kind == "ForgeDeployment" and status.get("readyReplicas") is not None:
+            elif kind == DEPLOYMENT.kind and status.get("readyReplicas") is not None:
                 ready.add_metric([ns, name], float(status["readyReplicas"]))
         yield dropped
         yield ready

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
@@ -78,8 +79,6 @@ class ForgeDatasetSpec(WireModel):
 
 
 def _is_dns_label(name: str) -> bool:
-    import re
-
     return bool(re.match(DNS1123_LABEL, name)) and len(name) <= 253
 
 

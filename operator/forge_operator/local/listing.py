@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from forge_operator.api import KINDS
+from forge_operator.api import DATASET, DEPLOYMENT, KINDS, TRAINING_RUN
 from forge_operator.api.common import parse_time
 
 
@@ -71,11 +71,11 @@ def find_record(records: list[dict[str, Any]], ref: str) -> list[dict[str, Any]]
 
 
 DETAIL_FIELDS = {
-    "ForgeDataset": ["stage", "documentsDone", "counts", "manifestUri", "digest", "tokenizerUri", "outputUri"],
-    "ForgeTrainingRun": ["progress", "worldSize", "tokensSeen", "loss", "evalLoss", "tokensPerSecond",
-                         "meanReward", "evalMetrics", "checkpoints", "finalModelUri", "finalModelDigest",
-                         "lineage", "outputUri"],
-    "ForgeDeployment": ["endpoint", "readyReplicas", "modelUri", "modelDigest"],
+    DATASET.kind: ["stage", "documentsDone", "counts", "manifestUri", "digest", "tokenizerUri", "outputUri"],
+    TRAINING_RUN.kind: ["progress", "worldSize", "tokensSeen", "loss", "evalLoss", "tokensPerSecond",
+                        "meanReward", "evalMetrics", "checkpoints", "finalModelUri", "finalModelDigest",
+                        "lineage", "outputUri"],
+    DEPLOYMENT.kind: ["endpoint", "readyReplicas", "modelUri", "modelDigest"],
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from forge_operator.api import DATASET, TRAINING_RUN
 from forge_operator.api.dataset import ForgeDataset
 from forge_operator.api.deployment import ForgeDeployment
 from forge_operator.api.training import ForgeTrainingRun
@@ -24,15 +25,15 @@ def references_of(m: LoadedManifest) -> list[Reference]:
     res = m.resource
     refs: list[Reference] = []
     if isinstance(res, ForgeDataset) and res.spec.tokenizer.dataset_ref:
-        refs.append(Reference("ForgeDataset", res.spec.tokenizer.dataset_ref, "spec.tokenizer.datasetRef"))
+        refs.append(Reference(DATASET.kind, res.spec.tokenizer.dataset_ref, "spec.tokenizer.datasetRef"))
     elif isinstance(res, ForgeTrainingRun):
-        refs.append(Reference("ForgeDataset", res.spec.dataset_ref, "spec.datasetRef"))
+        refs.append(Reference(DATASET.kind, res.spec.dataset_ref, "spec.datasetRef"))
         if res.spec.eval_dataset_ref:
-            refs.append(Reference("ForgeDataset", res.spec.eval_dataset_ref, "spec.evalDatasetRef"))
+            refs.append(Reference(DATASET.kind, res.spec.eval_dataset_ref, "spec.evalDatasetRef"))
         if res.spec.init.base_run:
-            refs.append(Reference("ForgeTrainingRun", res.spec.init.base_run, "spec.init.baseRun"))
+            refs.append(Reference(TRAINING_RUN.kind, res.spec.init.base_run, "spec.init.baseRun"))
     elif isinstance(res, ForgeDeployment) and res.spec.model_ref:
-        refs.append(Reference("ForgeTrainingRun", res.spec.model_ref, "spec.modelRef"))
+        refs.append(Reference(TRAINING_RUN.kind, res.spec.model_ref, "spec.modelRef"))
     return refs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -63,8 +64,6 @@ class DeletionReport:
 def delete_artifacts(store: ObjectStore, prefix: str, policy: RetentionPolicy,
                      report: DeletionReport) -> DeletionReport:
     """Remove what `policy` says from `prefix`, recording each object (key, size, sha256)."""
-    import hashlib
-
     for obj in list(store.list(prefix.rstrip("/") + "/")):
         rel = obj.key[len(prefix.rstrip("/")) + 1:]
         keep = policy is RetentionPolicy.RETAIN or (
