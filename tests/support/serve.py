@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from forge_trainer.serve.app import ServingState, build_app
+from forge_trainer.serve.app import ServeLimits, ServingState, build_app
 from forge_trainer.serve.loading import LoadedModel
 from forge_trainer.serve.metrics import ServeMetrics
 from forge_trainer.serve.server import default_cpu_threads
@@ -139,13 +139,13 @@ def shared_tiny_model(moe: bool = False, max_positions: int = 256) -> Path:
 
 @contextmanager
 def serving(loaded: LoadedModel, model_name: str, max_batch_size: int = 8,
-            max_prefill_tokens: int | None = None) -> Iterator[str]:
-    """The builtin runtime serving `loaded` on a free loopback port; yields the base URL."""
+            max_prefill_tokens: int | None = None, limits: ServeLimits | None = None) -> Iterator[str]:
+    """The builtin runtime serving `loaded` on a free loopback port (within `limits`); yields the base URL."""
     metrics = ServeMetrics()
     state = ServingState(model_name=model_name)
     state.serve(loaded, max_batch_size=max_batch_size, metrics=metrics, max_prefill_tokens=max_prefill_tokens)
     try:
-        with running_server(build_app(state, metrics), free_port()) as url:
+        with running_server(build_app(state, metrics, limits), free_port()) as url:
             yield url
     finally:
         assert state.engine is not None

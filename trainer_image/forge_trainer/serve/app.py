@@ -3,10 +3,18 @@
 Every error is the OpenAI error object. A request the server cannot serve as asked (malformed JSON,
 an invalid field, an unknown model, a prompt too long for the context) gets a 4xx; only a failure
 of the server itself is a 5xx.
+
+Every client is taken as hostile, and each check comes before the work it protects: the body is
+read up to `ServeLimits.max_body_bytes` (413 beyond), parsed by pydantic's JSON parser (nesting
+bounded, NaN refused), the number of prompts and choices and each prompt's length in characters are
+checked before anything is tokenized, and a request that would make the engine hold more sequences
+than the batch plus `max_waiting` gets 429 with Retry-After. A client that goes away cancels its
+sequences, streamed or not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -20,10 +28,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from forge_trainer.serve.auth import ApiKeyMiddleware
 from forge_trainer.serve.engine import Delta, Engine
 from forge_trainer.serve.loading import LoadedModel
 from forge_trainer.serve.metrics import ServeMetrics
@@ -45,6 +55,24 @@ _DEFAULT_COMPLETION_MAX_TOKENS = 16
 """OpenAI's default max_tokens for /v1/completions; chat completions default to the rest of the context."""
 _MAX_CHOICES = 64
 """Most completions one request may ask for (prompts x n)."""
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest request body read by default (`--max-body-bytes`)."""
+RETRY_AFTER_S = 1
+"""What a 429 tells the client to wait before retrying."""
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one client may ask of the server, and who may ask at all."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Largest request body; a longer one is refused with 413 while it is being read."""
+    max_waiting: int | None = None
+    """Most sequences that may wait for a place in the batch; None: four times the batch size."""
+    api_key: str | None = None
+    """Key every request but /healthz, /readyz (and /metrics) must carry as a Bearer token; None: open."""
+    metrics_api_key: str | None = None
+    """Key /metrics asks for (may equal api_key); None: /metrics is open."""
 
 
 @dataclass
@@ -55,10 +83,15 @@ class ServingState:
     loaded: LoadedModel | None = None
     engine: Engine | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    max_token_chars: int = 1
+    """Characters of the longest token of the vocabulary: a prompt longer than the context times this
+    has more tokens than the context, which is known without tokenizing it."""
 
     def serve(self, loaded: LoadedModel, max_batch_size: int, metrics: ServeMetrics, *,
               max_prefill_tokens: int | None = None) -> None:
         """Start generating with `loaded`; the server is ready from now on."""
+        # a token's vocabulary entry has at least as many characters as the text it decodes to
+        self.max_token_chars = max((len(t) for t in loaded.tokenizer.get_vocab()), default=1)
         engine = Engine(loaded.model, loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
                         max_batch_size=max_batch_size, context_length=loaded.context_length,
                         pad_token_id=loaded.pad_token_id, max_prefill_tokens=max_prefill_tokens)
@@ -105,12 +138,19 @@ def _coalesce(batch: list[tuple[int, Delta]]) -> list[tuple[int, Delta]]:
     return list(merged.items())
 
 
-class Api:
-    """The route handlers, bound to one ServingState and ServeMetrics."""
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone away (call after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
-    def __init__(self, state: ServingState, metrics: ServeMetrics) -> None:
+
+class Api:
+    """The route handlers, bound to one ServingState, ServeMetrics and ServeLimits."""
+
+    def __init__(self, state: ServingState, metrics: ServeMetrics, limits: ServeLimits) -> None:
         self.state = state
         self.metrics = metrics
+        self.limits = limits
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -118,22 +158,57 @@ class Api:
         self._record(endpoint, err.status, started)
         if err.status >= 500:
             log.error("%s: %s", endpoint, err.message)
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     def _record(self, endpoint: str, status: int, started: float) -> None:
         self.metrics.requests.labels(endpoint, str(status)).inc()
         self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
 
+    async def _read_body(self, request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it is known to exceed the limit: from its
+        Content-Length, or while it arrives (chunked bodies declare none)."""
+        limit = self.limits.max_body_bytes
+        too_large = ApiError(413, f"The request body exceeds {limit} bytes.", code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            self.metrics.rejected.labels("body_too_large").inc()
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                self.metrics.rejected.labels("body_too_large").inc()
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _body(self, request: Request, model: type[B]) -> B:
-        raw = await request.body()
+        raw = await self._read_body(request)
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from exc
-        try:
-            return model.model_validate(data)
+            # pydantic's own parser: nesting is bounded (no RecursionError) and NaN / Infinity are refused
+            return model.model_validate_json(raw)
         except ValidationError as exc:
             raise validation_error(exc) from exc
+
+    def _check_chars(self, chars: int, loaded: LoadedModel, param: str) -> None:
+        """Refuse, before tokenizing, a prompt of more characters than the context can hold as tokens."""
+        ctx = loaded.context_length
+        most = ctx * self.state.max_token_chars
+        if chars > most:
+            raise ApiError(400, f"This model's maximum context length is {ctx} tokens, which hold at most {most} "
+                           f"characters; your prompt has {chars}. Please reduce the length of the prompt.",
+                           param=param, code="context_length_exceeded")
+
+    def _admit(self, engine: Engine, sequences: int) -> None:
+        """Refuse with 429 a request whose sequences would not find a place in the batch or the queue."""
+        waiting = self.limits.max_waiting
+        capacity = engine.max_batch_size + (4 * engine.max_batch_size if waiting is None else waiting)
+        held = engine.running + engine.waiting
+        if held and held + sequences > capacity:  # an idle server takes any request, however big
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(429, f"The server is busy ({held} sequences generating or waiting, room for "
+                           f"{capacity}); retry after {RETRY_AFTER_S} s.", type="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def _loaded(self, body: CompletionRequest | ChatCompletionRequest) -> tuple[Engine, LoadedModel]:
         if body.model != self.state.model_name:
@@ -150,9 +225,7 @@ class Api:
         vocab = int(loaded.model.config.vocab_size)
         requested = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
         requested = requested or body.max_tokens
-        if len(prompts) * (body.n or 1) > _MAX_CHOICES:
-            raise ApiError(400, f"At most {_MAX_CHOICES} completions per request (prompts times n); got "
-                           f"{len(prompts)} x {body.n or 1}.", param="prompt" if len(prompts) > 1 else "n")
+        _check_choices(len(prompts), body.n or 1)
         plan_prompts, params = [], []
         for ids in prompts:
             if not ids:
@@ -180,21 +253,26 @@ class Api:
         started = time.monotonic()
         try:
             body = await self._body(request, CompletionRequest)
-            _, loaded = self._loaded(body)
-            ids = self._completion_prompts(body.prompt, loaded)
+            engine, loaded = self._loaded(body)
+            ids = self._completion_prompts(body, loaded)
             job = self._plan(COMPLETIONS, body, ids, loaded, _DEFAULT_COMPLETION_MAX_TOKENS, started)
+            self._admit(engine, len(job.prompts))
         except ApiError as err:
             return self._error(COMPLETIONS, err, started)
-        return await self._respond(job)
+        return await self._respond(request, job)
 
-    @staticmethod
-    def _completion_prompts(prompt: str | list[str] | list[int] | list[list[int]],
-                            loaded: LoadedModel) -> list[list[int]]:
-        """The token ids of each prompt of a completions request (one, or a batch; text or ids)."""
+    def _completion_prompts(self, body: CompletionRequest, loaded: LoadedModel) -> list[list[int]]:
+        """The token ids of each prompt of a completions request (one, or a batch; text or ids), after
+        checking their number and length."""
+        prompt = body.prompt
         items: list[Any] = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) \
             else list(prompt)
         if not items:
             raise ApiError(400, "The prompt is empty.", param="prompt")
+        _check_choices(len(items), body.n or 1)
+        for p in items:
+            if isinstance(p, str):
+                self._check_chars(len(p), loaded, "prompt")
         return [loaded.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in items]
 
     async def chat_completions(self, request: Request) -> Response:
@@ -202,10 +280,15 @@ class Api:
         started = time.monotonic()
         try:
             body = await self._body(request, ChatCompletionRequest)
-            _, loaded = self._loaded(body)
+            engine, loaded = self._loaded(body)
             if not getattr(loaded.tokenizer, "chat_template", None):
                 raise ApiError(400, f"The model `{body.model}` has no chat template; use /v1/completions.")
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            if len(messages) > loaded.context_length:  # every message adds at least its role's tokens
+                raise ApiError(400, f"{len(messages)} messages cannot fit in this model's context of "
+                               f"{loaded.context_length} tokens.", param="messages",
+                               code="context_length_exceeded")
+            self._check_chars(sum(len(m["content"]) for m in messages), loaded, "messages")
             try:
                 text = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             except TemplateError as exc:
@@ -213,21 +296,29 @@ class Api:
                                param="messages") from exc
             ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
             job = self._plan(CHAT, body, [ids], loaded, None, started)
+            self._admit(engine, len(job.prompts))
         except ApiError as err:
             return self._error(CHAT, err, started)
-        return await self._respond(job)
+        return await self._respond(request, job)
 
-    async def _respond(self, job: _Job) -> Response:
+    async def _respond(self, request: Request, job: _Job) -> Response:
         if job.body.stream:
+            # Starlette cancels the stream when the client goes away, which cancels its sequences
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(self._stream(job), media_type="text/event-stream", headers=headers)
-        texts = [""] * len(job.prompts)
-        finals: list[Delta | None] = [None] * len(job.prompts)
-        async for batch in self._deltas(job):
-            for index, delta in batch:
-                texts[index] += delta.text
-                if delta.finish_reason is not None:
-                    finals[index] = delta
+        collecting = asyncio.create_task(self._collect(job))
+        watching = asyncio.create_task(_disconnected(request))
+        try:
+            await asyncio.wait((collecting, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            if not collecting.done():  # the client went away: stop generating what nobody will read
+                collecting.cancel()
+                await asyncio.wait((collecting,))  # its sequences are cancelled once it has unwound
+        if collecting.cancelled():
+            self._record(job.endpoint, 499, job.started)  # nginx's "client closed request"
+            return Response(status_code=499)
+        texts, finals = collecting.result()
         done = [d for d in finals if d is not None]
         failed = [d for d in done if d.finish_reason == "error"]
         if failed:
@@ -238,6 +329,17 @@ class Api:
         return JSONResponse({"id": job.id, "object": "chat.completion" if job.endpoint == CHAT else "text_completion",
                              "created": int(time.time()), "model": self.state.model_name, "choices": choices,
                              "usage": self._usage(job, done)})
+
+    async def _collect(self, job: _Job) -> tuple[list[str], list[Delta | None]]:
+        """Every choice's whole text and final Delta."""
+        texts = [""] * len(job.prompts)
+        finals: list[Delta | None] = [None] * len(job.prompts)
+        async for batch in self._deltas(job):
+            for index, delta in batch:
+                texts[index] += delta.text
+                if delta.finish_reason is not None:
+                    finals[index] = delta
+        return texts, finals
 
     async def _deltas(self, job: _Job) -> AsyncIterator[list[tuple[int, Delta]]]:
         """The engine's deltas for `job` in batches, recording time to first token and token counts."""
@@ -344,6 +446,13 @@ class Api:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _check_choices(prompts: int, n: int) -> None:
+    """Refuse a request for more than _MAX_CHOICES completions (prompts times n), before any work."""
+    if prompts * n > _MAX_CHOICES:
+        raise ApiError(400, f"At most {_MAX_CHOICES} completions per request (prompts times n); got "
+                       f"{prompts} x {n}.", param="prompt" if prompts > 1 else "n")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
@@ -358,9 +467,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
                                  type="server_error").body(), status_code=500)
 
 
-def build_app(state: ServingState, metrics: ServeMetrics) -> Starlette:
-    """The ASGI application serving `state`."""
-    api = Api(state, metrics)
+def build_app(state: ServingState, metrics: ServeMetrics, limits: ServeLimits | None = None) -> Starlette:
+    """The ASGI application serving `state` within `limits` (the defaults when None)."""
+    limits = limits or ServeLimits()
+    api = Api(state, metrics, limits)
     routes = [
         Route(COMPLETIONS, api.completions, methods=["POST"]),
         Route(CHAT, api.chat_completions, methods=["POST"]),
@@ -370,4 +480,9 @@ def build_app(state: ServingState, metrics: ServeMetrics) -> Starlette:
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics_text, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    middleware = []
+    if limits.api_key or limits.metrics_api_key:
+        middleware.append(Middleware(ApiKeyMiddleware, api_key=limits.api_key, metrics_api_key=limits.metrics_api_key,
+                                     on_reject=lambda path: metrics.rejected.labels("unauthorized").inc()))
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={HTTPException: _http_error, Exception: _server_error})

@@ -16,6 +16,10 @@ where `DynamicCache` would copy the whole cache.
 
 Results go back to the asyncio side in one `call_soon_threadsafe` per step and event loop, and a
 listener that falls behind gets everything produced meanwhile at once.
+
+A failure that belongs to one sequence (its probabilities are not finite, its text cannot be decoded)
+finishes that sequence with `error` and leaves the others generating; only a failed forward pass
+fails every sequence it was running.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from forge_trainer.serve.sampling import SamplingParams, bias_tensors, choose_tokens, make_generator
+from forge_trainer.serve.sampling import NO_TOKEN, SamplingParams, bias_tensors, choose_tokens, make_generator
 from forge_trainer.serve.text_stream import Decoder, TextStream
 
 log = logging.getLogger(__name__)
@@ -266,7 +270,7 @@ class Engine:
         for s in seqs:
             s.bias = bias_tensors(s.params, self.device)
         tokens = self._choose(out.logits[:, -1, :], seqs)
-        deltas = [self._advance(s, t) for s, t in zip(seqs, tokens, strict=True)]
+        deltas = self._advance_all(seqs, tokens)
         # first tokens go out before the group's cache is copied into the batch's
         self._publish_all([(s, d) for s, d in zip(seqs, deltas, strict=True) if d is not None])
         self._merge(cache, mask)
@@ -285,7 +289,7 @@ class Engine:
         out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
                          past_key_values=self._cache, use_cache=True)
         tokens = self._choose(out.logits[:, -1, :], seqs)
-        deltas = [self._advance(s, t) for s, t in zip(seqs, tokens, strict=True)]
+        deltas = self._advance_all(seqs, tokens)
         self.steps += 1
         self._publish(seqs, deltas)
 
@@ -293,13 +297,27 @@ class Engine:
     def _choose(logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
         return choose_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs], [s.bias for s in seqs])
 
+    def _advance_all(self, seqs: list[_Sequence], tokens: list[int]) -> list[Delta | None]:
+        """`_advance` every sequence; a sequence whose own step fails finishes with `error`, alone."""
+        deltas: list[Delta | None] = []
+        for seq, token in zip(seqs, tokens, strict=True):
+            try:
+                deltas.append(self._advance(seq, token))
+            except Exception as exc:  # e.g. its tokens do not decode: that sequence's failure, not the batch's
+                log.exception("sequence failed")
+                deltas.append(self._finish(seq, "error", error=f"generation failed: {exc}"))
+        return deltas
+
     def _advance(self, seq: _Sequence, token: int) -> Delta | None:
         """Record the token chosen for `seq`; returns what to tell its listener."""
-        seq.generated += 1
-        seq.last_token = token
         if seq.cancelled:
             seq.finish_reason = "cancelled"
             return None
+        if token == NO_TOKEN:
+            return self._finish(seq, "error", error="generation failed: the next-token probabilities are not "
+                                f"finite (temperature {seq.params.temperature}, top_p {seq.params.top_p})")
+        seq.generated += 1
+        seq.last_token = token
         if token in self.eos_token_ids:
             return self._finish(seq, "stop")
         piece = seq.text.push(token)

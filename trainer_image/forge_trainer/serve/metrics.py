@@ -36,6 +36,11 @@ class ServeMetrics:
                              registry=self.registry)
         self.waiting = Gauge("forge_serve_waiting_requests", "Requests waiting for a place in the batch",
                              registry=self.registry)
+        self.rejected = Counter("forge_serve_rejected_requests",
+                                "Requests refused before any work, by reason: queue_full (429), body_too_large "
+                                "(413), unauthorized (401)", ["reason"], registry=self.registry)
+        for reason in ("queue_full", "body_too_large", "unauthorized"):
+            self.rejected.labels(reason)  # every series from the start, so rate() sees the first rejection
         self.model_loaded = Gauge("forge_serve_model_loaded", "1 once the model is loaded and serving",
                                   registry=self.registry)
 

@@ -1,14 +1,16 @@
 """The OpenAI API's request bodies and error object, as far as the builtin runtime implements them.
 
 Unknown fields are ignored (as vLLM does), so newer clients keep working; a known field the runtime
-cannot honour (logprobs, echo, penalties, ...) is refused with a 400 that names it.
+cannot honour (logprobs, echo, penalties, ...) is refused with a 400 that names it. Every number is
+range-checked here, before any work: a temperature so small that logits / temperature overflow, a seed
+torch cannot take, NaN or infinity (which Python's JSON accepts) are a 400 naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from forge_trainer.serve.sampling import SamplingParams
 
@@ -17,13 +19,15 @@ class ApiError(Exception):
     """An error answered as the OpenAI error object with an HTTP status."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers
+        """HTTP headers of the answer (Retry-After, WWW-Authenticate)."""
 
     def body(self) -> dict[str, Any]:
         """The JSON body: {"error": {"message", "type", "param", "code"}}."""
@@ -31,15 +35,30 @@ class ApiError(Exception):
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    """A 400 naming the first invalid field of a request body."""
-    err = exc.errors()[0]
+    """A 400 naming the first invalid field of a request body (or saying why it is not JSON)."""
+    err = exc.errors(include_url=False)[0]
+    if err["type"] == "json_invalid":
+        return ApiError(400, f"We could not parse the JSON body of your request: {err['msg']}")
     loc = ".".join(str(p) for p in err["loc"])
     return ApiError(400, f"{loc}: {err['msg']}" if loc else err["msg"],
                     param=str(err["loc"][0]) if err["loc"] else None)
 
 
+MIN_TEMPERATURE = 1e-2
+"""Smallest non-zero temperature: below it logits / temperature overflow to inf and sampling is greedy anyway."""
+MAX_STOP_CHARS = 256
+"""Longest stop string: each generated token is checked against every stop string's prefixes."""
+_INT64 = 2**63
+
+
+def _temperature(value: float | None) -> float | None:
+    if value is not None and 0.0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {value}")
+    return value
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Body):
@@ -52,26 +71,29 @@ class StreamOptions(_Body):
 class _GenerationRequest(_Body):
     model: str
     """Name of the model to use; the server serves one."""
-    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_tokens: Annotated[int | None, Field(ge=1, lt=_INT64)] = None
     """Most tokens to generate."""
-    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
-    """Sampling temperature; 0 is greedy."""
-    top_p: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
-    """Nucleus sampling mass."""
+    temperature: Annotated[float | None, Field(ge=0.0, le=2.0), AfterValidator(_temperature)] = None
+    """Sampling temperature; 0 is greedy, otherwise at least MIN_TEMPERATURE."""
+    top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    """Nucleus sampling mass, in (0, 1]."""
     n: Annotated[int | None, Field(ge=1, le=16)] = None
     """Completions per prompt."""
-    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
-    """Up to 16 strings that end generation."""
-    seed: int | None = None
-    """Makes sampling reproducible."""
+    stop: Annotated[str, Field(max_length=MAX_STOP_CHARS)] | \
+        Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=16)] | None = None
+    """Up to 16 strings of at most MAX_STOP_CHARS characters that end generation."""
+    seed: Annotated[int | None, Field(ge=-_INT64, lt=_INT64)] = None
+    """Makes sampling reproducible; a signed 64-bit integer (choice k of n samples with seed + k)."""
     stream: bool | None = False
     """Answer with server-sent events as tokens are generated."""
     stream_options: StreamOptions | None = None
     """Options of a streamed response."""
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    """Added to the logits of these token ids (given as strings)."""
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=4096)] | None = None
+    """Added to the logits of these token ids (given as strings); at most 4096 of them."""
+    frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
+    """OpenAI's range; any value but 0 is refused by the builtin runtime."""
+    presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
+    """OpenAI's range; any value but 0 is refused by the builtin runtime."""
     user: str | None = None
 
     def _unsupported(self) -> dict[str, bool]:

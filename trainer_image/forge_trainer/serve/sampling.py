@@ -1,7 +1,8 @@
 """Choosing the next token of each sequence in a batch: greedy, or temperature / top-p sampling.
 
 Each sequence samples with its own `torch.Generator`, so a request with a `seed` gets the same tokens
-whatever else shares the batch.
+whatever else shares the batch. A row that cannot be sampled (NaN logits, probabilities that are not
+finite) gets NO_TOKEN instead of failing the batch: one bad sequence never fails the others.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+NO_TOKEN = -1
+"""What choose_tokens gives a row it could not choose a token for."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
                   biases: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> list[int]:
-    """The next token of each row of `logits` (batch x vocab), chosen as that row's params say.
+    """The next token of each row of `logits` (batch x vocab), chosen as that row's params say; NO_TOKEN for
+    a row whose logits hold NaN or whose sampling probabilities are not finite.
 
     `biases` are the rows' `bias_tensors` when the caller keeps them; otherwise they are made here. The
     work is one tensor operation per step for the whole batch, plus one per biased row and one draw per
@@ -80,8 +85,10 @@ def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
         for row, bias in enumerate(biases):
             if bias is not None:
                 logits[row].index_add_(0, bias[0], bias[1])
-    chosen = torch.argmax(logits, dim=-1).tolist()
-    sampled = [row for row, p in enumerate(params) if not p.greedy]
+    # one device-to-host copy for both: the greedy choice and whether a row's logits hold NaN
+    chosen, nan_rows = torch.stack((torch.argmax(logits, dim=-1), torch.isnan(logits).any(dim=-1).long())).tolist()
+    broken = [bool(b) for b in nan_rows]
+    sampled = [row for row, p in enumerate(params) if not p.greedy and not broken[row]]
     if sampled:
         temperature = torch.tensor([[params[r].temperature] for r in sampled], device=logits.device)
         probs = torch.softmax(logits[sampled] / temperature, dim=-1)
@@ -89,6 +96,11 @@ def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
             top_p = torch.tensor([[params[r].top_p if params[r].top_p < 1.0 else float("inf")] for r in sampled],
                                  device=logits.device)
             probs = _top_p_filter(probs, top_p)
+        # e.g. a temperature so small that logits / temperature overflow: inf - inf in the softmax is NaN
+        unusable = (~torch.isfinite(probs).all(dim=-1) | (probs.sum(dim=-1) <= 0)).tolist()
         for k, row in enumerate(sampled):
-            chosen[row] = int(torch.multinomial(probs[k], 1, generator=generators[row]).item())
-    return [int(t) for t in chosen]
+            if unusable[k]:
+                broken[row] = True
+            else:
+                chosen[row] = int(torch.multinomial(probs[k], 1, generator=generators[row]).item())
+    return [NO_TOKEN if broken[row] else int(t) for row, t in enumerate(chosen)]

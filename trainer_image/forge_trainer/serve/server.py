@@ -3,9 +3,19 @@
     forge-trainer serve --model URI --model-name NAME [--model-digest sha256:...] [--adapter URI]
                         [--host 0.0.0.0] [--port 8000] [--max-batch-size 8] [--max-prefill-tokens N]
                         [--store-endpoint HOST:PORT] [--store-insecure]
+                        [--api-key KEY] [--metrics-api-key KEY] [--max-body-bytes N] [--max-waiting N]
 
 S3 credentials come from FORGE_S3_ACCESS_KEY / FORGE_S3_SECRET_KEY (and the endpoint from
-FORGE_S3_ENDPOINT unless --store-endpoint is given).
+FORGE_S3_ENDPOINT unless --store-endpoint is given). They are needed only while the model is fetched
+and are removed from the process environment as soon as it is loaded (no child, no later
+`os.environ` read sees them); the initial environment block of the process (/proc/<pid>/environ)
+cannot be changed from inside, so a pod serves from a directory its init container filled and
+the server never gets the credentials at all.
+
+The API key comes from --api-key or FORGE_API_KEY (preferred: a command line is visible to every
+process on the node). With a key, every request but /healthz and /readyz needs
+`Authorization: Bearer <key>`; /metrics needs --metrics-api-key (FORGE_METRICS_API_KEY) when that is
+set, and is open otherwise (give it the same key to protect it with the API key).
 
 The server answers /healthz at once and loads the model in the background; /readyz turns 200 once
 the model is loaded and verified. A model that cannot be fetched, loaded or verified stops the
@@ -27,11 +37,15 @@ import uvicorn
 
 from forge_trainer.config import StoreConfig
 from forge_trainer.errors import WorkloadError
-from forge_trainer.serve.app import ServingState, build_app
+from forge_trainer.serve.app import DEFAULT_MAX_BODY_BYTES, ServeLimits, ServingState, build_app
 from forge_trainer.serve.loading import LoadError, load_model
 from forge_trainer.serve.metrics import ServeMetrics
+from forge_trainer.store import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
 log = logging.getLogger(__name__)
+
+API_KEY_ENV = "FORGE_API_KEY"
+METRICS_API_KEY_ENV = "FORGE_METRICS_API_KEY"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,7 +72,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-region", help="S3 region, if the endpoint needs one")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where files fetched from the object store go (default: a temporary directory)")
+    p.add_argument("--api-key", help=f"Bearer key clients must send (default: ${API_KEY_ENV}; unset: no key)")
+    p.add_argument("--metrics-api-key",
+                   help=f"Bearer key /metrics asks for (default: ${METRICS_API_KEY_ENV}; unset: /metrics is open)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest request body; a longer one gets 413 (default: %(default)s)")
+    p.add_argument("--max-waiting", type=int,
+                   help="most sequences waiting for a place in the batch; more get 429 (default: 4 x batch size)")
     return p
+
+
+def _key(given: str | None, env: str, option: str) -> str | None:
+    """An API key from its option or environment variable, which is then removed from the environment;
+    a key that is set but empty is an error, not an open server."""
+    from_env = os.environ.pop(env, None)  # no child process inherits it
+    value = from_env if given is None else given
+    if value is not None and not value.strip():
+        raise WorkloadError(f"{option} / {env} is set but empty; unset it to serve without a key")
+    return value.strip() if value is not None else None
+
+
+def limits_from_args(args: argparse.Namespace) -> ServeLimits:
+    """The serving limits and keys the options ask for; raises WorkloadError naming a bad option."""
+    if args.max_body_bytes < 1:
+        raise WorkloadError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
+    if args.max_waiting is not None and args.max_waiting < 0:
+        raise WorkloadError(f"--max-waiting must be at least 0, got {args.max_waiting}")
+    return ServeLimits(max_body_bytes=args.max_body_bytes, max_waiting=args.max_waiting,
+                       api_key=_key(args.api_key, API_KEY_ENV, "--api-key"),
+                       metrics_api_key=_key(args.metrics_api_key, METRICS_API_KEY_ENV, "--metrics-api-key"))
+
+
+def forget_store_credentials() -> None:
+    """Drop the store credentials from the environment once nothing needs to fetch any more."""
+    for name in (ACCESS_KEY_ENV, SECRET_KEY_ENV):
+        os.environ.pop(name, None)
+
+
+def load_and_serve(args: argparse.Namespace, state: ServingState, metrics: ServeMetrics, store: StoreConfig) -> None:
+    """Fetch and load the model the options name, forget the store credentials, start the engine;
+    raises LoadError."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="forge-serve-") as tmp:
+            loaded = load_model(args.model, cache_dir=args.cache_dir or Path(tmp), digest=args.model_digest,
+                                adapter_uri=args.adapter, adapter_digest=args.adapter_digest,
+                                device=args.device, dtype=_DTYPES.get(args.dtype or ""), store=store)
+    finally:
+        forget_store_credentials()
+    state.serve(loaded, args.max_batch_size, metrics, max_prefill_tokens=args.max_prefill_tokens)
 
 
 def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -90,6 +151,7 @@ def main(argv: list[str]) -> None:
         raise WorkloadError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
     if args.max_prefill_tokens is not None and args.max_prefill_tokens < 1:
         raise WorkloadError(f"--max-prefill-tokens must be at least 1, got {args.max_prefill_tokens}")
+    limits = limits_from_args(args)
     logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
@@ -99,17 +161,13 @@ def main(argv: list[str]) -> None:
     store = StoreConfig(endpoint=args.store_endpoint, secure=not args.store_insecure, region=args.store_region)
     metrics = ServeMetrics()
     state = ServingState(model_name=args.model_name)
-    server = uvicorn.Server(uvicorn.Config(build_app(state, metrics), host=args.host, port=args.port,
+    server = uvicorn.Server(uvicorn.Config(build_app(state, metrics, limits), host=args.host, port=args.port,
                                            lifespan="off", access_log=False, log_config=None))
     failure: list[str] = []
 
     def load() -> None:
         try:
-            with tempfile.TemporaryDirectory(prefix="forge-serve-") as tmp:
-                loaded = load_model(args.model, cache_dir=args.cache_dir or Path(tmp), digest=args.model_digest,
-                                    adapter_uri=args.adapter, adapter_digest=args.adapter_digest,
-                                    device=args.device, dtype=_DTYPES.get(args.dtype or ""), store=store)
-            state.serve(loaded, args.max_batch_size, metrics, max_prefill_tokens=args.max_prefill_tokens)
+            load_and_serve(args, state, metrics, store)
             log.info("serving %s as %r on %s:%d", args.model, args.model_name, args.host, args.port)
         except LoadError as exc:
             failure.append(str(exc))
