@@ -4,8 +4,6 @@ verifier error, and the trainer process carries on."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from forge_trainer.config import ConfigMapKeyRef, RewardConfig, VerifierKind
-from forge_trainer.train.sandbox import SandboxLimits, network_isolation
+from forge_trainer.train.sandbox import SandboxLimits, isolation
 from forge_trainer.train.verifiers import CUSTOM_VERIFIER_ENV, RewardModel, python_tests, regex
 
 LIMITS = SandboxLimits(timeout_seconds=2.0, memory_mb=256)
@@ -126,17 +124,14 @@ def test_network_access_through_a_subprocess_is_refused(listener: tuple[int, lis
     assert received == []
 
 
-def test_network_namespace_cuts_the_child_off(listener: tuple[int, list[bytes]]) -> None:
-    """The second layer on its own: a plain child under the namespace prefix cannot reach the host."""
-    prefix = network_isolation()
-    if not prefix:
-        pytest.skip("this kernel does not allow network namespaces; the audit hook is the only guard")
-    port, received = listener
-    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'leak')"
-    proc = subprocess.run([*prefix, sys.executable, "-I", "-c", code], capture_output=True, timeout=30, check=False)
-    assert proc.returncode != 0
-    time.sleep(0.3)
-    assert received == []
+def test_the_sandbox_applies_namespaces_where_the_kernel_allows() -> None:
+    """Which layers apply is probed and named; on this machine (root or user namespaces) all of them."""
+    found = isolation()
+    if not found.namespaces:
+        pytest.skip(f"this kernel refuses namespaces ({found.missing}); the audit hook is the only network guard")
+    for layer in ("pidns", "netns", "mountns", "tmpfs-box", "minimal-root", "own-proc"):
+        assert layer in found.layers
+    assert "own-uid" in found.layers or "userns" in found.layers
 
 
 def test_a_crashing_verifier_is_counted_and_training_goes_on() -> None:
