@@ -1,7 +1,9 @@
-"""The base of every model of the workload contract: camelCase on the wire, unknown fields refused."""
+"""The base of every model of the workload contract (camelCase on the wire, unknown fields refused), and
+how a time is written in it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -22,3 +24,12 @@ class WireModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """This model as the JSON-ready dict a manifest or config file holds (camelCase, no nulls)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+"""How a time is written on the wire (RFC 3339, seconds, UTC), as Kubernetes writes its timestamps."""
+
+
+def rfc3339(when: datetime) -> str:
+    """`when` as the wire writes a time (a naive `when` is taken to be UTC)."""
+    return when.astimezone(UTC).strftime(RFC3339) if when.tzinfo else when.strftime(RFC3339)

@@ -18,10 +18,12 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from forge_trainer.config import DatasetPurpose, PrepareConfig
+from forge_trainer.config.wire import rfc3339
 from forge_trainer.data import ingest
 from forge_trainer.data.clean import Cleaner
 from forge_trainer.data.manifest import (
@@ -32,7 +34,7 @@ from forge_trainer.data.manifest import (
     TokenizerInfo,
 )
 from forge_trainer.data.pii import Redactor
-from forge_trainer.data.report import Reporter, now_rfc3339
+from forge_trainer.data.report import Reporter
 from forge_trainer.data.shard_writers import Publish, pack_record_shards, pack_token_shards
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
 from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
@@ -273,7 +275,7 @@ def _write_manifest(run: _Preparation, shards: list[ShardInfo], info: TokenizerI
         purpose=run.purpose,
         dtype=token_dtype(info.vocab_size) if run.purpose is DatasetPurpose.PRETRAIN else None,
         tokenizer=info, shards=shards, counts=run.report.counts, examples=run.report.examples,
-        spec=run.config.to_wire(), created_at=now_rfc3339())
+        spec=run.config.to_wire(), created_at=rfc3339(datetime.now(UTC)))
     data = json.dumps(manifest.to_wire(), indent=2, sort_keys=True).encode()
     key = join_key(run.prefix, MANIFEST_NAME)
     run.out.put_bytes(key, data, content_type="application/json")

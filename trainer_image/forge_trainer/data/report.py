@@ -11,17 +11,13 @@ from typing import Any
 
 from forge_trainer.config import DatasetCounts, DatasetProgress
 from forge_trainer.config.store import AUDIT_NAME, PROGRESS_NAME
+from forge_trainer.config.wire import rfc3339
 from forge_trainer.store import ObjectStore, append_jsonl, join_key, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
 """Dropped examples kept per reason."""
-
-
-def now_rfc3339() -> str:
-    """The current UTC time as RFC 3339."""
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Reporter:
@@ -51,7 +47,7 @@ class Reporter:
 
     def audit(self, event: str, uri: str, sha256: str, size: int) -> None:
         """Record an object read or an artifact written (flushed with the next progress write)."""
-        self._audit.append({"time": now_rfc3339(), "event": event, "uri": uri, "sha256": sha256,
+        self._audit.append({"time": rfc3339(datetime.now(UTC)), "event": event, "uri": uri, "sha256": sha256,
                             "size": size})
 
     def stage(self, name: str) -> None:
@@ -70,6 +66,6 @@ class Reporter:
         if self._audit:
             append_jsonl(self.store, join_key(self.prefix, AUDIT_NAME), self._audit)
             self._audit = []
-        self.progress.updated_at = now_rfc3339()
+        self.progress.updated_at = rfc3339(datetime.now(UTC))
         write_json_atomic(self.store, join_key(self.prefix, PROGRESS_NAME), self.progress.to_wire())
         self._last = time.monotonic()

@@ -30,6 +30,7 @@ import torch
 
 from forge_trainer.config import DatasetPurpose, Stage, TrainConfig
 from forge_trainer.config.store import EVAL_NAME
+from forge_trainer.config.wire import rfc3339
 from forge_trainer.data.manifest import Manifest, ShardFormat, Split
 from forge_trainer.data.shards import iter_records, load_manifest
 from forge_trainer.model.transformer import Transformer
@@ -206,6 +207,6 @@ def write_eval(ctx: EvalContext, model: Transformer, step: int, final: bool,
         ctx.history.append(entry)
         write_json_atomic(ctx.store, key, {
             **entry, "dataset": ctx.config.eval_dataset or ctx.config.dataset, "history": ctx.history,
-            "updatedAt": datetime.now(UTC).isoformat()})
+            "updatedAt": rfc3339(datetime.now(UTC))})
     log.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
     return metrics

@@ -20,6 +20,7 @@ from typing import cast
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from forge_trainer.config import SftMethod, TrainConfig, TrainProgress
 from forge_trainer.config.store import ADAPTER_DIR, MODEL_DIR
@@ -123,8 +124,6 @@ def final_state(model: Transformer, config: TrainConfig) -> dict[str, Tensor]:
     Collective: every rank calls it, since under FSDP2 (any torchrun worker group, even of one) the
     full tensors are gathered from all shards."""
     if config.method is SftMethod.FULL:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         full = cast(dict[str, Tensor], get_model_state_dict(model, options=options))
         return {k: v.detach() for k, v in full.items()}

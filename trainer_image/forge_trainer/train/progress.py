@@ -14,6 +14,7 @@ from typing import Any
 
 from forge_trainer.config import TrainProgress
 from forge_trainer.config.store import LOGS_DIR, PROGRESS_NAME
+from forge_trainer.config.wire import rfc3339
 from forge_trainer.store import ObjectStore, StoreError, join_key, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class ProgressReporter:
         """Write progress.json and the step log (and, with `wait`, return once they are stored)."""
         if not self.enabled or self._writer is None:
             return
-        self._progress = self.progress.model_copy(update={"updated_at": datetime.now(UTC).isoformat()})
+        self._progress = self.progress.model_copy(update={"updated_at": rfc3339(datetime.now(UTC))})
         wire = self._progress.to_wire()
         log_key, log_bytes = self._log_key, b"".join(self._log_lines)
         if len(self._log_lines) >= self.segment_steps:  # bound what each write rewrites
