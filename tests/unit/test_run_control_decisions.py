@@ -15,18 +15,10 @@ from forge_operator.plan.training import ResolvedRefs, job_shape, plan_training_
 from forge_operator.render.training import SHAPE_ANNOTATION, render_training
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Action, get_condition
+from forge_operator.status.gpu_budget import Hold, gpu_hours_used, gpus_in_use, run_hold
 from forge_operator.status.job import JobObservation, observe_job
-from forge_operator.status.training import (
-    Hold,
-    JobDecision,
-    JobStep,
-    RunObservation,
-    decide_job,
-    derive_run_status,
-    gpu_hours_used,
-    gpus_in_use,
-    run_hold,
-)
+from forge_operator.status.run_job import JobDecision, JobStep, decide_job, stopping_pods
+from forge_operator.status.training import RunObservation, derive_run_status
 from forge_trainer.config import TrainConfig, TrainProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -303,8 +295,6 @@ def test_progress_total_steps_follows_the_new_max_steps() -> None:
 
 
 def test_the_next_attempt_waits_only_for_pods_that_may_still_checkpoint() -> None:
-    from forge_operator.status.training import stopping_pods
-
     def pod(phase: str, deletion: str | None = None) -> dict[str, object]:
         meta = {"deletionTimestamp": deletion} if deletion else {}
         return {"metadata": meta, "status": {"phase": phase}}

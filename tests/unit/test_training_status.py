@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.status.conditions import Action, Waiting, get_condition
+from forge_operator.status.gpu_budget import Hold
 from forge_operator.status.job import JobObservation
-from forge_operator.status.training import Hold, RunObservation, derive_run_status
+from forge_operator.status.training import RunObservation, derive_run_status
 from forge_trainer.config import TrainProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -23,8 +23,9 @@ from forge_operator.resolve.lookup import Lookup
 from forge_operator.resolve.training import PINNED, ResolvedRun, check_pinned, pin, resolve_run
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Action, Waiting
+from forge_operator.status.gpu_budget import gpus_in_use
 from forge_operator.status.job import observe_job
-from forge_operator.status.training import RunObservation, derive_run_status, gpus_in_use
+from forge_operator.status.training import RunObservation, derive_run_status
 from forge_trainer.config import TrainProgress
 
 KIND, PLURAL = TRAINING_RUN.kind, TRAINING_RUN.plural

@@ -15,17 +15,10 @@ from forge_operator.plan.naming import selector_labels
 from forge_operator.plan.training import TrainingPlan, shape_changes
 from forge_operator.render.training import ATTEMPT_LABEL, SHAPE_ANNOTATION
 from forge_operator.status.conditions import Action, is_true
+from forge_operator.status.gpu_budget import Hold, gpu_hours_used, run_hold
 from forge_operator.status.job import JobObservation, observe_job
-from forge_operator.status.training import (
-    BUDGET_EXCEEDED,
-    Hold,
-    JobDecision,
-    JobStep,
-    decide_job,
-    gpu_hours_used,
-    run_hold,
-    stopping_pods,
-)
+from forge_operator.status.run_job import JobDecision, JobStep, decide_job, stopping_pods
+from forge_operator.status.training import BUDGET_EXCEEDED
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from forge_operator.render.pod import (
 )
 
 MODEL_DIR = "/models/model"
+_MODELS = {"name": "models", "mountPath": "/models"}
 BUILTIN_API_KEY_ENV = "FORGE_API_KEY"
 """The builtin server reads its API key from this variable (`forge-trainer serve --api-key`)."""
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
@@ -42,62 +43,66 @@ def _probes(path_ready: str, path_live: str) -> dict[str, Any]:
     }
 
 
-def _builtin_container(plan: DeploymentPlan) -> dict[str, Any]:
-    args = ["forge-trainer", "serve", "--model", plan.model_uri, "--model-name", plan.model_name,
-            "--host", "0.0.0.0", "--port", str(SERVING_PORT), "--max-batch-size", str(plan.spec.max_batch_size),
-            "--cache-dir", "/tmp/models"]
+def _fetch_container(plan: DeploymentPlan) -> dict[str, Any]:
+    """The init container that fetches and verifies the model into the pod's `models` volume: the only
+    container that holds the store credentials, and it has exited before the server starts."""
+    fetch = ["forge-trainer", "fetch", "--uri", plan.model_uri, "--dest", MODEL_DIR]
     if plan.model_digest:
-        args += ["--model-digest", plan.model_digest]
+        fetch += ["--digest", plan.model_digest]
     if plan.store.endpoint and not plan.store.secure:
-        args.append("--store-insecure")
+        fetch.append("--store-insecure")
+    return {"name": "fetch-model", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
+            "command": fetch, "env": store_env(plan.store), "volumeMounts": [_MODELS, scratch_volume()[1]],
+            "securityContext": container_security_context()}
+
+
+def _builtin_container(plan: DeploymentPlan) -> dict[str, Any]:
+    args = ["forge-trainer", "serve", "--model", MODEL_DIR, "--model-name", plan.model_name,
+            "--host", "0.0.0.0", "--port", str(SERVING_PORT), "--max-batch-size", str(plan.spec.max_batch_size)]
+    if plan.model_digest:  # checked again on the local copy (the server hashes it for /v1/models anyway)
+        args += ["--model-digest", plan.model_digest]
     res = plan.spec.resources
     gpus = {"nvidia.com/gpu": str(res.gpus)} if res.gpus else None
+    env = _api_key_env(plan, BUILTIN_API_KEY_ENV)
     return {
         "name": "server", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
-        "command": args, "env": store_env(plan.store) + _api_key_env(plan, BUILTIN_API_KEY_ENV),
+        "command": args, **({"env": env} if env else {}),
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
-        "volumeMounts": [scratch_volume()[1]], "securityContext": container_security_context(),
+        "volumeMounts": [{**_MODELS, "readOnly": True}, scratch_volume()[1]],
+        "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
         **_probes("/readyz", "/healthz"),
     }
 
 
-def _vllm_containers(plan: DeploymentPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    fetch = ["forge-trainer", "fetch", "--uri", plan.model_uri, "--dest", MODEL_DIR]
-    if plan.model_digest:
-        fetch += ["--digest", plan.model_digest]
-    models = {"name": "models", "mountPath": "/models"}
-    init = {"name": "fetch-model", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
-            "command": fetch, "env": store_env(plan.store), "volumeMounts": [models, scratch_volume()[1]],
-            "securityContext": container_security_context()}
+def _vllm_container(plan: DeploymentPlan) -> dict[str, Any]:
     res = plan.spec.resources
-    server = {
+    return {
         "name": "server", "image": plan.vllm_image, "imagePullPolicy": plan.image_pull_policy,
         "command": ["vllm", "serve", MODEL_DIR, "--served-model-name", plan.model_name, "--host", "0.0.0.0",
                     "--port", str(SERVING_PORT), "--max-num-seqs", str(plan.spec.max_batch_size)],
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"},
                 *_api_key_env(plan, VLLM_API_KEY_ENV)],
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
-        "volumeMounts": [{**models, "readOnly": True}, scratch_volume()[1], {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{**_MODELS, "readOnly": True}, scratch_volume()[1], {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": {**container_security_context(), "readOnlyRootFilesystem": False},
         "resources": resource_requirements(res.cpu, res.memory, {"nvidia.com/gpu": str(max(1, res.gpus))}),
         **_probes("/health", "/health"),
     }
-    return [init], [server]
 
 
 def render_serving_deployment(plan: DeploymentPlan) -> dict[str, Any]:
     """The apps/v1 Deployment running the serving runtime."""
     spec = plan.spec
-    volumes: list[dict[str, Any]] = [scratch_volume()[0]]
+    volumes: list[dict[str, Any]] = [scratch_volume()[0], {"name": "models", "emptyDir": {}}]
     pod: dict[str, Any] = {"automountServiceAccountToken": False, "securityContext": pod_security_context()}
+    # both runtimes: only the init container sees the store credentials; the server reads the local copy
+    pod["initContainers"] = [_fetch_container(plan)]
     if spec.runtime is ServingRuntime.VLLM:
-        init, containers = _vllm_containers(plan)
-        pod["initContainers"] = init
-        volumes += [{"name": "models", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+        pod["containers"] = [_vllm_container(plan)]
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     else:
-        containers = [_builtin_container(plan)]
-    pod["containers"] = containers
+        pod["containers"] = [_builtin_container(plan)]
     pod["volumes"] = volumes
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)

@@ -1,14 +1,13 @@
-"""Derive a ForgeTrainingRun's phase and conditions from what was observed, and decide what happens to
-its Job: created, suspended or resumed (spec.suspend, spec.budget.maxGpuHours), rolled when its shape
-no longer matches spec.resources, or recreated after a failure or a stall (with restarts left).
-One readable state machine; the handler only carries out what these functions decide."""
+"""Derive a ForgeTrainingRun's phase and conditions from what one reconcile observed: bookkeeping
+(lineage, attempt, GPU-hours, mirrored progress), then one switch on the decided Outcome — trained,
+held (spec.suspend, the GPU budget), rolled, queued, failed or stalled (restarted while restarts are
+left), or running. What happens to the Job itself is decided in run_job.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 from forge_operator.api.common import ConditionStatus, parse_time, rfc3339
 from forge_operator.api.training import ForgeTrainingRunStatus, Lineage, RunPhase, RunReason
@@ -21,7 +20,9 @@ from forge_operator.status.conditions import (
     mark_ready,
     mark_references,
 )
+from forge_operator.status.gpu_budget import Hold, fold_gpu_hours, gpu_hours_text
 from forge_operator.status.job import JobObservation
+from forge_operator.status.run_job import LEAVE_JOB, JobDecision, JobStep
 from forge_trainer.config import TrainProgress
 
 TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -29,48 +30,6 @@ DATASET_READY = "DatasetReady"
 BASE_MODEL_READY = "BaseModelReady"
 STALLED = "Stalled"
 BUDGET_EXCEEDED = "BudgetExceeded"
-POD_FINISHED = ("Succeeded", "Failed")
-"""Pod phases (core/v1 PodPhase) of a pod that holds nothing any more."""
-ACCRUAL_SECONDS = 60
-"""While GPUs are in use, status.gpuHours is folded in at least this often (fewer status writes)."""
-
-
-class Hold(StrEnum):
-    """Why a run must not run now."""
-
-    SUSPEND = "suspend"
-    """spec.suspend is true."""
-    BUDGET = "budget"
-    """status.gpuHours reached spec.budget.maxGpuHours."""
-
-
-class JobStep(StrEnum):
-    """What to do with the current attempt's Job before observing it."""
-
-    KEEP = "keep"
-    """Nothing (it runs as it should, it finished, or there is none and none is wanted)."""
-    CREATE = "create"
-    """Create the attempt's Job (suspended only for Kueue to admit)."""
-    WAIT = "wait"
-    """Pods of an earlier attempt are still stopping (saving their SIGTERM checkpoint): create it later."""
-    SUSPEND = "suspend"
-    """Set the live Job's spec.suspend: its pods get SIGTERM, checkpoint and stop."""
-    RESUME = "resume"
-    """Clear the live Job's spec.suspend: its pods start again and resume from the checkpoint."""
-    DELETE = "delete"
-    """Stop by deleting the Job (the API server has no Job suspend, or Kueue owns it): its pods get SIGTERM
-    and checkpoint; resuming creates the next attempt, which resumes from the checkpoint."""
-    ROLL = "roll"
-    """The Job no longer matches spec.resources (torchrun's --nnodes and an Indexed Job's completions
-    cannot change in place): delete it; the next attempt gets the new shape and resumes."""
-
-
-@dataclass(frozen=True)
-class JobDecision:
-    """A JobStep and, for ROLL, what changed."""
-
-    step: JobStep
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,7 +49,7 @@ class RunObservation:
     resolved: list[str] = field(default_factory=list)
     attempt: int = 0
     """The attempt whose Job the handler looked at (status.attempt before this reconcile)."""
-    step: JobDecision = JobDecision(JobStep.KEEP)
+    step: JobDecision = LEAVE_JOB
     """What the handler did to the Job (decide_job's answer)."""
     hold: Hold | None = None
     """Why the run must not run now (run_hold's answer)."""
@@ -102,74 +61,6 @@ class RunObservation:
     """spec.budget.maxGpuHours."""
     earlier_pods: int = 0
     """Pods of earlier attempts still stopping (for the WAIT message)."""
-
-
-def gpus_in_use(job: JobObservation | None, gpus_per_node: int) -> int:
-    """GPUs the run's Job holds now: gpusPerNode x its pods that hold a node. Ready pods where the API
-    server reports them (a pending pod holds no GPU yet), else active pods; a finished Job holds none."""
-    if job is None or job.complete or job.failed_final or gpus_per_node <= 0:
-        return 0
-    pods = job.ready if job.ready is not None else job.active
-    return gpus_per_node * max(0, pods)
-
-
-def gpu_hours_used(status: ForgeTrainingRunStatus, now: datetime) -> float:
-    """GPU-hours used up to `now`: what status.gpuHours holds plus the time since it was last folded in,
-    at the rate (status.gpusInUse) observed then."""
-    used = status.gpu_hours or 0.0
-    since = parse_time(status.gpu_hours_updated_at)
-    if since is not None and status.gpus_in_use:
-        used += status.gpus_in_use * max(0.0, (now - since).total_seconds()) / 3600
-    return used
-
-
-def stopping_pods(pods: list[dict[str, Any]], now: datetime) -> int:
-    """How many of these pods (of earlier attempts) may still be training or writing their SIGTERM
-    checkpoint: not finished, and not past their deletion deadline (the API server sets
-    deletionTimestamp to the request time plus the grace period; a pod still listed after that sits on
-    a lost node and is not waited for)."""
-    count = 0
-    for pod in pods:
-        if (pod.get("status") or {}).get("phase") in POD_FINISHED:
-            continue
-        deadline = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
-        if deadline is not None and deadline <= now:
-            continue
-        count += 1
-    return count
-
-
-def run_hold(suspend: bool, max_gpu_hours: float | None, used: float) -> Hold | None:
-    """Why the run must not run now, if it must not: its budget is spent, or spec.suspend is set."""
-    if max_gpu_hours is not None and used >= max_gpu_hours:
-        return Hold.BUDGET
-    return Hold.SUSPEND if suspend else None
-
-
-def decide_job(job: JobObservation | None, *, hold: bool, queued: bool, changes: list[str],
-               earlier_pods: int = 0) -> JobDecision:
-    """What to do with the current attempt's Job. `changes` lists what in spec.resources differs from
-    the live Job's shape; `earlier_pods` counts pods of earlier attempts still stopping.
-
-    Suspending uses Job spec.suspend where the server has it (1.21+), except for a Kueue-queued Job,
-    whose suspend field Kueue owns (it would unsuspend an admitted Job): that one, and every Job on a
-    server without Job suspend, is deleted instead and recreated as the next attempt on resume. A run
-    that is held gets no new Job."""
-    if job is None:
-        if hold:
-            return JobDecision(JobStep.KEEP)
-        return JobDecision(JobStep.WAIT) if earlier_pods else JobDecision(JobStep.CREATE)
-    if job.complete or job.failed_final:
-        return JobDecision(JobStep.KEEP)  # derive_run_status decides: success, or a restart
-    if changes:
-        return JobDecision(JobStep.ROLL, "; ".join(changes))
-    if hold:
-        if job.suspended:
-            return JobDecision(JobStep.KEEP)
-        return JobDecision(JobStep.SUSPEND if job.suspend_supported and not queued else JobStep.DELETE)
-    if job.suspended and not queued:
-        return JobDecision(JobStep.RESUME)
-    return JobDecision(JobStep.KEEP)
 
 
 class Outcome(StrEnum):
@@ -185,26 +76,6 @@ class Outcome(StrEnum):
     JOB_FAILED = "job-failed"
     STALLED = "stalled"
     RUNNING = "running"
-
-
-def _accrue(status: ForgeTrainingRunStatus, gpus_now: int, now: datetime, force: bool = False) -> None:
-    """Fold the GPU-hours used since the last fold into status when the rate changes, or at least every
-    ACCRUAL_SECONDS while GPUs are in use (between folds, gpu_hours_used adds the rest exactly), or when
-    `force`d (the budget is spent: status shows the exact figure)."""
-    since = parse_time(status.gpu_hours_updated_at)
-    rate = status.gpus_in_use or 0
-    if since is None and gpus_now == 0 and status.gpu_hours is None:
-        return  # never used a GPU: nothing to show
-    due = force or since is None or gpus_now != rate or (
-        rate > 0 and (now - since).total_seconds() >= ACCRUAL_SECONDS)
-    if due:
-        status.gpu_hours = round(gpu_hours_used(status, now), 4)
-        status.gpus_in_use = gpus_now
-        status.gpu_hours_updated_at = rfc3339(now)
-
-
-def _gpu_hours_text(value: float) -> str:
-    return f"{round(value, 4):g}"
 
 
 def _stalled_seconds(prev: ForgeTrainingRunStatus, status: ForgeTrainingRunStatus, obs: RunObservation,
@@ -250,15 +121,15 @@ def _record(status: ForgeTrainingRunStatus, obs: RunObservation, now: datetime) 
     status.job_name = obs.job_name or status.job_name
     status.restarts = status.restarts or 0
     status.attempt = obs.attempt
-    _accrue(status, obs.gpus_in_use, now, force=obs.hold is Hold.BUDGET)
-    used = _gpu_hours_text(status.gpu_hours or 0.0)  # as folded: messages change at most once per fold
+    fold_gpu_hours(status, obs.gpus_in_use, now, force=obs.hold is Hold.BUDGET)
+    used = gpu_hours_text(status.gpu_hours or 0.0)  # as folded: messages change at most once per fold
     _mirror_progress(status, obs.progress, now)
     if obs.hold is Hold.BUDGET and obs.max_gpu_hours is not None:
         mark(status, BUDGET_EXCEEDED, TRUE, RunReason.BUDGET_EXCEEDED,
-             f"used {used} GPU-hours, spec.budget.maxGpuHours is {_gpu_hours_text(obs.max_gpu_hours)}", stamp)
+             f"used {used} GPU-hours, spec.budget.maxGpuHours is {gpu_hours_text(obs.max_gpu_hours)}", stamp)
     elif obs.max_gpu_hours is not None or get_condition(status.conditions, BUDGET_EXCEEDED):
         limit = ("no limit" if obs.max_gpu_hours is None
-                 else f"of spec.budget.maxGpuHours {_gpu_hours_text(obs.max_gpu_hours)}")
+                 else f"of spec.budget.maxGpuHours {gpu_hours_text(obs.max_gpu_hours)}")
         mark(status, BUDGET_EXCEEDED, FALSE, "WithinBudget", f"used {used} GPU-hours {limit}", stamp)
     if obs.step.step in (JobStep.DELETE, JobStep.ROLL):
         status.attempt = obs.attempt + 1  # deliberate: not a restart
@@ -364,8 +235,8 @@ def _held_reason(status: ForgeTrainingRunStatus, obs: RunObservation,
     stopped = _how_stopped(obs, job)
     if obs.hold is Hold.BUDGET:
         return RunReason.BUDGET_EXCEEDED, (
-            f"GPU budget spent: used {_gpu_hours_text(status.gpu_hours or 0.0)} GPU-hours, spec.budget.maxGpuHours "
-            f"is {_gpu_hours_text(obs.max_gpu_hours or 0)}; {stopped}; raise spec.budget.maxGpuHours to resume "
+            f"GPU budget spent: used {gpu_hours_text(status.gpu_hours or 0.0)} GPU-hours, spec.budget.maxGpuHours "
+            f"is {gpu_hours_text(obs.max_gpu_hours or 0)}; {stopped}; raise spec.budget.maxGpuHours to resume "
             "from the latest checkpoint")
     return RunReason.SUSPENDED, (f"suspended (spec.suspend); {stopped}; set spec.suspend to false to resume from "
                                  "the latest checkpoint")

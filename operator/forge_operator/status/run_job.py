@@ -1,0 +1,91 @@
+"""What happens to the Job of a training run's current attempt: created, suspended or resumed
+(spec.suspend, the GPU budget), rolled when its shape no longer matches spec.resources, or left alone;
+and which pods of earlier attempts the next one waits for. The handler carries the decision out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from forge_operator.api.common import parse_time
+from forge_operator.status.job import JobObservation
+
+POD_FINISHED = ("Succeeded", "Failed")
+"""Pod phases (core/v1 PodPhase) of a pod that holds nothing any more."""
+
+
+class JobStep(StrEnum):
+    """What to do with the current attempt's Job before observing it."""
+
+    KEEP = "keep"
+    """Nothing (it runs as it should, it finished, or there is none and none is wanted)."""
+    CREATE = "create"
+    """Create the attempt's Job (suspended only for Kueue to admit)."""
+    WAIT = "wait"
+    """Pods of an earlier attempt are still stopping (saving their SIGTERM checkpoint): create it later."""
+    SUSPEND = "suspend"
+    """Set the live Job's spec.suspend: its pods get SIGTERM, checkpoint and stop."""
+    RESUME = "resume"
+    """Clear the live Job's spec.suspend: its pods start again and resume from the checkpoint."""
+    DELETE = "delete"
+    """Stop by deleting the Job (the API server has no Job suspend, or Kueue owns it): its pods get SIGTERM
+    and checkpoint; resuming creates the next attempt, which resumes from the checkpoint."""
+    ROLL = "roll"
+    """The Job no longer matches spec.resources (torchrun's --nnodes and an Indexed Job's completions
+    cannot change in place): delete it; the next attempt gets the new shape and resumes."""
+
+
+@dataclass(frozen=True)
+class JobDecision:
+    """A JobStep and, for ROLL, what changed."""
+
+    step: JobStep
+    detail: str = ""
+
+
+LEAVE_JOB = JobDecision(JobStep.KEEP)
+"""The decision that changes nothing."""
+
+
+def stopping_pods(pods: list[dict[str, Any]], now: datetime) -> int:
+    """How many of these pods (of earlier attempts) may still be training or writing their SIGTERM
+    checkpoint: not finished, and not past their deletion deadline (the API server sets
+    deletionTimestamp to the request time plus the grace period; a pod still listed after that sits on
+    a lost node and is not waited for)."""
+    count = 0
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") in POD_FINISHED:
+            continue
+        deadline = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+        if deadline is not None and deadline <= now:
+            continue
+        count += 1
+    return count
+
+
+def decide_job(job: JobObservation | None, *, hold: bool, queued: bool, changes: list[str],
+               earlier_pods: int = 0) -> JobDecision:
+    """What to do with the current attempt's Job. `changes` lists what in spec.resources differs from
+    the live Job's shape; `earlier_pods` counts pods of earlier attempts still stopping.
+
+    Suspending uses Job spec.suspend where the server has it (1.21+), except for a Kueue-queued Job,
+    whose suspend field Kueue owns (it would unsuspend an admitted Job): that one, and every Job on a
+    server without Job suspend, is deleted instead and recreated as the next attempt on resume. A run
+    that is held gets no new Job."""
+    if job is None:
+        if hold:
+            return JobDecision(JobStep.KEEP)
+        return JobDecision(JobStep.WAIT) if earlier_pods else JobDecision(JobStep.CREATE)
+    if job.complete or job.failed_final:
+        return JobDecision(JobStep.KEEP)  # derive_run_status decides: success, or a restart
+    if changes:
+        return JobDecision(JobStep.ROLL, "; ".join(changes))
+    if hold:
+        if job.suspended:
+            return JobDecision(JobStep.KEEP)
+        return JobDecision(JobStep.SUSPEND if job.suspend_supported and not queued else JobStep.DELETE)
+    if job.suspended and not queued:
+        return JobDecision(JobStep.RESUME)
+    return JobDecision(JobStep.KEEP)
