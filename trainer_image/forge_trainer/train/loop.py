@@ -77,11 +77,17 @@ class StageRun:
     config: TrainConfig
     """The run's config; `hyperparameters.maxSteps` follows the live value."""
     runtime: Runtime
+    """This worker's place in the group."""
     store: ObjectStore
+    """The store the run writes to."""
     prefix: str
+    """The run's prefix in it (`output`)."""
     engine: StepEngine
+    """The optimizer steps of the stage's (wrapped) model."""
     reporter: ProgressReporter
+    """progress.json, the step log and /metrics (rank 0)."""
     control: RunControl
+    """What the workers agree on while the run goes on: live max steps, SIGTERM."""
     step: int
     """The step the run resumed from (0 for a fresh run)."""
     tokens_seen: int
@@ -114,11 +120,12 @@ class StageRun:
         return bool(interval) and step % interval == 0 and step < self.max_steps
 
     def after_step(self, step: int, tokens_seen: int, fields: dict[str, Any], records: Sequence[dict[str, Any]],
-                   decision: Decision | None = None, evaluate: Callable[[int], float | None] | None = None,
-                   summary: str = "") -> None:
+                   decision: Decision | None = None, evaluate: Callable[[int], float | None] | None = None, *,
+                   summary: str) -> None:
         """The end of `step` (`tokens_seen` after it): follow the agreed max steps and SIGTERM (`decision`,
         else agreed now), evaluate when due (its loss joins `fields` and the last of `records`), report,
-        checkpoint when due, and on SIGTERM stop with a WorkloadError once the checkpoint is written."""
+        checkpoint when due, and on SIGTERM stop with a WorkloadError once the checkpoint is written.
+        `summary` completes the step's log line (its loss, say)."""
         decision = decision or self.control.agree_now()
         if decision.max_steps != self.max_steps:
             self.config = with_max_steps(self.config, decision.max_steps, step)
