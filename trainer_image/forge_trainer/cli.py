@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from forge_trainer.config import PrepareConfig, TrainConfig
+from forge_trainer.config import PrepareConfig, StoreConfig, TrainConfig
 from forge_trainer.config_file import load_config
 from forge_trainer.errors import WorkloadError
 from forge_trainer.store import StoreError
@@ -55,7 +55,8 @@ def _fetch(args: argparse.Namespace) -> None:
     dest: Path = args.dest
     try:
         with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
-            path = fetch_model_dir(args.uri, Path(tmp))
+            store = StoreConfig(endpoint=args.store_endpoint, secure=not args.store_insecure, region=args.store_region)
+            path = fetch_model_dir(args.uri, Path(tmp), store)
             verify_digest(args.uri, path, args.digest)
             if dest.exists():
                 shutil.rmtree(dest)
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--uri", required=True, help="model directory URI (s3://... or a local path)")
     f.add_argument("--dest", type=Path, required=True, help="local directory to create")
     f.add_argument("--digest", help="expected digest (sha256:<hex>); a mismatch fails")
+    f.add_argument("--store-endpoint", help="S3 endpoint host[:port] (default: $FORGE_S3_ENDPOINT)")
+    f.add_argument("--store-insecure", action="store_true", help="talk plain HTTP to the S3 endpoint")
+    f.add_argument("--store-region", help="S3 region, if the endpoint needs one")
     f.set_defaults(func=_fetch)
     c = sub.add_parser("schema", help="print the JSON schema of a workload config")
     c.add_argument("which", choices=["prepare", "train"])

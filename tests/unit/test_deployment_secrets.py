@@ -1,5 +1,5 @@
-"""spec.apiKeySecret puts the API key into the serving container's environment, from the Secret, for
-both runtimes; without it no key variable is set."""
+"""Secrets in the serving pod: spec.apiKeySecret puts the API key into the server's environment, from the
+Secret, for both runtimes; the store credentials reach only the init container that fetches the model."""
 
 from __future__ import annotations
 
@@ -55,3 +55,16 @@ def test_no_key_variable_without_the_secret(runtime: dict[str, Any]) -> None:
 def test_secret_name_is_checked() -> None:
     with pytest.raises(ValidationError, match="apiKeySecret"):
         _pod(apiKeySecret={"name": "Not A Name"})
+
+
+@pytest.mark.parametrize("runtime", [{}, VLLM])
+def test_only_the_fetching_init_container_holds_store_credentials(runtime: dict[str, Any]) -> None:
+    pod = _pod(**runtime)
+    [fetch] = pod["initContainers"]
+    assert fetch["command"][:2] == ["forge-trainer", "fetch"]
+    assert "--store-insecure" in fetch["command"]  # SETTINGS: a plain-HTTP store
+    assert {"FORGE_S3_ACCESS_KEY", "FORGE_S3_SECRET_KEY"} <= {e["name"] for e in fetch["env"]}
+    [server] = pod["containers"]
+    assert not any(e["name"].startswith("FORGE_S3_") for e in server.get("env", []))
+    assert "/models/model" in server["command"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
