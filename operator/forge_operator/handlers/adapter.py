@@ -4,6 +4,7 @@ method per step, each working on that kind's own resource, plan and observation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -50,6 +51,13 @@ class Adapter(ABC, Generic[R, S]):
     settled: frozenset[str]
     """Phases after which nothing happens until the spec changes."""
 
+    def __init__(self, observation: Callable[..., Any],
+                 derive_status: Callable[[S, Any, datetime], tuple[S, Action]]) -> None:
+        """`observation`: the kind's observation type (generation first; spec_error and waiting by keyword);
+        `derive_status`: its derive_* function (status/)."""
+        self.observation = observation
+        self.derive_status = derive_status
+
     @abstractmethod
     def resolve(self, rc: Pass[R, S], lookup: Lookup) -> Any:
         """What the resource refers to, or the Waiting it is held by."""
@@ -70,13 +78,13 @@ class Adapter(ABC, Generic[R, S]):
     def observe(self, rc: Pass[R, S], resolved: Any, plan: Any, applied: Any) -> Any:
         """The observation derive reads (children, progress file)."""
 
-    @abstractmethod
     def derive(self, prev: S, observed: Any, now: datetime) -> tuple[S, Action]:
-        """The new status and the action it asks for (pure)."""
+        """The new status and the action it asks for: the kind's pure derive_* function."""
+        return self.derive_status(prev, observed, now)
 
-    @abstractmethod
     def early(self, generation: int, *, spec_error: str | None = None, waiting: Waiting | None = None) -> Any:
         """The observation of a reconcile that stopped before planning: an invalid spec, or a wait."""
+        return self.observation(generation, spec_error=spec_error, waiting=waiting)
 
     def carry_out(self, rc: Pass[R, S], plan: Any, applied: Any, status: S, action: Action) -> None:
         """Do what derive asked for and post the Events it deserves (most kinds: nothing)."""

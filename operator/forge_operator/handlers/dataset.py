@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import kopf
@@ -18,7 +17,7 @@ from forge_operator.render.dataset import render_dataset
 from forge_operator.resolve.dataset import ResolvedDataset, resolve_dataset
 from forge_operator.resolve.lookup import Lookup
 from forge_operator.settings import OperatorSettings
-from forge_operator.status.conditions import Action, Waiting
+from forge_operator.status.conditions import Waiting
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
 from forge_operator.status.job import observe_job
 from forge_trainer.config import DatasetProgress
@@ -72,16 +71,8 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
                                   output_uri=plan.output_uri, job=observe_job(job), progress=progress,
                                   replaced=replaced)
 
-    def derive(self, prev: ForgeDatasetStatus, observed: DatasetObservation,
-               now: datetime) -> tuple[ForgeDatasetStatus, Action]:
-        return derive_dataset_status(prev, observed, now)
 
-    def early(self, generation: int, *, spec_error: str | None = None,
-              waiting: Waiting | None = None) -> DatasetObservation:
-        return DatasetObservation(generation, spec_error=spec_error, waiting=waiting)
-
-
-ADAPTER = DatasetAdapter()
+ADAPTER = DatasetAdapter(DatasetObservation, derive_dataset_status)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)

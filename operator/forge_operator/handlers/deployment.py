@@ -3,7 +3,6 @@ workload), and its Kopf handlers."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import kopf
@@ -18,7 +17,7 @@ from forge_operator.render.deployment import render_deployment
 from forge_operator.resolve.deployment import ResolvedModel, resolve_deployment
 from forge_operator.resolve.lookup import Lookup
 from forge_operator.settings import OperatorSettings
-from forge_operator.status.conditions import Action, Waiting
+from forge_operator.status.conditions import Waiting
 from forge_operator.status.deployment import DeploymentObservation, derive_deployment_status
 
 KIND, PLURAL = DEPLOYMENT.kind, DEPLOYMENT.plural
@@ -64,16 +63,8 @@ class DeploymentAdapter(Adapter[ForgeDeployment, ForgeDeploymentStatus]):
                                      desired_replicas=desired, endpoint=plan.endpoint, model_uri=resolved.uri,
                                      model_digest=resolved.digest)
 
-    def derive(self, prev: ForgeDeploymentStatus, observed: DeploymentObservation,
-               now: datetime) -> tuple[ForgeDeploymentStatus, Action]:
-        return derive_deployment_status(prev, observed, now)
 
-    def early(self, generation: int, *, spec_error: str | None = None,
-              waiting: Waiting | None = None) -> DeploymentObservation:
-        return DeploymentObservation(generation, spec_error=spec_error, waiting=waiting)
-
-
-ADAPTER = DeploymentAdapter()
+ADAPTER = DeploymentAdapter(DeploymentObservation, derive_deployment_status)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)

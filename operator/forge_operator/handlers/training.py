@@ -4,7 +4,6 @@ decides), and its Kopf handlers."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import kopf
@@ -77,19 +76,12 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
             gpus_in_use=gpus_in_use(applied.seen, spec.resources.gpus_per_node),
             max_gpu_hours=spec.budget.max_gpu_hours, earlier_pods=applied.earlier_pods)
 
-    def derive(self, prev: ForgeTrainingRunStatus, observed: RunObservation,
-               now: datetime) -> tuple[ForgeTrainingRunStatus, Action]:
-        return derive_run_status(prev, observed, now)
-
-    def early(self, generation: int, *, spec_error: str | None = None, waiting: Waiting | None = None) -> RunObservation:
-        return RunObservation(generation, spec_error=spec_error, waiting=waiting)
-
     def carry_out(self, rc: Rc, plan: TrainingPlan, applied: Applied, status: ForgeTrainingRunStatus,
                   action: Action) -> None:
         finish_job(rc.body, plan, applied, rc.prev, status, action)
 
 
-ADAPTER = TrainingAdapter()
+ADAPTER = TrainingAdapter(RunObservation, derive_run_status)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=_INTERVAL * 5)
