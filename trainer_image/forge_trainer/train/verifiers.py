@@ -124,8 +124,12 @@ def regex(completion: str, task: dict[str, Any]) -> Outcome:
 
 
 def json_schema(completion: str, task: dict[str, Any]) -> Outcome:
-    """Pass when the completion (optionally in a code fence) parses as JSON and validates against `schema`."""
+    """Pass when the completion (optionally in a code fence) parses as JSON and validates against `schema`.
+    The schema's patterns run through the regex module like the regex verifier's, REGEX_TIMEOUT_SECONDS
+    for the whole validation; a schema that takes longer is counted as a bad task."""
     import jsonschema
+
+    from forge_trainer.train.schema_patterns import best_error, untimed_patterns
 
     schema = task.get("schema")
     if isinstance(schema, str):
@@ -140,10 +144,17 @@ def json_schema(completion: str, task: dict[str, Any]) -> Outcome:
         validator_cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
         return _bad_task(f"invalid schema: {exc.message}")
+    if (why := untimed_patterns(schema)) is not None:
+        return _bad_task(why)
     ok, value = _parse_json(completion)
     if not ok:
         return _miss("not JSON")
-    error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(value))
+    try:
+        error = best_error(validator_cls, schema, value, REGEX_TIMEOUT_SECONDS)
+    except regex_module.error as exc:
+        return _bad_task(f"invalid pattern in schema: {exc}")
+    except TimeoutError:
+        return _bad_task(f"schema patterns took longer than {REGEX_TIMEOUT_SECONDS:g} s on the completion")
     return PASS if error is None else _miss(error.message[:200])
 
 
