@@ -12,6 +12,7 @@ from forge_operator.api.deployment import DeploymentPhase, ForgeDeploymentStatus
 from forge_operator.plan.deployment import evaluate_gate, plan_deployment
 from forge_operator.render.deployment import render_deployment
 from forge_operator.settings import OperatorSettings
+from forge_operator.status.conditions import Action, Waiting, get_condition
 from forge_operator.status.deployment import DeploymentObservation, derive_deployment_status
 
 SETTINGS = OperatorSettings(store_endpoint="minio:9000", store_secure=False)
@@ -71,3 +72,17 @@ def test_status_available_once_replicas_are_ready() -> None:
                                 endpoint="http://chat.ml.svc:8000/v1", model_digest="sha256:abc")
     s, _ = derive_deployment_status(s, obs, T0)
     assert s.phase is DeploymentPhase.AVAILABLE and s.ready_replicas == 2 and s.model_digest == "sha256:abc"
+
+
+def test_waiting_for_the_model_is_a_pending_state_with_a_condition() -> None:
+    waiting = Waiting("ModelReady", "waiting for ForgeTrainingRun tuned (spec.modelRef) to succeed (phase Running)")
+    s, action = derive_deployment_status(ForgeDeploymentStatus(), DeploymentObservation(1, waiting=waiting), T0)
+    assert s.phase is DeploymentPhase.PENDING and action is Action.NONE and s.message == waiting.message
+    cond = get_condition(s.conditions, "ModelReady")
+    assert cond is not None and (cond.status.value, cond.reason) == ("False", "Waiting")
+    # once the model is there, the condition turns True and the gate decides
+    s, _ = derive_deployment_status(s, DeploymentObservation(1, gate_passed=False, gate_message="eval gate failed: x"),
+                                    T0)
+    assert s.phase is DeploymentPhase.FAILED
+    assert get_condition(s.conditions, "ModelReady").status.value == "True"  # type: ignore[union-attr]
+    assert get_condition(s.conditions, "EvalGatePassed").reason == "EvalGateFailed"  # type: ignore[union-attr]
