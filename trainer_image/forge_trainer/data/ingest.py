@@ -2,9 +2,11 @@
 rejections with their reason), whatever its format, in bounded memory.
 
 Text, markdown and source files are one document each; JSON Lines, JSON, CSV and Parquet hold one
-record per line / element / row; a PDF is one document of its extracted text. A JSON file (an array
-or one object) and a PDF are read whole, so very large ones belong in JSON Lines or Parquet. Bad input is never an
-exception: each bad record (or unreadable object) is a `Rejected` with the reason it is counted under.
+record per line / element / row; a PDF is one document of its extracted text. A JSON array is parsed
+one element at a time; a PDF's extraction stops at the caps in `limits`. Bad input is never an
+exception: each bad record (or unreadable object) is a `Rejected` with the reason it is counted under,
+and any other error raised while reading one object is counted as `read_error` with the exception named,
+so one hostile file never stops the job. Only a failing store (StoreError) propagates.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from forge_trainer.config import DatasetFormat, StoreConfig
+from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
+from forge_trainer.data.limits import CSV_MAX_RECORD_LINES, MAX_JSON_DEPTH, deeper_than
+from forge_trainer.data.pdf_text import PdfTooLong, pdf_text
 from forge_trainer.store import LocalStore, ObjectInfo, ObjectStore, StoreError, open_uri, split_uri
 
 INVALID_UTF8 = "invalid_utf8"
@@ -30,6 +35,9 @@ EMPTY = "empty"
 CORRUPT_FILE = "corrupt_file"
 UNSUPPORTED_FORMAT = "unsupported_format"
 TOO_LONG = "too_long"
+TOO_DEEP = "too_deep"
+MALFORMED_CSV = "malformed_csv"
+READ_ERROR = "read_error"
 
 CODE_EXTENSIONS = frozenset({
     "py", "pyi", "js", "jsx", "ts", "tsx", "mjs", "go", "rs", "java", "kt", "kts", "scala", "c", "h",
@@ -192,7 +200,8 @@ class CorpusReader:
         self.format = fmt
         self.text_field = text_field
         self.structured = structured  # sft/rl: records keep every field
-        self.max_bytes = max(max_chars, 1) * 4 + 4  # UTF-8 needs at most 4 bytes a character
+        self.max_chars = max(max_chars, 1)
+        self.max_bytes = self.max_chars * 4 + 4  # UTF-8 needs at most 4 bytes a character
 
     def read(self, objects: Iterable[ObjectInfo]) -> Iterator[Item]:
         """Records of every object, each object followed by its ObjectRead."""
@@ -205,7 +214,12 @@ class CorpusReader:
                 continue
             with self.store.open_read(obj.key) as fh:
                 reader = _Reader(fh)
-                yield from self._records(fmt, is_code, reader, uri)
+                try:
+                    yield from self._records(fmt, is_code, reader, uri)
+                except StoreError:
+                    raise
+                except Exception as exc:  # a reader bug or a parser limit: the object is counted, the job goes on
+                    yield Rejected(uri, READ_ERROR, f"{uri}: {type(exc).__name__}: {exc}"[:200])
                 for _ in reader.chunks():  # hash what a reader left unread
                     pass
                 yield ObjectRead(uri, reader.size, reader.digest())
@@ -246,6 +260,9 @@ class CorpusReader:
         if not isinstance(obj, dict):
             return Rejected(uri, INVALID_JSON, _example(raw))
         if self.structured:
+            if deeper_than(obj, MAX_JSON_DEPTH):
+                # later stages re-encode the record recursively; a deep one could fail them
+                return Rejected(uri, TOO_DEEP, f"nested deeper than {MAX_JSON_DEPTH} levels: {_example(raw)}")
             return RawRecord(uri, fields=obj)
         text = obj.get(self.text_field)
         if not isinstance(text, str):
@@ -271,24 +288,27 @@ class CorpusReader:
             except ValueError:
                 yield Rejected(uri, INVALID_JSON, _example(decoded))
                 continue
+            except RecursionError:  # the parser recurses once per level: `[` x 100000 ends here
+                yield Rejected(uri, TOO_DEEP, f"nested deeper than the JSON parser follows: {_example(decoded)}")
+                continue
             yield self._from_object(obj, uri, decoded)
 
     def _json(self, reader: _Reader, uri: str) -> Iterator[Item]:
-        data = b"".join(reader.chunks())
-        if not data.strip():
-            yield Rejected(uri, EMPTY, uri)
-            return
+        """Each element of a top-level array (or the one value), streamed. After a fault nothing past it
+        can be located, so the fault is counted once and the rest of the file is skipped."""
         try:
-            obj = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            yield Rejected(uri, INVALID_UTF8, _example(data[:200]))
-            return
-        except ValueError:
-            yield Rejected(uri, INVALID_JSON, _example(data[:200]))
-            return
-        items = obj if isinstance(obj, list) else [obj]
-        for item in items:
-            yield self._from_object(item, uri, json.dumps(item)[:200])
+            for element, raw in json_elements(reader.chunks(), self.max_bytes):
+                yield self._from_object(element, uri, raw)
+        except EmptyDocument:
+            yield Rejected(uri, EMPTY, uri)
+        except UnicodeDecodeError as exc:
+            yield Rejected(uri, INVALID_UTF8, f"{uri}: {exc}")
+        except ElementTooLong as exc:
+            yield Rejected(uri, TOO_LONG, f"{uri}: {exc}; the rest of the file is skipped")
+        except RecursionError:
+            yield Rejected(uri, TOO_DEEP, f"{uri}: nested deeper than the JSON parser follows")
+        except json.JSONDecodeError as exc:
+            yield Rejected(uri, INVALID_JSON, f"{uri}: {exc.msg} at character {exc.pos}: {exc.doc[exc.pos:][:80]}")
 
     def _csv(self, reader: _Reader, uri: str) -> Iterator[Item]:
         bad_lines: list[bytes] = []
@@ -304,20 +324,42 @@ class CorpusReader:
                     bad_lines.append(line)
 
         csv.field_size_limit(min(self.max_bytes, 2**31 - 1))
-        rows = csv.DictReader(decoded())
+        # strict: a quote must close right before a delimiter or the line end, and may not be left open
+        # at the end of the file, so a stray quote is an error instead of silently merged rows
+        rows = csv.DictReader(decoded(), strict=True)
         try:
-            for row in rows:
-                while bad_lines:
-                    line = bad_lines.pop(0)
-                    yield Rejected(uri, INVALID_UTF8 if line else TOO_LONG, _example(line) or uri)
-                fields = {k: v for k, v in row.items() if isinstance(k, str)}
-                yield self._from_object(fields, uri, ",".join(str(v) for v in row.values())[:200])
+            _ = rows.fieldnames  # reads the header, so line numbers below are those of records
         except csv.Error as exc:
-            yield Rejected(uri, CORRUPT_FILE, f"{uri}: {exc}")
+            yield Rejected(uri, MALFORMED_CSV, f"{uri} header: {exc}")
+            return
+        while True:
+            start = rows.reader.line_num + 1
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # the reader resumes on the line after the bad record
+                end = rows.reader.line_num
+                merged = " (an unbalanced quote merged these lines into one record)" if end > start else ""
+                yield Rejected(uri, MALFORMED_CSV, f"{uri} lines {start}-{end}: {exc}{merged}")
+                continue
+            while bad_lines:
+                line = bad_lines.pop(0)
+                yield Rejected(uri, INVALID_UTF8 if line else TOO_LONG, _example(line) or uri)
+            yield self._csv_row(row, uri, start, rows.reader.line_num)
         for line in bad_lines:
             yield Rejected(uri, INVALID_UTF8 if line else TOO_LONG, _example(line) or uri)
         if rows.fieldnames is None:
             yield Rejected(uri, EMPTY, uri)
+
+    def _csv_row(self, row: dict[Any, Any], uri: str, start: int, end: int) -> Item:
+        raw = ",".join(str(v) for v in row.values())
+        if end - start + 1 > CSV_MAX_RECORD_LINES:
+            return Rejected(uri, MALFORMED_CSV, f"{uri} lines {start}-{end}: one record spans {end - start + 1} "
+                                                f"lines (a stray quote?): {_example(raw)}")
+        if None in row:  # DictReader files extra fields under the key None: an unquoted delimiter in a field
+            return Rejected(uri, MALFORMED_CSV, f"{uri} line {start}: more fields than the header: {_example(raw)}")
+        return self._from_object(dict(row), uri, raw[:200])
 
     @contextlib.contextmanager
     def _local_copy(self, reader: _Reader) -> Iterator[Path]:
@@ -356,18 +398,18 @@ class CorpusReader:
                 yield Rejected(uri, CORRUPT_FILE, f"{uri}: {type(exc).__name__}: {exc}"[:200])
 
     def _pdf(self, reader: _Reader, uri: str) -> Iterator[Item]:
-        from pypdf import PdfReader
-
         with self._local_copy(reader) as path:
             if path.stat().st_size == 0:
                 yield Rejected(uri, EMPTY, uri)
                 return
             try:
-                pages = [page.extract_text() or "" for page in PdfReader(path).pages]
+                text = pdf_text(path, self.max_chars)
+            except PdfTooLong as exc:
+                yield Rejected(uri, TOO_LONG, f"{uri}: {exc}")
+                return
             except Exception as exc:  # pypdf raises many types for a damaged file
                 yield Rejected(uri, CORRUPT_FILE, f"{uri}: {type(exc).__name__}: {exc}"[:200])
                 return
-        text = "\n\n".join(p.strip() for p in pages if p.strip())
         if not text:
             yield Rejected(uri, EMPTY, f"{uri}: no extractable text")
         elif self.structured:
@@ -375,7 +417,3 @@ class CorpusReader:
         else:
             yield RawRecord(uri, text=text)
 
-
-def source_error(uri: str, exc: StoreError | OSError) -> str:
-    """A one-line message for an unreachable source, naming the URI."""
-    return f"source {uri} is unreachable: {exc}"

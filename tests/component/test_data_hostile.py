@@ -1,0 +1,167 @@
+"""Hostile corpora (issue 14, section 5): each input that crashed, stalled or silently corrupted
+`forge-trainer prepare` is now dropped, counted under a reason with an example naming the file, and
+the rest of the corpus is still prepared."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forge_trainer.config import PrepareConfig
+from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
+from forge_trainer.data.limits import CSV_MAX_RECORD_LINES, MAX_JSON_DEPTH, PDF_MAX_PAGES
+from forge_trainer.data.manifest import Manifest
+from forge_trainer.data.prepare import run_prepare
+from tests.support.hostile_corpus import (
+    DEEP_JSON_LINE,
+    lucky_stray_quote_csv,
+    pdf_page_bomb,
+    pdf_text_bomb,
+    stray_quote_csv,
+    write_big_json_array,
+)
+from tests.support.raw_corpus import pdf_bytes, sentence_doc, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _prepare(src: Path, out: Path, **extra: Any) -> Manifest:
+    wire: dict[str, Any] = {"source": str(src), "output": str(out), "tokenizer": {"vocabSize": 300},
+                            "sharding": {"tokensPerShard": 1024}, "split": {"validationFraction": 0.0}}
+    wire.update(extra)
+    return run_prepare(PrepareConfig.model_validate(wire), progress_interval=0.0)
+
+
+def _with_good_docs(src: Path) -> None:
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "good.txt").write_text(sentence_doc(1))
+    (src / "good.pdf").write_bytes(pdf_bytes(sentence_doc(2, 40)))
+
+
+def test_a_deeply_nested_json_line_is_counted_and_the_job_goes_on(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _with_good_docs(src)
+    write_jsonl(src / "lines.jsonl", [{"text": sentence_doc(3)}, DEEP_JSON_LINE, {"text": sentence_doc(4)}])
+    (src / "deep.json").write_text("[" + DEEP_JSON_LINE + "]")
+    manifest = _prepare(src, tmp_path / "out")
+    assert manifest.counts.dropped == {"too_deep": 2}
+    assert manifest.counts.documents_kept == 4  # good.txt, good.pdf and the two good lines
+    assert any("lines.jsonl" not in e and "deep.json" in e for e in manifest.examples["too_deep"])
+    assert any(e.endswith("[[[[") for e in manifest.examples["too_deep"])
+
+
+def test_a_record_nested_past_the_limit_is_dropped_before_later_stages(tmp_path: Path) -> None:
+    # parses (under the recursion limit) but would fail a later json.dumps from a deeper stack
+    src = tmp_path / "src"
+    src.mkdir()
+    deep: Any = "x"
+    for _ in range(MAX_JSON_DEPTH + 1):
+        deep = [deep]
+    good = {"prompt": "What is two and two?", "answer": "4"}
+    write_jsonl(src / "tasks.jsonl", [good, {**good, "prompt": "And three?", "meta": deep}])
+    manifest = _prepare(src, tmp_path / "out", purpose="rl")
+    assert manifest.counts.dropped == {"too_deep": 1}
+    assert manifest.counts.documents_kept == 1
+    assert f"deeper than {MAX_JSON_DEPTH} levels" in manifest.examples["too_deep"][0]
+
+
+def test_a_pdf_text_bomb_is_capped_as_too_long(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _with_good_docs(src)
+    (src / "bomb.pdf").write_bytes(pdf_text_bomb())  # 24 KB: 7.5 M characters in 750,000 operations
+    (src / "wide.pdf").write_bytes(pdf_text_bomb(chars=300_000, per_show=1000))  # few operations, much text
+    (src / "pages.pdf").write_bytes(pdf_page_bomb(PDF_MAX_PAGES + 1))
+    manifest = _prepare(src, tmp_path / "out", processing={"quality": {"maxChars": 100_000}})
+    assert manifest.counts.dropped == {"too_long": 3}
+    assert manifest.counts.documents_kept == 2
+    examples = "\n".join(manifest.examples["too_long"])
+    assert "bomb.pdf: page 1:" in examples
+    assert "wide.pdf: page 1: more than 100,000 characters of text" in examples
+    assert f"pages.pdf: {PDF_MAX_PAGES + 1:,} pages" in examples
+
+
+def test_a_stray_csv_quote_is_counted_not_merged(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _with_good_docs(src)
+    (src / "stray.csv").write_bytes(stray_quote_csv(1000))  # the quote is still open at the end
+    (src / "lucky.csv").write_bytes(lucky_stray_quote_csv(1000))  # a later quote closes it cleanly
+    (src / "extra.csv").write_text(f"id,text\n1,{sentence_doc(5)}\n2,an unquoted, comma splits this row\n")
+    manifest = _prepare(src, tmp_path / "out")
+    assert manifest.counts.dropped == {"malformed_csv": 3}
+    texts = manifest.examples["malformed_csv"]
+    assert any("stray.csv lines 2-1002: unexpected end of data" in e for e in texts)
+    assert any("lucky.csv lines 2-1003: one record spans 1002 lines" in e for e in texts)
+    assert any("extra.csv line 3: more fields than the header" in e for e in texts)
+    # good.txt, good.pdf, lucky.csv's last row (read again after the merged record), extra.csv's first row
+    assert manifest.counts.documents_kept == 4
+
+
+def test_a_multi_line_csv_field_within_the_bound_is_kept(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    body = "\n".join(sentence_doc(10 + i, 8) for i in range(CSV_MAX_RECORD_LINES - 1))
+    (src / "poem.csv").write_text(f'id,text\n1,"{body}"\n')
+    manifest = _prepare(src, tmp_path / "out")
+    assert manifest.counts.dropped == {}
+    assert manifest.counts.documents_kept == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_json_elements_are_the_same_whatever_the_chunk_size(chunk: int) -> None:
+    values = [{"text": "a", "n": 12345}, 6789, "str\\u00e9", [1.5e3, None], {"t": "é€𝄞"}, -0.25, True]
+    data = json.dumps(values, ensure_ascii=False).encode()  # multi-byte characters split across chunks
+    chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    assert [v for v, _ in json_elements(chunks, 1000)] == json.loads(data)
+    assert [v for v, _ in json_elements([b' {"one": 1} '], 1000)] == [{"one": 1}]
+    assert list(json_elements([b"[", b" ] "], 1000)) == []
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"  \n ", EmptyDocument),
+    (b'[{"a": 1}, {"a": 2]', json.JSONDecodeError),
+    (b'[{"a": 1} {"a": 2}]', json.JSONDecodeError),
+    (b'[{"a": 1}, ]', json.JSONDecodeError),
+    (b'[{"a": 1}] trailing', json.JSONDecodeError),
+    (b'[{"a": 1},' + b" " * 100 + b'"\xff"]', UnicodeDecodeError),  # the bad byte comes in a later chunk
+    (b'[{"a": 1}, "' + b"x" * 5000 + b'"]', ElementTooLong),
+    (b"[{\"a\": 1}, " + b"[" * 100_000, RecursionError),
+])
+def test_json_elements_yield_what_precedes_a_fault_then_raise(data: bytes, error: type[Exception]) -> None:
+    got: list[Any] = []
+    with pytest.raises(error):
+        for value, _ in json_elements([data[i:i + 64] for i in range(0, len(data), 64)], 1000):
+            got.append(value)
+    assert got == ([] if error is EmptyDocument else [{"a": 1}])
+
+
+_READ_ONE = """
+import resource, sys, time
+from pathlib import Path
+from forge_trainer.config import DatasetFormat
+from forge_trainer.data import ingest
+from forge_trainer.store import LocalStore
+path = Path(sys.argv[1])
+store = LocalStore(path.parent)
+reader = ingest.CorpusReader(store, DatasetFormat.AUTO, "text", False, 1_000_000)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+records = sum(isinstance(i, ingest.RawRecord) for i in reader.read(o for o in store.list("") if o.key == path.name))
+print(records, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_a_large_json_array_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    records = write_big_json_array(path, 50 << 20)
+    size_mib = path.stat().st_size / 2**20
+    out = subprocess.run([sys.executable, "-c", _READ_ONE, str(path)], check=True, capture_output=True, text=True,
+                         cwd=ROOT).stdout.split()
+    kept, growth = int(out[0]), float(out[1])
+    print(f"{size_mib:.0f} MiB JSON array, {records:,} records: peak RSS grew {growth:.1f} MiB while reading")
+    assert kept == records
+    assert growth < size_mib / 4  # reading it whole grew RSS by 262 MiB (the file, its text, its objects)
+
