@@ -398,6 +398,7 @@ _BLOCKED_EVENTS = frozenset({
 })
 # Filesystem changes; outside the box they are refused (a second layer under a read-only view).
 _PATH_EVENTS = frozenset({"os.chmod", "os.chown", "os.remove", "os.rmdir", "os.rename", "os.truncate", "os.mkdir", "shutil.rmtree"})
+_RESULT_ROOM = 4096
 _FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
 
 
@@ -453,10 +454,14 @@ def _install_audit_hook(box: str, frames: bool, path_checks: bool) -> None:
 def _drive(job: dict[str, Any], nonce: str, result_path: str) -> NoReturn:
     """Run the job and write the result. Everything used after the untrusted code ran is bound here,
     before it runs, so rebinding builtins, json or os cannot change what is written."""
-    run, compile_, write, open_, exit_ = exec, compile, os.write, os.open, os._exit
+    run, compile_, pwrite, truncate, exit_ = exec, compile, os.pwrite, os.ftruncate, os._exit
     type_, float_, int_, float_repr, str_ = type, float, int, float.__repr__, str
     base_exc, memory_error, min_, max_ = BaseException, MemoryError, min, max
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:  # the result's pages are taken now: code that fills the box cannot keep it from being written
+        fd = os.open(result_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.write(fd, bytes(_RESULT_ROOM))
+    except OSError:
+        exit_(SETUP_FAILED)
     testing = job.get("mode") == "tests"
     outcome, score, detail = "ok", 0.0, ""
     try:
@@ -493,8 +498,8 @@ def _drive(job: dict[str, Any], nonce: str, result_path: str) -> NoReturn:
             detail = type_(exc).__name__
     line = (nonce + "\n" + outcome + "\n" + float_repr(score) + "\n" + detail).encode(errors="replace")
     try:
-        fd = open_(result_path, flags, 0o600)
-        write(fd, line)
+        pwrite(fd, line[:_RESULT_ROOM], 0)
+        truncate(fd, min_(len(line), _RESULT_ROOM))
     except base_exc:  # the code broke the box (a FIFO, a full disk): no result, score 0
         exit_(SETUP_FAILED + 1)
     exit_(0)  # skip interpreter teardown: the code under test may have left threads or finalizers
