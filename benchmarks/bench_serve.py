@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -40,12 +39,12 @@ from pathlib import Path
 import httpx
 import psutil
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.unit.serve_fixtures import CORPUS, build_tiny_model  # noqa: E402
+from benchmarks.serve_rounds import banned_tokens, round_hf_generate, round_server  # noqa: E402
+from tests.support.serve import CORPUS, build_tiny_model  # noqa: E402
 
 from forge_trainer.serve.engine import Engine  # noqa: E402
 from forge_trainer.serve.loading import LoadedModel, load_model  # noqa: E402
@@ -60,45 +59,6 @@ def prompts(n: int) -> list[str]:
     return [" ".join(CORPUS[(i + j) % len(CORPUS)] for j in range(2)) for i in range(n)]
 
 
-class _FirstToken(StoppingCriteria):
-    """Records when generate has produced its first token (never stops generation)."""
-
-    def __init__(self) -> None:
-        self.at: float | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        if self.at is None:
-            self.at = time.perf_counter()
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
-
-
-def round_hf_generate(loaded: LoadedModel, texts: list[str], max_tokens: int, bias: dict[int, float],
-                      completions: list[str] | None = None) -> tuple[float, float, int]:
-    tok = loaded.tokenizer
-    tok.padding_side = "left"
-    batch = tok(texts, return_tensors="pt", padding=True)
-    first = _FirstToken()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = loaded.model.generate(**batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
-                                    pad_token_id=loaded.pad_token_id, stopping_criteria=StoppingCriteriaList([first]),
-                                    sequence_bias={(t,): b for t, b in bias.items()})
-    wall = time.perf_counter() - start
-    tokens = (out.shape[1] - batch["input_ids"].shape[1]) * len(texts)
-    assert first.at is not None
-    if completions is not None:
-        completions += tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return wall, first.at - start, tokens
-
-
-def banned_tokens(loaded: LoadedModel) -> dict[int, float]:
-    """The logit bias all three contenders get: no end of text, no token without text of its own."""
-    tok = loaded.tokenizer
-    texts = {t: tok.decode([t], skip_special_tokens=True) for t in range(len(tok))}
-    textless = {t for t, text in texts.items() if not text or "\ufffd" in text}
-    return {t: -100.0 for t in sorted(loaded.eos_token_ids | textless)}
-
-
 async def round_engine(engine: Engine, loaded: LoadedModel, texts: list[str], max_tokens: int,
                        bias: dict[int, float], completions: list[str] | None = None) -> tuple[float, float, int]:
     async def one(text: str, start: float) -> tuple[float, int, str]:
@@ -111,33 +71,6 @@ async def round_engine(engine: Engine, loaded: LoadedModel, texts: list[str], ma
             out.append(delta.text)
             if delta.finish_reason:
                 count = delta.completion_tokens
-        return ttft, count, "".join(out)
-
-    start = time.perf_counter()
-    results = await asyncio.gather(*(one(t, start) for t in texts))
-    wall = time.perf_counter() - start
-    if completions is not None:
-        completions += [r[2] for r in results]
-    return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
-
-
-async def round_server(client: httpx.AsyncClient, url: str, texts: list[str], max_tokens: int,
-                       bias: dict[int, float], completions: list[str] | None = None) -> tuple[float, float, int]:
-    async def one(text: str, start: float) -> tuple[float, int, str]:
-        body = {"model": "bench", "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                "stream_options": {"include_usage": True}, "logit_bias": {str(k): v for k, v in bias.items()}}
-        ttft, count, out = 0.0, 0, []
-        async with client.stream("POST", url + "/v1/completions", json=body) as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if not ttft and chunk["choices"]:
-                    ttft = time.perf_counter() - start
-                out += [c["text"] for c in chunk["choices"]]
-                if chunk.get("usage"):
-                    count = chunk["usage"]["completion_tokens"]
         return ttft, count, "".join(out)
 
     start = time.perf_counter()
@@ -186,7 +119,7 @@ def cpu_seconds(proc: psutil.Process) -> float:
 async def measure(loaded: LoadedModel, model_dir: Path, texts: list[str], max_tokens: int, rounds: int,
                   threads: int) -> dict[str, tuple[float, float, float]]:
     """Warm up, then run interleaved rounds of the three contenders; their summaries by name."""
-    from tests.conftest import free_port
+    from tests.support.ports import free_port
 
     engine = Engine(loaded.model, loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, max_batch_size=CLIENTS,
                     context_length=loaded.context_length, pad_token_id=loaded.pad_token_id)

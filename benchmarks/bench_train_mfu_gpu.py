@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.train_steps import plain_step, random_batches, time_steps
 
 from forge_trainer.config import Hyperparameters, ModelConfig, SizePreset
 from forge_trainer.model import Transformer, resolve_model_args
@@ -26,24 +26,6 @@ from forge_trainer.train.runtime import Runtime
 from forge_trainer.train.step_engine import StepEngine
 
 VOCAB = 32_000
-
-
-def batches(n: int, micro: int, seq: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator(device="cpu").manual_seed(0)
-    rows = torch.randint(0, VOCAB, (n, micro, seq + 1), generator=g)
-    return [{"input_ids": r[:, :-1].to(device), "labels": r[:, 1:].to(device)} for r in rows]
-
-
-def time_steps(step: object, data: list[dict[str, torch.Tensor]], accum: int, warmup: int) -> list[float]:
-    times = []
-    for i in range(len(data) // accum):
-        torch.cuda.synchronize()
-        began = time.perf_counter()
-        step(i, data[i * accum:(i + 1) * accum])  # type: ignore[operator]
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - began)
-    return times
 
 
 def main() -> int:
@@ -65,7 +47,7 @@ def main() -> int:
     args = resolve_model_args(ModelConfig(size=SizePreset(a.size)), VOCAB)
     hp = Hyperparameters(max_steps=steps, warmup_steps=2, micro_batch_size=a.micro_batch,
                          global_batch_size=a.micro_batch * a.accum, sequence_length=a.seq)
-    data = batches(steps * a.accum, a.micro_batch, a.seq, device)
+    data = random_batches(steps * a.accum, a.micro_batch, a.seq, VOCAB, device)
     runtime = Runtime(0, 1, 0, device, False)
     step_tokens = a.micro_batch * a.accum * a.seq
     fpt = flops_per_token(args, a.seq)
@@ -75,25 +57,14 @@ def main() -> int:
     torch.manual_seed(0)
     model = wrap_model(Transformer(args), runtime, a.activation_checkpointing, a.compile)
     trainer = StepEngine(model, hp, runtime, bf16=True)
-    results["forge trainer"] = statistics.median(time_steps(trainer.train_step, data, a.accum, warmup))
+    results["forge trainer"] = statistics.median(time_steps(trainer.train_step, data, a.accum, warmup, device))
     del trainer, model
     torch.cuda.empty_cache()
 
     torch.manual_seed(0)
     plain_model = Transformer(args).to(device)
-    opt = torch.optim.AdamW(plain_model.parameters(), lr=hp.learning_rate, fused=True)
-
-    def plain_step(_: int, micro: list[dict[str, torch.Tensor]]) -> None:
-        for batch in micro:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = plain_model(batch["input_ids"])
-            loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), batch["labels"].reshape(-1))
-            (loss / len(micro)).backward()
-        torch.nn.utils.clip_grad_norm_(plain_model.parameters(), hp.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    results["plain PyTorch loop"] = statistics.median(time_steps(plain_step, data, a.accum, warmup))
+    plain = plain_step(plain_model, hp.learning_rate, hp.grad_clip, True, device)
+    results["plain PyTorch loop"] = statistics.median(time_steps(plain, data, a.accum, warmup, device))
     print(f"{torch.cuda.get_device_name(device)}: {a.size} preset, {args.num_layers} layers x {args.hidden_size}, "
           f"seq {a.seq}, {step_tokens} tokens/step, bf16 autocast, peak {peak or 0:.3g} FLOP/s")
     for name, seconds in results.items():
