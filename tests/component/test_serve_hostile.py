@@ -329,3 +329,25 @@ def test_store_credentials_leave_the_environment_once_the_model_is_loaded(s3: S3
             if state.engine is not None:
                 state.engine.stop()
         assert ACCESS_KEY_ENV not in os.environ and SECRET_KEY_ENV not in os.environ
+
+
+def test_a_burst_beyond_the_queue_is_refused_at_once(long_context: LoadedModel) -> None:
+    """Eight long requests arriving together at a batch of one with one waiting place: two are taken and six
+    refused, even though none has reached the engine when the others are checked."""
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 8000, "temperature": 0,
+            "logit_bias": no_eos(long_context)}
+
+    async def burst(url: str) -> list[int | str]:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=8.0)) as client:
+            async def one() -> int | str:
+                try:
+                    return (await client.post(url + "/v1/completions", json=body)).status_code
+                except httpx.ReadTimeout:
+                    return "still generating"
+            return list(await asyncio.gather(*(one() for _ in range(8))))
+
+    with serving(long_context, MODEL, max_batch_size=1, limits=ServeLimits(max_waiting=1)) as url:
+        answers = asyncio.run(burst(url))
+        assert sorted(answers, key=str) == [429] * 6 + ["still generating"] * 2, answers
+        wait_until_idle(url)
+        assert held_sequences(url) == 0

@@ -32,9 +32,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from forge_trainer.serve.auth import ApiKeyMiddleware
-from forge_trainer.serve.engine import Delta, Engine
+from forge_trainer.serve.engine import Delta, Engine, Generation
 from forge_trainer.serve.loading import LoadedModel
 from forge_trainer.serve.metrics import ServeMetrics
 from forge_trainer.serve.protocol import (
@@ -138,6 +139,22 @@ def _coalesce(batch: list[tuple[int, Delta]]) -> list[tuple[int, Delta]]:
     return list(merged.items())
 
 
+class _GenerationStream(StreamingResponse):
+    """A server-sent event stream that cancels its generation however it ends: finished, failed, or the
+    client gone (Starlette then cancels the stream, possibly before its first chunk)."""
+
+    def __init__(self, content: AsyncIterator[bytes], generation: Generation, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self._generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream the events; cancel the sequences still running once the stream ends for any reason."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._generation.cancel()
+
+
 async def _disconnected(request: Request) -> None:
     """Return once the client has gone away (call after the body has been read)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -199,16 +216,20 @@ class Api:
                            f"characters; your prompt has {chars}. Please reduce the length of the prompt.",
                            param=param, code="context_length_exceeded")
 
-    def _admit(self, engine: Engine, sequences: int) -> None:
-        """Refuse with 429 a request whose sequences would not find a place in the batch or the queue."""
+    def _admit(self, engine: Engine, job: _Job) -> Generation:
+        """Hand `job` to the engine, or refuse it with 429 if its sequences would find no place in the batch
+        or the queue. Checking and submitting with no await in between: every request sees the ones
+        admitted before it."""
         waiting = self.limits.max_waiting
         capacity = engine.max_batch_size + (4 * engine.max_batch_size if waiting is None else waiting)
-        held = engine.running + engine.waiting
+        held = engine.held
+        sequences = len(job.prompts)
         if held and held + sequences > capacity:  # an idle server takes any request, however big
             self.metrics.rejected.labels("queue_full").inc()
             raise ApiError(429, f"The server is busy ({held} sequences generating or waiting, room for "
                            f"{capacity}); retry after {RETRY_AFTER_S} s.", type="rate_limit_error",
                            code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return engine.submit_many(list(zip(job.prompts, job.params, strict=True)))
 
     def _loaded(self, body: CompletionRequest | ChatCompletionRequest) -> tuple[Engine, LoadedModel]:
         if body.model != self.state.model_name:
@@ -256,10 +277,10 @@ class Api:
             engine, loaded = self._loaded(body)
             ids = self._completion_prompts(body, loaded)
             job = self._plan(COMPLETIONS, body, ids, loaded, _DEFAULT_COMPLETION_MAX_TOKENS, started)
-            self._admit(engine, len(job.prompts))
+            generation = self._admit(engine, job)
         except ApiError as err:
             return self._error(COMPLETIONS, err, started)
-        return await self._respond(request, job)
+        return await self._respond(request, job, generation)
 
     def _completion_prompts(self, body: CompletionRequest, loaded: LoadedModel) -> list[list[int]]:
         """The token ids of each prompt of a completions request (one, or a batch; text or ids), after
@@ -296,25 +317,25 @@ class Api:
                                param="messages") from exc
             ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
             job = self._plan(CHAT, body, [ids], loaded, None, started)
-            self._admit(engine, len(job.prompts))
+            generation = self._admit(engine, job)
         except ApiError as err:
             return self._error(CHAT, err, started)
-        return await self._respond(request, job)
+        return await self._respond(request, job, generation)
 
-    async def _respond(self, request: Request, job: _Job) -> Response:
+    async def _respond(self, request: Request, job: _Job, generation: Generation) -> Response:
         if job.body.stream:
-            # Starlette cancels the stream when the client goes away, which cancels its sequences
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(self._stream(job), media_type="text/event-stream", headers=headers)
-        collecting = asyncio.create_task(self._collect(job))
+            return _GenerationStream(self._stream(job, generation), generation, headers=headers)
+        collecting = asyncio.create_task(self._collect(job, generation))
         watching = asyncio.create_task(_disconnected(request))
         try:
             await asyncio.wait((collecting, watching), return_when=asyncio.FIRST_COMPLETED)
         finally:
             watching.cancel()
-            if not collecting.done():  # the client went away: stop generating what nobody will read
+            generation.cancel()  # nothing if it finished; otherwise the client went away (or we are stopping)
+            if not collecting.done():
                 collecting.cancel()
-                await asyncio.wait((collecting,))  # its sequences are cancelled once it has unwound
+                await asyncio.wait((collecting,))
         if collecting.cancelled():
             self._record(job.endpoint, 499, job.started)  # nginx's "client closed request"
             return Response(status_code=499)
@@ -330,22 +351,21 @@ class Api:
                              "created": int(time.time()), "model": self.state.model_name, "choices": choices,
                              "usage": self._usage(job, done)})
 
-    async def _collect(self, job: _Job) -> tuple[list[str], list[Delta | None]]:
+    async def _collect(self, job: _Job, generation: Generation) -> tuple[list[str], list[Delta | None]]:
         """Every choice's whole text and final Delta."""
         texts = [""] * len(job.prompts)
         finals: list[Delta | None] = [None] * len(job.prompts)
-        async for batch in self._deltas(job):
+        async for batch in self._deltas(job, generation):
             for index, delta in batch:
                 texts[index] += delta.text
                 if delta.finish_reason is not None:
                     finals[index] = delta
         return texts, finals
 
-    async def _deltas(self, job: _Job) -> AsyncIterator[list[tuple[int, Delta]]]:
+    async def _deltas(self, job: _Job, generation: Generation) -> AsyncIterator[list[tuple[int, Delta]]]:
         """The engine's deltas for `job` in batches, recording time to first token and token counts."""
-        assert self.state.engine is not None
         first = True
-        async for batch in self.state.engine.generate_many(list(zip(job.prompts, job.params, strict=True))):
+        async for batch in generation.batches():
             if first:
                 self.metrics.time_to_first_token.labels(job.endpoint).observe(time.monotonic() - job.started)
                 first = False
@@ -367,7 +387,7 @@ class Api:
         completion = sum(d.completion_tokens for d in finals)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    async def _stream(self, job: _Job) -> AsyncIterator[bytes]:
+    async def _stream(self, job: _Job, generation: Generation) -> AsyncIterator[bytes]:
         chat = job.endpoint == CHAT
         head = {"id": job.id, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.state.model_name}
@@ -380,7 +400,7 @@ class Api:
                 for i in range(len(job.prompts)):
                     yield _sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                      "finish_reason": None, "logprobs": None}]})
-            async for batch in self._deltas(job):
+            async for batch in self._deltas(job, generation):
                 failed = next((d for _, d in batch if d.finish_reason == "error"), None)
                 if failed is not None:
                     status = 500

@@ -88,6 +88,8 @@ class _Sequence:
     last_token: int = -1
     cancelled: bool = False
     finish_reason: str | None = None
+    released: bool = False
+    """Whether the engine has let go of it (no longer counted in Engine.held)."""
 
     @property
     def length(self) -> int:
@@ -103,6 +105,33 @@ class _Handle:
 
     def cancel(self) -> None:
         self._seq.cancelled = True
+
+
+class Generation:
+    """The sequences of one API call inside the engine: their Deltas as they come, and a way to cancel them."""
+
+    def __init__(self, handles: list[_Handle], deltas: asyncio.Queue[tuple[int, Delta]]) -> None:
+        self._handles = handles
+        self._deltas = deltas
+
+    async def batches(self) -> AsyncIterator[list[tuple[int, Delta]]]:
+        """(request index, Delta) pairs in the order they are produced, all that arrived since the last batch
+        at once, until every request has finished; stopping early cancels the rest."""
+        unfinished = len(self._handles)
+        try:
+            while unfinished:
+                batch = [await self._deltas.get()]
+                while not self._deltas.empty():
+                    batch.append(self._deltas.get_nowait())
+                unfinished -= sum(1 for _, d in batch if d.finish_reason is not None)
+                yield batch
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop generating for every request still running (no effect on finished ones)."""
+        for handle in self._handles:
+            handle.cancel()
 
 
 class Engine:
@@ -131,6 +160,8 @@ class Engine:
         self._stopping = False
         self.steps = 0
         """Decoding steps run so far (a step advances every running sequence by one token)."""
+        self._held = 0
+        self._held_lock = threading.Lock()  # both threads change _held
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -156,12 +187,28 @@ class Engine:
         """Requests admitted to the engine but not yet in the batch."""
         return len(self._waiting) + self._incoming.qsize()
 
+    @property
+    def held(self) -> int:
+        """Sequences submitted and not yet let go of (running or waiting), counted exactly: unlike
+        running + waiting, no sequence is missed while the engine thread moves it between lists."""
+        return self._held
+
+    def _release(self, seqs: list[_Sequence]) -> None:
+        """Stop counting `seqs` as held (once each)."""
+        with self._held_lock:
+            for seq in seqs:
+                if not seq.released:
+                    seq.released = True
+                    self._held -= 1
+
     # -- the asyncio side -----------------------------------------------------------------------
 
     def _submit(self, prompt_ids: list[int], params: SamplingParams, listener: _Listener) -> _Handle:
         seq = _Sequence(prompt_ids=list(prompt_ids), params=params,
                         text=TextStream(self.tokenizer, params.stop), listener=listener,
                         generator=make_generator(params, self.device))
+        with self._held_lock:
+            self._held += 1
         self._incoming.put(seq)
         return _Handle(seq)
 
@@ -172,25 +219,25 @@ class Engine:
             for _, delta in batch:
                 yield delta
 
+    def submit_many(self, requests: list[tuple[list[int], SamplingParams]]) -> Generation:
+        """Hand several requests (the choices of one API call) to the engine at once; call on the event loop
+        that will read their Deltas. They count as waiting from now on."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
+        handles = [self._submit(ids, params, _Listener(loop, deltas, i)) for i, (ids, params) in enumerate(requests)]
+        return Generation(handles, deltas)
+
     async def generate_many(self, requests: list[tuple[list[int], SamplingParams]]
                             ) -> AsyncIterator[list[tuple[int, Delta]]]:
         """The Deltas of several requests (the choices of one API call) as (request index, Delta), in the
         order they are produced; each batch holds all that arrived since the last one. Closing the
         iterator early cancels the requests still running."""
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
-        handles = [self._submit(ids, params, _Listener(loop, deltas, i)) for i, (ids, params) in enumerate(requests)]
-        unfinished = len(handles)
+        generation = self.submit_many(requests)
         try:
-            while unfinished:
-                batch = [await deltas.get()]
-                while not deltas.empty():
-                    batch.append(deltas.get_nowait())
-                unfinished -= sum(1 for _, d in batch if d.finish_reason is not None)
+            async for batch in generation.batches():
                 yield batch
         finally:
-            for handle in handles:
-                handle.cancel()
+            generation.cancel()
 
     # -- the generation thread -------------------------------------------------------------------
 
@@ -204,6 +251,7 @@ class Engine:
                     failed = [s for s in self._running + self._admitting + self._waiting if s.finish_reason is None]
                     self._publish_all([(s, self._finish(s, "error", error=f"generation failed: {exc}"))
                                        for s in failed])
+                    self._release(self._running + self._admitting + self._waiting)
                     self._running, self._admitting, self._waiting = [], [], []
                     self._cache, self._mask = None, None
         self._publish_all([(s, self._finish(s, "error", error="server shutting down"))
@@ -231,6 +279,7 @@ class Engine:
         # next decoding step, so a burst of requests gets its first tokens together. The batch's free
         # places bound how long decoding can be put off.
         while not self._stopping:
+            self._release([s for s in self._waiting if s.cancelled])
             self._waiting = [s for s in self._waiting if not s.cancelled]
             free = self.max_batch_size - len(self._running)
             if free <= 0 or not self._waiting:
@@ -364,6 +413,7 @@ class Engine:
 
     def _drop_finished(self) -> None:
         keep = [i for i, s in enumerate(self._running) if s.finish_reason is None]
+        self._release([s for s in self._running if s.finish_reason is not None])
         self._running = [self._running[i] for i in keep]
         if not keep:
             self._cache, self._mask = None, None
