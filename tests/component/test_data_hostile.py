@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from forge_trainer.config import PrepareConfig
+from forge_trainer.data.csv_rows import CsvFault, CsvRow, csv_rows
 from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
 from forge_trainer.data.limits import CSV_MAX_RECORD_LINES, MAX_JSON_DEPTH, PDF_MAX_PAGES
 from forge_trainer.data.manifest import Manifest
@@ -85,20 +86,36 @@ def test_a_pdf_text_bomb_is_capped_as_too_long(tmp_path: Path) -> None:
     assert f"pages.pdf: {PDF_MAX_PAGES + 1:,} pages" in examples
 
 
-def test_a_stray_csv_quote_is_counted_not_merged(tmp_path: Path) -> None:
+def test_a_stray_csv_quote_costs_one_row_not_the_rest(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _with_good_docs(src)
-    (src / "stray.csv").write_bytes(stray_quote_csv(1000))  # the quote is still open at the end
+    (src / "stray.csv").write_bytes(stray_quote_csv(1000))  # open to the end: 1000 rows merged before
+    (src / "short.csv").write_bytes(stray_quote_csv(100))  # open to the end, within the line bound
     (src / "lucky.csv").write_bytes(lucky_stray_quote_csv(1000))  # a later quote closes it cleanly
     (src / "extra.csv").write_text(f"id,text\n1,{sentence_doc(5)}\n2,an unquoted, comma splits this row\n")
-    manifest = _prepare(src, tmp_path / "out")
-    assert manifest.counts.dropped == {"malformed_csv": 3}
-    texts = manifest.examples["malformed_csv"]
-    assert any("stray.csv lines 2-1002: unexpected end of data" in e for e in texts)
-    assert any("lucky.csv lines 2-1003: one record spans 1002 lines" in e for e in texts)
-    assert any("extra.csv line 3: more fields than the header" in e for e in texts)
-    # good.txt, good.pdf, lucky.csv's last row (read again after the merged record), extra.csv's first row
-    assert manifest.counts.documents_kept == 4
+    # the three files share their row texts: dedup would hide what is kept
+    manifest = _prepare(src, tmp_path / "out", processing={"nearDedup": {"enabled": False}, "exactDedup": False})
+    assert manifest.counts.dropped == {"malformed_csv": 4}
+    examples = manifest.examples["malformed_csv"]
+    assert any("stray.csv line 2: one record runs over more than 500 lines" in e for e in examples)
+    assert any("short.csv line 2: unexpected end of data (an unclosed quote took lines 2-102" in e
+               for e in examples)
+    assert any("lucky.csv line 2: one record runs over more than 500 lines" in e for e in examples)
+    assert any("extra.csv line 3: more fields than the header" in e for e in examples)
+    # good.txt and good.pdf; every row but the one with the stray quote; extra.csv's first row
+    assert manifest.counts.documents_kept == 2 + 1000 + 100 + 1002 + 1
+
+
+def test_csv_faults_are_each_counted_and_a_bad_header_ends_the_file() -> None:
+    every_line = b"id,text\n" + b"".join(f'{i},"open {i}\n'.encode() for i in range(1000))
+    items = list(csv_rows(every_line.splitlines(), 10**6))
+    assert [type(i) for i in items] == [CsvFault] * 1000  # each quote closes the previous one badly
+    assert [i.line for i in items] == list(range(2, 1002))
+    header = list(csv_rows([b'id,"text', b"1,a", b"2,b"], 10**6))
+    assert len(header) == 1 and isinstance(header[0], CsvFault) and header[0].message.startswith("header: ")
+    rows = list(csv_rows([b"id,text", b'1,"two', b'lines"', b"\xff,x", b"3,c"], 10**6))
+    assert [(type(r).__name__, r.line) for r in rows] == [("CsvRow", 2), ("CsvBadLine", 4), ("CsvRow", 5)]
+    assert isinstance(rows[0], CsvRow) and rows[0].fields == {"id": "1", "text": "two\nlines"}
 
 
 def test_a_multi_line_csv_field_within_the_bound_is_kept(tmp_path: Path) -> None:

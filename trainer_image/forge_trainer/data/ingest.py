@@ -12,7 +12,6 @@ so one hostile file never stops the job. Only a failing store (StoreError) propa
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import os
@@ -23,8 +22,9 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from forge_trainer.config import DatasetFormat, StoreConfig
+from forge_trainer.data.csv_rows import CsvBadLine, CsvFault, csv_rows
 from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
-from forge_trainer.data.limits import CSV_MAX_RECORD_LINES, MAX_JSON_DEPTH, deeper_than
+from forge_trainer.data.limits import MAX_JSON_DEPTH, deeper_than
 from forge_trainer.data.pdf_text import PdfTooLong, pdf_text
 from forge_trainer.store import LocalStore, ObjectInfo, ObjectStore, StoreError, open_uri, split_uri
 
@@ -311,55 +311,25 @@ class CorpusReader:
             yield Rejected(uri, INVALID_JSON, f"{uri}: {exc.msg} at character {exc.pos}: {exc.doc[exc.pos:][:80]}")
 
     def _csv(self, reader: _Reader, uri: str) -> Iterator[Item]:
-        bad_lines: list[bytes] = []
-
-        def decoded() -> Iterator[str]:
-            for line in reader.lines(self.max_bytes):
-                if line is None:
-                    bad_lines.append(b"")
-                    continue
-                try:
-                    yield line.decode("utf-8").removesuffix("\r") + "\n"
-                except UnicodeDecodeError:
-                    bad_lines.append(line)
-
-        csv.field_size_limit(min(self.max_bytes, 2**31 - 1))
-        # strict: a quote must close right before a delimiter or the line end, and may not be left open
-        # at the end of the file, so a stray quote is an error instead of silently merged rows
-        rows = csv.DictReader(decoded(), strict=True)
-        try:
-            _ = rows.fieldnames  # reads the header, so line numbers below are those of records
-        except csv.Error as exc:
-            yield Rejected(uri, MALFORMED_CSV, f"{uri} header: {exc}")
-            return
-        while True:
-            start = rows.reader.line_num + 1
-            try:
-                row = next(rows)
-            except StopIteration:
-                break
-            except csv.Error as exc:  # the reader resumes on the line after the bad record
-                end = rows.reader.line_num
-                merged = " (an unbalanced quote merged these lines into one record)" if end > start else ""
-                yield Rejected(uri, MALFORMED_CSV, f"{uri} lines {start}-{end}: {exc}{merged}")
+        """Rows as records; see `csv_rows` for how a stray quote costs one row instead of the rest."""
+        seen = False
+        for item in csv_rows(reader.lines(self.max_bytes), self.max_bytes):
+            if isinstance(item, CsvBadLine):
+                reason = TOO_LONG if item.raw is None else INVALID_UTF8
+                yield Rejected(uri, reason, f"{uri} line {item.line}: {_example(item.raw or b'')}")
                 continue
-            while bad_lines:
-                line = bad_lines.pop(0)
-                yield Rejected(uri, INVALID_UTF8 if line else TOO_LONG, _example(line) or uri)
-            yield self._csv_row(row, uri, start, rows.reader.line_num)
-        for line in bad_lines:
-            yield Rejected(uri, INVALID_UTF8 if line else TOO_LONG, _example(line) or uri)
-        if rows.fieldnames is None:
-            yield Rejected(uri, EMPTY, uri)
-
-    def _csv_row(self, row: dict[Any, Any], uri: str, start: int, end: int) -> Item:
-        raw = ",".join(str(v) for v in row.values())
-        if end - start + 1 > CSV_MAX_RECORD_LINES:
-            return Rejected(uri, MALFORMED_CSV, f"{uri} lines {start}-{end}: one record spans {end - start + 1} "
-                                                f"lines (a stray quote?): {_example(raw)}")
-        if None in row:  # DictReader files extra fields under the key None: an unquoted delimiter in a field
-            return Rejected(uri, MALFORMED_CSV, f"{uri} line {start}: more fields than the header: {_example(raw)}")
-        return self._from_object(dict(row), uri, raw[:200])
+            seen = True
+            if isinstance(item, CsvFault):
+                yield Rejected(uri, MALFORMED_CSV, f"{uri} line {item.line}: {item.message}: {_example(item.text)}")
+                continue
+            raw = ",".join(str(v) for v in item.fields.values())
+            if item.extra_fields:  # an unquoted delimiter inside a field: the fields after it are shifted
+                yield Rejected(uri, MALFORMED_CSV, f"{uri} line {item.line}: more fields than the header: "
+                                                   f"{_example(raw)}")
+            else:
+                yield self._from_object(dict(item.fields), uri, raw[:200])
+        if not seen:
+            yield Rejected(uri, EMPTY, f"{uri}: no header or no rows")
 
     @contextlib.contextmanager
     def _local_copy(self, reader: _Reader) -> Iterator[Path]:

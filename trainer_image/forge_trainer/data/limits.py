@@ -23,8 +23,9 @@ PDF_MAX_OPERATIONS = 600_000
 bound above, this caps the CPU a PDF can take whatever its text amounts to."""
 
 CSV_MAX_RECORD_LINES = 500
-"""Physical lines one CSV record may span. Quoted fields may hold line breaks, but a record spanning
-more than this is almost always a stray quote that swallowed the rows after it."""
+"""Physical lines one CSV record may span. Quoted fields may hold line breaks, but a record running
+over more is almost always a stray quote swallowing the rows after it: its first line is dropped and
+the others are read again (`csv_rows`)."""
 
 
 def deeper_than(value: Any, limit: int) -> bool:
