@@ -21,11 +21,20 @@ namespace is dead; the result carries a nonce the untrusted code never sees, so 
 printing, or rebinding builtins/json cannot make failing code pass.
 
 Not enforced: code that deliberately digs the nonce out of its own interpreter by a route the audit
-hook does not see could forge a pass in `python_tests` mode (the sandbox contains it; it cannot make
-the judge lie). Without namespaces (a pod whose seccomp profile refuses `unshare`, see README
-"Verifier sandbox") only the uid, rlimit, environment and audit-hook layers remain, and the child
-may read what the trainer's user can read. Any failure of the child scores 0 with a reason; nothing
-here raises because of what the code did.
+hook does not see could forge a pass in `python_tests` mode (the sandbox still contains it). Without
+namespaces only the uid (when root), rlimit, environment, non-dumpable and audit-hook layers remain:
+the child may then read what the trainer's user can read, and a non-root trainer can only kill the
+descendants /proc shows it. Any failure of the child scores 0 with a reason; nothing here raises
+because of what the code did.
+
+In a pod (uid 1000, all capabilities dropped, no privilege escalation) the namespaces need nothing
+but the seccomp profile to allow five syscalls that RuntimeDefault gates on CAP_SYS_ADMIN: unshare,
+mount, umount2, pivot_root and mount_setattr (a Localhost profile of RuntimeDefault plus those, or
+Unconfined for the trainer container only), and on the node user.max_user_namespaces > 0 and, where
+AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+), a container profile that allows
+`userns`. No capability, no privileged mode, no hostPID, no procMount: where a fresh /proc cannot be
+mounted (a container's masked /proc) the sandbox simply has none. The tmpfs box counts against the
+pod's memory: `disk_mb` times the concurrent runs.
 """
 
 from __future__ import annotations
@@ -56,8 +65,11 @@ OUTPUT_CAP = 64 * 1024
 """Most bytes read from the child's pipe (its init writes at most 16 KiB of result)."""
 GRACE_SECONDS = 5.0
 """Added to the time limit for the interpreter's start before the trainer kills the group itself."""
-SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc")
-"""System directories the sandbox sees (read-only); with the Python installation they are all it sees."""
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+                "/etc/localtime")
+"""What the sandbox sees of the system (read-only); with the Python installation, that is all it sees:
+no /home, /root, /tmp, /var, /run, no other /etc file, nothing mounted into the pod elsewhere."""
 SANDBOX_UID_BASE = 61000
 """When the trainer is root, each concurrent run gets its own uid from here (within a pod's 65536)."""
 _UID_SLOTS = 512
@@ -199,7 +211,8 @@ def isolation() -> Isolation:
             log.info("verifier sandbox: %s%s", ", ".join(found.layers), f" ({found.missing})" * bool(found.missing))
         else:
             log.warning("verifier sandbox without namespaces (%s): only %s, rlimits, an empty environment "
-                        "and the audit hook apply; see README 'Verifier sandbox' for the pod settings",
+                        "and the audit hook apply; the pod's seccomp profile must allow unshare, mount, "
+                        "umount2, pivot_root and mount_setattr (see forge_trainer.train.sandbox)",
                         found.missing, ", ".join(found.layers) or "no other uid")
         if "minimal-root" not in found.layers:
             _make_trainer_undumpable()
