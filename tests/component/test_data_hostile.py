@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_e
 from forge_trainer.data.limits import CSV_MAX_RECORD_LINES, MAX_JSON_DEPTH, PDF_MAX_PAGES
 from forge_trainer.data.manifest import Manifest
 from forge_trainer.data.prepare import run_prepare
+from forge_trainer.data.shards import iter_records
 from tests.support.hostile_corpus import (
     DEEP_JSON_LINE,
     lucky_stray_quote_csv,
@@ -26,7 +28,7 @@ from tests.support.hostile_corpus import (
     stray_quote_csv,
     write_big_json_array,
 )
-from tests.support.raw_corpus import pdf_bytes, sentence_doc, write_jsonl
+from tests.support.raw_corpus import parquet_bytes, pdf_bytes, sentence_doc, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +71,21 @@ def test_a_record_nested_past_the_limit_is_dropped_before_later_stages(tmp_path:
     assert manifest.counts.dropped == {"too_deep": 1}
     assert manifest.counts.documents_kept == 1
     assert f"deeper than {MAX_JSON_DEPTH} levels" in manifest.examples["too_deep"][0]
+
+
+def test_parquet_columns_json_cannot_hold_become_strings(tmp_path: Path) -> None:
+    # an rl dataset with a timestamp and a bytes column crashed the cleaning stage's JSON encoder
+    src = tmp_path / "src"
+    src.mkdir()
+    prompts = {1: "What is two and two?", 2: "Name the largest planet of the solar system."}
+    rows = [{"prompt": prompts[n], "answer": str(n), "created": datetime(2024, 1, n), "blob": bytes([0, n])}
+            for n in (1, 2)]
+    (src / "tasks.parquet").write_bytes(parquet_bytes(rows))
+    out = tmp_path / "out"
+    manifest = _prepare(src, out, purpose="rl")
+    assert manifest.counts.documents_kept == 2 and manifest.counts.dropped == {}
+    records = [r for shard in manifest.shards for r in iter_records(str(out), shard)]
+    assert sorted(r["created"] for r in records) == ["2024-01-01 00:00:00", "2024-01-02 00:00:00"]
 
 
 def test_a_pdf_text_bomb_is_capped_as_too_long(tmp_path: Path) -> None:

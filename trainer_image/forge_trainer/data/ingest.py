@@ -363,7 +363,10 @@ class CorpusReader:
                 columns = None if self.structured else [self.text_field]
                 for batch in pf.iter_batches(batch_size=1024, columns=columns):
                     for row in batch.to_pylist():
-                        yield self._from_object(row, uri, json.dumps(row, default=str)[:200])
+                        text = json.dumps(row, default=str)
+                        # records are stored as JSON: a timestamp, decimal or bytes column becomes its
+                        # string form here instead of failing the encoder in a later stage
+                        yield self._from_object(json.loads(text) if self.structured else row, uri, text[:200])
             except Exception as exc:  # pyarrow raises several types for a damaged file
                 yield Rejected(uri, CORRUPT_FILE, f"{uri}: {type(exc).__name__}: {exc}"[:200])
 
