@@ -98,12 +98,16 @@ class _Reader:
     """Reads one object's bytes in chunks, hashing and counting them as they go by."""
 
     fh: IO[bytes]
+    uri: str
     hasher: Any = field(default_factory=hashlib.sha256)
     size: int = 0
 
     def chunks(self) -> Iterator[bytes]:
         while True:
-            chunk = self.fh.read(_CHUNK)
+            try:
+                chunk = self.fh.read(_CHUNK)
+            except Exception as exc:  # e.g. urllib3's errors mid-stream: the store failed, not the data
+                raise StoreError(f"{self.uri}: {type(exc).__name__}: {exc}") from exc
             if not chunk:
                 return
             self.hasher.update(chunk)
@@ -213,7 +217,7 @@ class CorpusReader:
                 yield ObjectRead(uri, obj.size, "")
                 continue
             with self.store.open_read(obj.key) as fh:
-                reader = _Reader(fh)
+                reader = _Reader(fh, uri)
                 try:
                     yield from self._records(fmt, is_code, reader, uri)
                 except StoreError:
