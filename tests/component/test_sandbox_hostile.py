@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.support.sandbox_attacks import (
     run,
     run_in_trainer,
     run_tests,
+    run_unprivileged,
     setsid_sleeper,
     shell_escape,
     token,
@@ -142,3 +145,40 @@ def test_the_same_tests_pass_for_a_correct_completion() -> None:
     """The reward hacks above fail because of the sandbox, not because nothing can pass."""
     m = run_tests("from typing import TypeVar\nT = TypeVar('T')\ndef f():\n    return 1", ["assert f() == 1"])
     assert (m.outcome.score, m.outcome.reason) == (1.0, None)
+
+
+def _stdlib_python_for_nobody() -> str | None:
+    for python in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        probe = subprocess.run([python, "-I", "-c", "import sys; assert sys.version_info >= (3, 11)"], user=65534,
+                               group=65534, extra_groups=[], capture_output=True, check=False, cwd="/") \
+            if os.path.exists(python) else None
+        if probe is not None and probe.returncode == 0:
+            return python
+    return None
+
+
+def test_a_non_root_trainer_gets_the_same_containment(tmp_path: Path) -> None:
+    """As in a pod (uid 1000, no capabilities): the user-namespace path. A same-uid child without it
+    could read the trainer's environment and signal it; here neither works, nor does writing out."""
+    if os.geteuid() != 0:
+        pytest.skip("the suite already runs as non-root")
+    python = _stdlib_python_for_nobody()
+    if python is None:
+        pytest.skip("no Python >= 3.11 that uid 65534 may run")
+    target = tmp_path / "pwned"
+    tmp_path.chmod(0o777)
+    marker = token()
+    attacks = {"environ": ENVIRON_READ, "pidfd": PIDFD_KILL, "shell": shell_escape(target, 9),
+               "bomb": fork_bomb(marker)}
+    start = time.monotonic()
+    out = run_unprivileged(python, attacks, {"FORGE_S3_SECRET_KEY": "hunter2-" + token()})
+    print(f"non-root trainer: {out} in {time.monotonic() - start:.2f}s")
+    assert out is not None and out["returncode"] == 0, "the trainer was killed or failed"
+    assert "userns" in out["layers"] and "pidns" in out["layers"]
+    results = out["results"]
+    assert [results[name]["score"] for name in attacks] == [0.0] * len(attacks)
+    assert results["bomb"]["error"] == "crash"
+    started = int(re.search(r"started (\d+) processes", results["bomb"]["detail"]).group(1))  # type: ignore[union-attr]
+    assert started < LIMITS.max_processes
+    assert not target.exists()
+    assert processes_with(marker) == []

@@ -257,17 +257,20 @@ def verify(p, c, t):
 """1.0 when any visible process environment holds the store key (run it with `run_in_trainer`)."""
 
 PIDFD_KILL = '''
-import os, signal
+import os, select, signal
 def verify(p, c, t):
     for pid in {os.getppid(), t["trainer_pid"]}:
         try:
-            signal.pidfd_send_signal(os.pidfd_open(pid), signal.SIGKILL)
-            return 1.0
+            fd = os.pidfd_open(pid)
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            signal.pidfd_send_signal(fd, signal.SIGINT)
         except OSError:
-            pass
+            continue
+        if select.select([fd], [], [], 1.0)[0]:  # readable once the target has exited
+            return 1.0
     return 0.0
 '''
-"""SIGKILL at the trainer through a pidfd (no audit event; run it with `run_in_trainer`)."""
+"""SIGKILL (and SIGINT) at the parent and the trainer through a pidfd (no audit event); 1.0 when one died."""
 
 # --- the attacks: generated code in python_tests mode (each fails its test honestly) --------------
 
@@ -318,3 +321,31 @@ class Listener:
         self._thread.join()
         self._server.close()
         return self.received
+
+
+_UNPRIVILEGED_TRAINER = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])  # the sandbox modules use the standard library only
+from forge_trainer.train.sandbox import SandboxLimits, isolation, run_custom_verifier
+attacks, task, limits = json.loads(sys.stdin.read())
+results = {name: run_custom_verifier(source, "q", "a", task, SandboxLimits(**limits)).__dict__
+           for name, source in attacks.items()}
+print(json.dumps({"layers": isolation().layers, "results": results}))
+'''
+
+
+def run_unprivileged(python: str, attacks: dict[str, str], env: dict[str, str], uid: int = 65534,
+                     limits: SandboxLimits = LIMITS) -> dict[str, Any] | None:
+    """Score `attacks` from a trainer running as `uid` (the pod's situation), with `python` (a standard
+    library interpreter that uid can run); None when that interpreter cannot run there."""
+    trainer_image = str(Path(__file__).resolve().parents[2] / "trainer_image")
+    try:
+        proc = subprocess.run([python, "-I", "-c", _UNPRIVILEGED_TRAINER, trainer_image],
+                              input=json.dumps([attacks, {"trainer_pid": os.getpid()}, limits.__dict__]),
+                              capture_output=True, text=True, env={"PATH": os.defpath, **env}, user=uid, group=uid,
+                              extra_groups=[], timeout=120, check=False, cwd="/")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = proc.stdout.strip().splitlines()
+    return {"returncode": proc.returncode, **json.loads(lines[-1])} if lines else (
+        {"returncode": proc.returncode} if proc.returncode < 0 else None)

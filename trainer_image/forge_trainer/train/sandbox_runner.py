@@ -204,6 +204,8 @@ def _init(cfg: dict[str, Any], job: dict[str, Any], layers: list[str], probe: bo
     try:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the trainer killing the launcher ends us too
         _prctl(_PR_SET_DUMPABLE, 0)  # the worker may share our uid: no ptrace, no /proc/1/mem
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)  # a same-uid worker may signal us; only SIGKILL from outside counts
         if "mountns" in layers and (probe or "minimal-root" in cfg["require"]):
             view: list[str] = []
             try:
