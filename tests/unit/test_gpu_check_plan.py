@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from benchmarks.gpu_check.plan import GPU_WALL_LIMIT_S, PARTS, gpu_budget_total
 from benchmarks.gpu_check.report import readme_rows
 from benchmarks.gpu_check.wheels import WHEEL_LIST, requirements
