@@ -16,7 +16,7 @@ import pytest
 from forge_trainer.config import PrepareConfig
 from forge_trainer.data.csv_rows import CsvFault, CsvRow, csv_rows
 from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
-from forge_trainer.data.limits import CSV_MAX_RECORD_LINES, MAX_JSON_DEPTH, PDF_MAX_PAGES
+from forge_trainer.data.limits import CSV_MAX_RECORD_LINES, MAX_JSON_DEPTH, PDF_MAX_BYTES, PDF_MAX_PAGES
 from forge_trainer.data.manifest import Manifest
 from forge_trainer.data.prepare import run_prepare
 from forge_trainer.data.shards import iter_records
@@ -101,6 +101,18 @@ def test_a_pdf_text_bomb_is_capped_as_too_long(tmp_path: Path) -> None:
     assert "bomb.pdf: page 1:" in examples
     assert "wide.pdf: page 1: more than 100,000 characters of text" in examples
     assert f"pages.pdf: {PDF_MAX_PAGES + 1:,} pages" in examples
+
+
+def test_a_pdf_too_large_to_hold_in_memory_is_too_long(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _with_good_docs(src)
+    with (src / "huge.pdf").open("wb") as fh:  # sparse: takes no disk here
+        fh.write(pdf_bytes(sentence_doc(3)))
+        fh.truncate(PDF_MAX_BYTES + 1)
+    manifest = _prepare(src, tmp_path / "out")
+    assert manifest.counts.dropped == {"too_long": 1}
+    assert f"huge.pdf: larger than {PDF_MAX_BYTES >> 20} MiB" in manifest.examples["too_long"][0]
+    assert manifest.counts.documents_kept == 2
 
 
 def test_a_stray_csv_quote_costs_one_row_not_the_rest(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import IO, Any
 from forge_trainer.config import DatasetFormat, StoreConfig
 from forge_trainer.data.csv_rows import CsvBadLine, CsvFault, csv_rows
 from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
-from forge_trainer.data.limits import MAX_JSON_DEPTH, deeper_than
+from forge_trainer.data.limits import MAX_JSON_DEPTH, PDF_MAX_BYTES, deeper_than
 from forge_trainer.data.pdf_text import PdfTooLong, pdf_text
 from forge_trainer.store import LocalStore, ObjectInfo, ObjectStore, StoreError, open_uri, split_uri
 
@@ -336,13 +336,19 @@ class CorpusReader:
             yield Rejected(uri, EMPTY, f"{uri}: no header or no rows")
 
     @contextlib.contextmanager
-    def _local_copy(self, reader: _Reader) -> Iterator[Path]:
-        """The object as a local file (parquet and PDF readers need random access)."""
+    def _local_copy(self, reader: _Reader, limit: int | None = None) -> Iterator[Path]:
+        """The object as a local file (parquet and PDF readers need random access); past `limit` bytes
+        the copy stops one byte over it (the rest is only hashed), so a huge object fills no disk."""
         fd, name = tempfile.mkstemp(prefix="forge-src-")
         try:
             with os.fdopen(fd, "wb") as out:
+                room = limit + 1 if limit is not None else None
                 for chunk in reader.chunks():
-                    out.write(chunk)
+                    if room is None:
+                        out.write(chunk)
+                    elif room > 0:
+                        out.write(chunk[:room])
+                        room -= min(room, len(chunk))
             yield Path(name)
         finally:
             os.unlink(name)
@@ -375,7 +381,7 @@ class CorpusReader:
                 yield Rejected(uri, CORRUPT_FILE, f"{uri}: {type(exc).__name__}: {exc}"[:200])
 
     def _pdf(self, reader: _Reader, uri: str) -> Iterator[Item]:
-        with self._local_copy(reader) as path:
+        with self._local_copy(reader, PDF_MAX_BYTES) as path:
             if path.stat().st_size == 0:
                 yield Rejected(uri, EMPTY, uri)
                 return

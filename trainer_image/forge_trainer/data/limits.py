@@ -14,6 +14,9 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects in one record. Python's JSON parser and encoder recurse,
 so a deeper record could fail a later stage; a `[` x 100000 line fails to parse at all."""
 
+PDF_MAX_BYTES = 256 << 20
+"""Size of one PDF file: pypdf reads the whole file into memory. Larger PDFs are scans, whose pages hold
+images, not text."""
 PDF_MAX_PAGES = 5_000
 """Pages in one PDF; a file declaring more is dropped before any page is read."""
 PDF_MAX_STREAM_TOKENS = 300_000

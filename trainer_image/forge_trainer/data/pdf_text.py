@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from forge_trainer.data.limits import PDF_MAX_OPERATIONS, PDF_MAX_PAGES, PDF_MAX_STREAM_TOKENS
+from forge_trainer.data.limits import PDF_MAX_BYTES, PDF_MAX_OPERATIONS, PDF_MAX_PAGES, PDF_MAX_STREAM_TOKENS
 
 _SHOW_TEXT = (b"Tj", b"'", b'"')
 
@@ -45,28 +45,30 @@ class _Budget:
 
 
 def pdf_text(path: Path, max_chars: int) -> str:
-    """The text of every page, pages separated by a blank line; PdfTooLong past a cap, and whatever pypdf
-    raises for a damaged file."""
+    """The text of every page, pages separated by a blank line; PdfTooLong past a cap (pypdf's own
+    limits included), and whatever pypdf raises for a damaged file."""
     import pypdf
     from pypdf.errors import LimitReachedError
 
+    if path.stat().st_size > PDF_MAX_BYTES:  # pypdf holds the whole file in memory
+        raise PdfTooLong(f"larger than {PDF_MAX_BYTES >> 20} MiB")
     budget = _Budget(max_chars)
     pages: list[str] = []
-    with pypdf.apply_configuration(stream_parsing_work_maximum_count=PDF_MAX_STREAM_TOKENS):
-        reader = pypdf.PdfReader(path)
-        if len(reader.pages) > PDF_MAX_PAGES:
-            raise PdfTooLong(f"{len(reader.pages):,} pages, more than {PDF_MAX_PAGES:,}")
-        for number, page in enumerate(reader.pages, start=1):
-            try:
+    number = 0
+    try:
+        with pypdf.apply_configuration(stream_parsing_work_maximum_count=PDF_MAX_STREAM_TOKENS):
+            reader = pypdf.PdfReader(path)
+            if len(reader.pages) > PDF_MAX_PAGES:
+                raise PdfTooLong(f"{len(reader.pages):,} pages, more than {PDF_MAX_PAGES:,}")
+            for page in reader.pages:
+                number += 1  # named in the error of a cap passed on this page
                 text = page.extract_text(visitor_operand_before=budget.visit).strip()
-            except LimitReachedError as exc:
-                raise PdfTooLong(f"page {number}: {exc}") from exc
-            except PdfTooLong as exc:
-                raise PdfTooLong(f"page {number}: {exc}") from exc
-            if budget.exceeded:
-                raise PdfTooLong(f"page {number}: {budget.exceeded}")
-            if text:
-                pages.append(text)
+                if budget.exceeded:  # raised inside a form XObject, where pypdf logs and carries on
+                    raise PdfTooLong(budget.exceeded)
+                if text:
+                    pages.append(text)
+    except (LimitReachedError, PdfTooLong) as exc:
+        raise PdfTooLong(f"page {number}: {exc}" if number else str(exc)) from exc
     text = "\n\n".join(pages)
     if len(text) > max_chars:  # text the operand count missed (e.g. ligatures that expand)
         raise PdfTooLong(f"more than {max_chars:,} characters of text")
