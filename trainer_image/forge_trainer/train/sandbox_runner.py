@@ -8,9 +8,10 @@ Three processes, each doing one thing:
   namespaces (user when not root, mount, pid, net, ipc, uts) and forks the init;
 - the init, pid 1 of the new pid namespace and never running untrusted code, builds the sandbox's
   root (read-only binds of the system and Python directories, five devices, its own /proc, a
-  size-capped tmpfs as the only writable directory; the host's tree is detached), forks the worker, kills it at the deadline, then kills whatever
-  else is left in the namespace, reaps it all, and only then copies the worker's result file
-  (capped) to its stdout, the trainer's pipe. The worker cannot write to that pipe: it never has it;
+  size-capped tmpfs as the only writable directory; the host's tree is detached), forks the
+  worker, kills it at the deadline, then kills whatever else is left in the namespace, reaps it
+  all, and only then copies the worker's result file (capped) to its stdout, the trainer's pipe.
+  The worker cannot write to that pipe: it never has it;
 - the worker drops every privilege (another uid when started as root, else no capabilities; no new
   privileges; non-dumpable), sets rlimits (processes, address space, file size, open files, CPU),
   installs an audit hook (a second layer only) and runs the job. Its result is three lines (nonce,
@@ -130,6 +131,7 @@ def main() -> NoReturn:
         except OSError as exc:
             _report({"setup_error": f"namespaces: {exc}"} if not probe else {"layers": [], "why": str(exc)})
             os._exit(0)
+    _prctl(_PR_SET_DUMPABLE, 0)  # after the id maps (they need it): a same-uid worker must not read our memory
     pid = os.fork()
     if pid == 0:
         _init(cfg, job, layers, probe)
@@ -273,9 +275,14 @@ def _wait_for(pid: int, timeout: float) -> bool:
 
 def _kill_the_rest(cfg: dict[str, Any], worker: int) -> None:
     """Kill every process the worker left behind (a setsid grandchild included), and reap them."""
-    if os.getpid() == 1:  # our own pid namespace: everything in it but us
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(-1, signal.SIGKILL)
+    if os.getpid() == 1:  # our own pid namespace: everything in it but us, until nothing is left
+        while True:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
     elif cfg.get("uid") is not None:  # the run's own uid: a helper with that uid kills all of its processes
         killer = os.fork()
         if killer == 0:
