@@ -7,7 +7,8 @@ of the server itself is a 5xx.
 Every client is taken as hostile, and each check comes before the work it protects: the body is
 read up to `ServeLimits.max_body_bytes` (413 beyond), parsed by pydantic's JSON parser (nesting
 bounded, NaN refused), the number of prompts and choices and each prompt's length in characters are
-checked before anything is tokenized, and a request that would make the engine hold more sequences
+checked before anything is tokenized (which then runs in a worker thread, so the event loop keeps
+streaming meanwhile), and a request that would make the engine hold more sequences
 than the batch plus `max_waiting` gets 429 with Retry-After. A client that goes away cancels its
 sequences, streamed or not.
 """
@@ -19,7 +20,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,6 +51,7 @@ from forge_trainer.serve.sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 B = TypeVar("B", bound=BaseModel)
+T = TypeVar("T")
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -168,6 +171,13 @@ class Api:
         self.state = state
         self.metrics = metrics
         self.limits = limits
+        # One thread, as vLLM does: a fast tokenizer called from two threads at once can fail with
+        # "Already borrowed"; the tokenizer releases the GIL, so the event loop runs on meanwhile.
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-tokenizer")
+
+    async def _tokenize(self, work: Callable[[], T]) -> T:
+        """Run tokenizer work (templates, tokenizing) in the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, work)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -275,16 +285,18 @@ class Api:
         try:
             body = await self._body(request, CompletionRequest)
             engine, loaded = self._loaded(body)
-            ids = self._completion_prompts(body, loaded)
+            items = self._completion_prompts(body, loaded)
+            ids = await self._tokenize(lambda: [loaded.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p)
+                                                for p in items])
             job = self._plan(COMPLETIONS, body, ids, loaded, _DEFAULT_COMPLETION_MAX_TOKENS, started)
             generation = self._admit(engine, job)
         except ApiError as err:
             return self._error(COMPLETIONS, err, started)
         return await self._respond(request, job, generation)
 
-    def _completion_prompts(self, body: CompletionRequest, loaded: LoadedModel) -> list[list[int]]:
-        """The token ids of each prompt of a completions request (one, or a batch; text or ids), after
-        checking their number and length."""
+    def _completion_prompts(self, body: CompletionRequest, loaded: LoadedModel) -> list[str | list[int]]:
+        """The prompts of a completions request (one, or a batch; text or ids), once their number and
+        length are checked."""
         prompt = body.prompt
         items: list[Any] = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) \
             else list(prompt)
@@ -294,7 +306,7 @@ class Api:
         for p in items:
             if isinstance(p, str):
                 self._check_chars(len(p), loaded, "prompt")
-        return [loaded.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in items]
+        return items
 
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
@@ -310,12 +322,7 @@ class Api:
                                f"{loaded.context_length} tokens.", param="messages",
                                code="context_length_exceeded")
             self._check_chars(sum(len(m["content"]) for m in messages), loaded, "messages")
-            try:
-                text = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except TemplateError as exc:
-                raise ApiError(400, f"The model's chat template rejected the messages: {exc}",
-                               param="messages") from exc
-            ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = await self._tokenize(lambda: _chat_prompt(loaded, messages))
             job = self._plan(CHAT, body, [ids], loaded, None, started)
             generation = self._admit(engine, job)
         except ApiError as err:
@@ -464,6 +471,16 @@ class Api:
     async def metrics_text(self, request: Request) -> Response:
         """GET /metrics in the Prometheus text format."""
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _chat_prompt(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of `messages` put through the model's chat template, ready for the answer."""
+    try:
+        text = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except TemplateError as exc:
+        raise ApiError(400, f"The model's chat template rejected the messages: {exc}", param="messages") from exc
+    ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def _check_choices(prompts: int, n: int) -> None:
