@@ -23,13 +23,13 @@ class Part:
 
 
 PARTS: tuple[Part, ...] = (
-    Part("env", "device, versions and the measured bf16 matmul peak", 45),  # a cold first import of torch
-    Part("pretrain_dense", "pretraining ~1B dense: MFU, tokens/s, vs a plain loop", 150),
-    Part("pretrain_moe", "pretraining a small MoE: MFU, tokens/s, vs a plain loop", 65),
+    Part("env", "device, versions and the measured bf16 matmul peak", 40),  # a cold first import of torch
+    Part("pretrain_dense", "pretraining ~1B dense: MFU, tokens/s, vs a plain loop", 145),
+    Part("pretrain_moe", "pretraining a small MoE: MFU, tokens/s, vs a plain loop", 60),
     Part("sft", "SFT steps full / LoRA / QLoRA: tokens/s and peak memory", 80),
     Part("rollout", "GRPO rollout sampling with the KV cache: tokens/s", 35),
     Part("serve", "builtin server vs HF generate: tokens/s and time to first token", 70),
-    Part("checkpoint", "wrap_model + DCP round trip on the device, device -> CPU -> device", 35),
+    Part("checkpoint", "wrap_model + DCP round trip on the device, device -> CPU -> device", 50),  # two processes start torch
 )
 
 DRY_RUN_BUDGET_S = 600
