@@ -98,7 +98,7 @@ def main() -> None:
         row(name, result["score"], result["error"], out.seconds, "n/a", base.seconds,
             f"trainer process exit {out.returncode}")
     for hack, code in sorted(REWARD_HACKS.items()):
-        show(f"python_tests: {hack}", run_tests(code, ["assert f() == 1"]))
+        show(f"python_tests: {hack}", run_tests(code, ["assert int(f()) == 1"]))
 
 
 if __name__ == "__main__":

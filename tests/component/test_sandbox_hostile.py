@@ -136,14 +136,14 @@ def test_a_pidfd_signal_cannot_reach_the_trainer() -> None:
 
 @pytest.mark.parametrize("hack", sorted(REWARD_HACKS))
 def test_generated_code_cannot_fake_a_pass(hack: str) -> None:
-    m = run_tests(REWARD_HACKS[hack], ["assert f() == 1"])
+    m = run_tests(REWARD_HACKS[hack], ["assert int(f()) == 1"])
     check(f"python_tests: {hack}", m, None)
     assert m.outcome.reason in ("failed", "no_result")
 
 
 def test_the_same_tests_pass_for_a_correct_completion() -> None:
     """The reward hacks above fail because of the sandbox, not because nothing can pass."""
-    m = run_tests("from typing import TypeVar\nT = TypeVar('T')\ndef f():\n    return 1", ["assert f() == 1"])
+    m = run_tests("from typing import TypeVar\nT = TypeVar('T')\ndef f():\n    return '1'", ["assert int(f()) == 1"])
     assert (m.outcome.score, m.outcome.reason) == (1.0, None)
 
 

@@ -25,6 +25,7 @@ cannot apply them fails with a setup error instead of running weaker than announ
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import json
@@ -476,11 +477,14 @@ def _drive(job: dict[str, Any], nonce: str, result_path: str) -> NoReturn:
     try:
         if testing:
             tests = job["tests"]
-            units = [compile_(str(job["code"]), "<completion>", "exec")]  # everything compiled first
-            units += [compile_(str(t), f"<test {i}>", "exec") for i, t in enumerate(tests)] if isinstance(
+            completion = compile_(str(job["code"]), "<completion>", "exec")  # everything compiled first
+            units = [compile_(str(t), f"<test {i}>", "exec") for i, t in enumerate(tests)] if isinstance(
                 tests, list) else [compile_(str(tests), "<tests>", "exec")]
+            pristine = dict(builtins.__dict__)  # the tests see these, whatever the completion rebinds in builtins
             namespace: dict[str, Any] = {"__name__": "__main__"}
+            run(completion, namespace)
             for unit in units:
+                namespace["__builtins__"] = dict(pristine)
                 run(unit, namespace)
             score = 1.0
         else:
