@@ -20,8 +20,10 @@ OUTPUT_CAP bytes from the child, and judges by a result file that the init copie
 namespace is dead; the result carries a nonce the untrusted code never sees, so exiting early,
 printing, or rebinding builtins/json cannot make failing code pass.
 
-Not enforced: code that deliberately digs the nonce out of its own interpreter by a route the audit
-hook does not see could forge a pass in `python_tests` mode (the sandbox still contains it). Without
+In `python_tests` mode each test unit runs with a copy of the builtins taken before the completion
+ran. Not enforced there: a completion that returns an object equal to everything, patches a module
+the tests import, or deliberately digs the nonce out of its own interpreter by a route the audit hook
+does not see can still pass (the sandbox still contains it; write tests that check types). Without
 namespaces only the uid (when root), rlimit, environment, non-dumpable and audit-hook layers remain:
 the child may then read what the trainer's user can read, and a non-root trainer can only kill the
 descendants /proc shows it. Any failure of the child scores 0 with a reason; nothing here raises
