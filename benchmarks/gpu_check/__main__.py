@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 from benchmarks.gpu_check.plan import PARTS
+from benchmarks.gpu_check.report import errors_in
 from benchmarks.gpu_check.runner import REPORT_JSON, REPORT_TEXT, run_check
 from benchmarks.gpu_check.wheels import prepare
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the check (or --prepare); the exit status is 1 when a part failed (an error or a timeout)."""
+    """Run the check (or --prepare); the exit status is 1 when anything failed (a part or one of its
+    measurements) or a part ran out of time."""
     parser = argparse.ArgumentParser(prog="scripts/gpu-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="run every part on the CPU with tiny sizes")
     parser.add_argument("--prepare", action="store_true", help="download the extra wheels into .whl/")
@@ -36,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_check(out, a.dry_run, only)
     print((out / REPORT_TEXT).read_text())
     print(f"report: {out / REPORT_JSON}")
-    failed = [n for n, p in report["parts"].items() if p["status"] in ("error", "timeout")]
-    return 1 if failed else 0
+    return 1 if errors_in(report["parts"]) else 0
 
 
 if __name__ == "__main__":

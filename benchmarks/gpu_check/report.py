@@ -28,6 +28,16 @@ def _lines(key: str, value: Any, depth: int) -> list[str]:
     return out
 
 
+def errors_in(value: Any, path: str = "") -> list[str]:
+    """Every failure recorded in (part of) a report, as `path: error`, nested measurements included."""
+    if not isinstance(value, dict):
+        return []
+    found = [f"{path}: {value['error']}"] if "error" in value else []
+    for key, inner in value.items():
+        found += errors_in(inner, f"{path}.{key}" if path else key)
+    return found
+
+
 def render_text(report: dict[str, Any]) -> str:
     """The short text form of the report."""
     head = (f"gpu-check {report['mode']}, started {report['started']}, wall {report.get('wall_s', '?')} s "
@@ -39,6 +49,9 @@ def render_text(report: dict[str, Any]) -> str:
         for key, value in part.get("result", {}).items():
             if key not in ("packages",):
                 lines += _lines(key, value, 1)
+    failures = errors_in(report["parts"])
+    if failures:
+        lines += ["", "Errors:", *(f"  {f}"[:300] for f in failures)]
     rows = readme_rows(report)
     if rows:
         lines += ["", "README performance rows (paste over the GPU rows):", *rows]

@@ -9,24 +9,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from benchmarks.gpu_check.plan import PARTS
+from benchmarks.gpu_check.report import errors_in
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def errors_in(value: Any, path: str = "") -> list[str]:
-    """Every measurement of a report that failed, as `path: error`."""
-    if not isinstance(value, dict):
-        return []
-    found = [f"{path}: {value['error']}"] if "error" in value else []
-    for key, inner in value.items():
-        found += errors_in(inner, f"{path}.{key}" if path else key)
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from benchmarks.gpu_check.plan import GPU_WALL_LIMIT_S, PARTS, gpu_budget_total
-from benchmarks.gpu_check.report import readme_rows
+from benchmarks.gpu_check.report import errors_in, readme_rows, render_text
 from benchmarks.gpu_check.wheels import WHEEL_LIST, requirements
 
 
@@ -35,3 +35,17 @@ def test_readme_rows_come_from_a_gpu_run_only_and_say_what_was_not_measured() ->
     assert len(rows) == 6 and all(r.startswith("| `scripts/gpu-check`") and "NVIDIA H200" in r for r in rows)
     assert "not measured" in rows[0]
     assert readme_rows({**report, "mode": "dry-run"}) == []
+
+
+def test_errors_nested_in_parts_are_listed_and_shown() -> None:
+    parts = {
+        "serve": {"status": "ok", "seconds": 3.0, "budget_s": 70,
+                  "result": {"streams_1": {"error": "RuntimeError: boom"}, "streams_16": {"skipped": "no time"}}},
+        "checkpoint": {"status": "timeout", "error": "stopped at its budget of 50 s", "seconds": 55.0,
+                       "budget_s": 50, "result": {}},
+    }
+    assert errors_in(parts) == ["serve.result.streams_1: RuntimeError: boom",
+                                "checkpoint: stopped at its budget of 50 s"]
+    text = render_text({"mode": "dry-run", "started": "now", "gpu_wall_limit_s": 480, "gpu_budget_total_s": 480,
+                        "parts": parts})
+    assert "Errors:" in text and "streams_1: RuntimeError: boom" in text and "streams_16: skipped=no time" in text
