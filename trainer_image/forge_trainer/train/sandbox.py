@@ -32,11 +32,13 @@ because of what the code did.
 In a pod (uid 1000, all capabilities dropped, no privilege escalation) the namespaces need nothing
 but the seccomp profile to allow five syscalls that RuntimeDefault gates on CAP_SYS_ADMIN: unshare,
 mount, umount2, pivot_root and mount_setattr (a Localhost profile of RuntimeDefault plus those, or
-Unconfined for the trainer container only), and on the node user.max_user_namespaces > 0 and, where
-AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+), a container profile that allows
-`userns`. No capability, no privileged mode, no hostPID, no procMount: where a fresh /proc cannot be
-mounted (a container's masked /proc) the sandbox simply has none. The tmpfs box counts against the
-pod's memory: `disk_mb` times the concurrent runs.
+Unconfined for the trainer container only), user.max_user_namespaces > 0 on the node and, on
+AppArmor nodes, a container profile that allows mount, umount and pivot_root (the runtime's default
+profile denies mount) and, where AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+),
+`userns`. Each refusal only removes layers: the probe finds what works and the log says so. No
+capability, no privileged mode, no hostPID, no procMount: where a fresh /proc cannot be mounted (a
+container's masked /proc) the sandbox simply has none. The tmpfs box counts against the pod's
+memory: `disk_mb` times the concurrent runs.
 """
 
 from __future__ import annotations
