@@ -23,6 +23,7 @@ from forge_trainer.data.shards import iter_records
 from tests.support.hostile_corpus import (
     DEEP_JSON_LINE,
     lucky_stray_quote_csv,
+    parquet_bomb,
     pdf_page_bomb,
     pdf_text_bomb,
     stray_quote_csv,
@@ -86,6 +87,17 @@ def test_parquet_columns_json_cannot_hold_become_strings(tmp_path: Path) -> None
     assert manifest.counts.documents_kept == 2 and manifest.counts.dropped == {}
     records = [r for shard in manifest.shards for r in iter_records(str(out), shard)]
     assert sorted(r["created"] for r in records) == ["2024-01-01 00:00:00", "2024-01-02 00:00:00"]
+
+
+def test_a_parquet_compression_bomb_is_dropped_unread(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _with_good_docs(src)
+    (src / "bomb.parquet").write_bytes(parquet_bomb(20 << 20))  # a few KB; one 20 M-character value
+    (src / "rows.parquet").write_bytes(parquet_bytes([{"text": sentence_doc(3)}, {"text": sentence_doc(4)}]))
+    manifest = _prepare(src, tmp_path / "out", processing={"quality": {"maxChars": 100_000}})
+    assert manifest.counts.dropped == {"too_long": 1}
+    assert "bomb.parquet row group 0 (1 rows): 20.0 MiB uncompressed for 1 rows" in manifest.examples["too_long"][0]
+    assert manifest.counts.documents_kept == 4
 
 
 def test_a_pdf_text_bomb_is_capped_as_too_long(tmp_path: Path) -> None:
@@ -185,8 +197,8 @@ def test_json_elements_yield_what_precedes_a_fault_then_raise(data: bytes, error
     assert got == ([] if error is EmptyDocument else [{"a": 1}])
 
 
-_READ_ONE = """
-import resource, sys, time
+_READ_ONE = r"""
+import re, sys
 from pathlib import Path
 from forge_trainer.config import DatasetFormat
 from forge_trainer.data import ingest
@@ -194,9 +206,11 @@ from forge_trainer.store import LocalStore
 path = Path(sys.argv[1])
 store = LocalStore(path.parent)
 reader = ingest.CorpusReader(store, DatasetFormat.AUTO, "text", False, 1_000_000)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():  # this process's own high-water RSS (ru_maxrss would include the parent's at fork)
+    return int(re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text()).group(1))
+before = peak_kib()
 records = sum(isinstance(i, ingest.RawRecord) for i in reader.read(o for o in store.list("") if o.key == path.name))
-print(records, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(records, (peak_kib() - before) / 1024)
 """
 
 

@@ -4,6 +4,7 @@ tests/unit/test_data_hostile.py and benchmarks/bench_ingest_hostile.py."""
 
 from __future__ import annotations
 
+import io
 import json
 import zlib
 from pathlib import Path
@@ -52,6 +53,17 @@ def pdf_page_bomb(pages: int = 6_000) -> bytes:
         b"<< /Type /Pages /Kids [" + kids + b"] /Count " + str(pages).encode() + b" >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
     ])
+
+
+def parquet_bomb(chars: int = 200 << 20) -> bytes:
+    """A Parquet file of a few KB whose one `text` value is `chars` characters (zstd compresses the
+    repetition away); reading it whole took 1.2 GB of memory for 200 M characters."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": pa.array(["a" * chars], type=pa.large_string())}), buf, compression="zstd")
+    return buf.getvalue()
 
 
 def write_big_json_array(path: Path, target_bytes: int) -> int:

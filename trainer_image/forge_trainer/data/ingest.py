@@ -24,7 +24,7 @@ from typing import IO, Any
 from forge_trainer.config import DatasetFormat, StoreConfig
 from forge_trainer.data.csv_rows import CsvBadLine, CsvFault, csv_rows
 from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
-from forge_trainer.data.limits import MAX_JSON_DEPTH, PDF_MAX_BYTES, deeper_than
+from forge_trainer.data.limits import MAX_JSON_DEPTH, PDF_MAX_BYTES, deeper_than, parquet_group_excess
 from forge_trainer.data.pdf_text import PdfTooLong, pdf_text
 from forge_trainer.store import LocalStore, ObjectInfo, ObjectStore, StoreError, open_uri, split_uri
 
@@ -371,14 +371,22 @@ class CorpusReader:
                     )
                     return
                 columns = None if self.structured else [self.text_field]
-                for batch in pf.iter_batches(batch_size=1024, columns=columns):
-                    for row in batch.to_pylist():
-                        text = json.dumps(row, default=str)
-                        # records are stored as JSON: a timestamp, decimal or bytes column becomes its
-                        # string form here instead of failing the encoder in a later stage
-                        yield self._from_object(json.loads(text) if self.structured else row, uri, text[:200])
+                for group in range(pf.metadata.num_row_groups):
+                    meta = pf.metadata.row_group(group)
+                    if why := parquet_group_excess(meta, set(columns) if columns else None, self.max_bytes):
+                        yield Rejected(uri, TOO_LONG, f"{uri} row group {group} ({meta.num_rows:,} rows): {why}")
+                        continue
+                    yield from self._parquet_rows(pf, group, columns, uri)
             except Exception as exc:  # pyarrow raises several types for a damaged file
                 yield Rejected(uri, CORRUPT_FILE, f"{uri}: {type(exc).__name__}: {exc}"[:200])
+
+    def _parquet_rows(self, pf: Any, group: int, columns: list[str] | None, uri: str) -> Iterator[Item]:
+        for batch in pf.iter_batches(batch_size=1024, row_groups=[group], columns=columns):
+            for row in batch.to_pylist():
+                text = json.dumps(row, default=str)
+                # records are stored as JSON: a timestamp, decimal or bytes column becomes its string
+                # form here instead of failing the encoder in a later stage
+                yield self._from_object(json.loads(text) if self.structured else row, uri, text[:200])
 
     def _pdf(self, reader: _Reader, uri: str) -> Iterator[Item]:
         with self._local_copy(reader, PDF_MAX_BYTES) as path:

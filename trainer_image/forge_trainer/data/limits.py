@@ -25,6 +25,11 @@ PDF_MAX_OPERATIONS = 600_000
 """Content-stream operations interpreted across one PDF, form XObjects included: with the per-stream
 bound above, this caps the CPU a PDF can take whatever its text amounts to."""
 
+PARQUET_MAX_ROW_GROUP_BYTES = 512 << 20
+"""Uncompressed bytes of the columns read from one Parquet row group. pyarrow decompresses a value
+whole, so a 7 KB file holding one 200 MB string took 1.2 GB of memory; a group over this (or whose
+rows average more than a document may hold) is dropped unread, by its declared size."""
+
 CSV_MAX_RECORD_LINES = 500
 """Physical lines one CSV record may span. Quoted fields may hold line breaks, but a record running
 over more is almost always a stray quote swallowing the rows after it: its first line is dropped and
@@ -46,3 +51,15 @@ def deeper_than(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def parquet_group_excess(group: Any, columns: set[str] | None, max_row_bytes: int) -> str | None:
+    """Why a Parquet row group (pyarrow's RowGroupMetaData) is too large to read, or None. Only the
+    top-level `columns` are counted (all when None)."""
+    size = sum(group.column(i).total_uncompressed_size for i in range(group.num_columns)
+               if columns is None or group.column(i).path_in_schema.split(".")[0] in columns)
+    if size > PARQUET_MAX_ROW_GROUP_BYTES:
+        return f"{size / 2**20:,.0f} MiB uncompressed, more than {PARQUET_MAX_ROW_GROUP_BYTES >> 20} MiB"
+    if size > max_row_bytes * max(group.num_rows, 1):
+        return f"{size / 2**20:,.1f} MiB uncompressed for {group.num_rows:,} rows, over {max_row_bytes:,} bytes a row"
+    return None
