@@ -3,10 +3,11 @@ rejections with their reason), whatever its format, in bounded memory.
 
 Text, markdown and source files are one document each; JSON Lines, JSON, CSV and Parquet hold one
 record per line / element / row; a PDF is one document of its extracted text. A JSON array is parsed
-one element at a time; a PDF's extraction stops at the caps in `limits`. Bad input is never an
-exception: each bad record (or unreadable object) is a `Rejected` with the reason it is counted under,
-and any other error raised while reading one object is counted as `read_error` with the exception named,
-so one hostile file never stops the job. Only a failing store (StoreError) propagates.
+one element at a time (`json_stream`), a stray CSV quote costs one row (`csv_rows`), and PDF text,
+Parquet row groups and record nesting are capped (`limits`). Bad input is never an exception: each bad
+record (or unreadable object) is a `Rejected` with the reason it is counted under, and any other error
+raised while reading one object is counted as `read_error` naming the exception, so one hostile file
+never stops the job. Only a failing store (StoreError) propagates.
 """
 
 from __future__ import annotations
