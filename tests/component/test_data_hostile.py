@@ -59,6 +59,26 @@ def test_a_deeply_nested_json_line_is_counted_and_the_job_goes_on(tmp_path: Path
     assert any(e.endswith("[[[[") for e in manifest.examples["too_deep"])
 
 
+def test_a_lone_surrogate_escape_is_invalid_utf8(tmp_path: Path) -> None:
+    # json.loads accepts "\ud800"; writing it to the spill file as UTF-8 raised and aborted prepare
+    src = tmp_path / "src"
+    _with_good_docs(src)
+    # json.dumps escapes a lone surrogate as \\ud800: the files hold exactly what a JSON writer produces
+    write_jsonl(src / "lines.jsonl", [{"text": sentence_doc(3) + " \ud800"}, {"text": sentence_doc(4)}])
+    (src / "array.json").write_text(json.dumps([{"text": sentence_doc(5) + " \udfff"},
+                                                {"text": "emoji \U0001F600 " + sentence_doc(6)}]))
+    manifest = _prepare(src, tmp_path / "out")
+    assert manifest.counts.dropped == {"invalid_utf8": 2}
+    assert "outside a surrogate pair" in manifest.examples["invalid_utf8"][0]
+    assert manifest.counts.documents_kept == 4  # the two good docs, line 2, and the valid pair
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_jsonl(tasks / "t.jsonl", [{"prompt": "What is two and two?", "answer": "4"},
+                                    {"prompt": "Name a colour.", "answer": "red", "note": "\udc00"}])
+    rl = _prepare(tasks, tmp_path / "out-rl", purpose="rl")
+    assert rl.counts.dropped == {"invalid_utf8": 1} and rl.counts.documents_kept == 1
+
+
 def test_a_record_nested_past_the_limit_is_dropped_before_later_stages(tmp_path: Path) -> None:
     # parses (under the recursion limit) but would fail a later json.dumps from a deeper stack
     src = tmp_path / "src"

@@ -190,6 +190,19 @@ def detect_format(key: str, configured: DatasetFormat) -> tuple[DatasetFormat | 
     return _BY_EXTENSION.get(ext), False
 
 
+_LONE_SURROGATE = "a \\uD800-\\uDFFF escape outside a surrogate pair is not UTF-8 text"
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` can be written as UTF-8: JSON's escapes can spell a lone surrogate, which made the
+    spill file's encoder raise after the record had been read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _example(data: bytes | str) -> str:
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     return text[:200]
@@ -268,12 +281,16 @@ class CorpusReader:
             if deeper_than(obj, MAX_JSON_DEPTH):
                 # later stages re-encode the record recursively; a deep one could fail them
                 return Rejected(uri, TOO_DEEP, f"nested deeper than {MAX_JSON_DEPTH} levels: {_example(raw)}")
+            if not _encodable(json.dumps(obj, ensure_ascii=False)):
+                return Rejected(uri, INVALID_UTF8, f"{_LONE_SURROGATE}: {_example(raw)}")
             return RawRecord(uri, fields=obj)
         text = obj.get(self.text_field)
         if not isinstance(text, str):
             return Rejected(uri, MISSING_FIELD, _example(raw))
         if not text.strip():
             return Rejected(uri, EMPTY, _example(raw))
+        if not _encodable(text):
+            return Rejected(uri, INVALID_UTF8, f"{_LONE_SURROGATE}: {_example(raw)}")
         return RawRecord(uri, text=text)
 
     def _jsonl(self, reader: _Reader, uri: str) -> Iterator[Item]:
