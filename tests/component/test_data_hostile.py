@@ -79,6 +79,17 @@ def test_a_lone_surrogate_escape_is_invalid_utf8(tmp_path: Path) -> None:
     assert rl.counts.dropped == {"invalid_utf8": 1} and rl.counts.documents_kept == 1
 
 
+def test_an_integer_past_the_digit_limit_is_invalid_json(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _with_good_docs(src)
+    digits = "7" * 5000
+    (src / "big.json").write_text(f'[{{"text": {json.dumps(sentence_doc(3))}, "n": {digits}}}]')
+    write_jsonl(src / "big.jsonl", [f'{{"n": {digits}}}', {"text": sentence_doc(4)}])
+    manifest = _prepare(src, tmp_path / "out")
+    assert manifest.counts.dropped == {"invalid_json": 2}
+    assert manifest.counts.documents_kept == 3
+
+
 def test_a_record_nested_past_the_limit_is_dropped_before_later_stages(tmp_path: Path) -> None:
     # parses (under the recursion limit) but would fail a later json.dumps from a deeper stack
     src = tmp_path / "src"
@@ -208,6 +219,7 @@ def test_json_elements_are_the_same_whatever_the_chunk_size(chunk: int) -> None:
     (b'[{"a": 1},' + b" " * 100 + b'"\xff"]', UnicodeDecodeError),  # the bad byte comes in a later chunk
     (b'[{"a": 1}, "' + b"x" * 5000 + b'"]', ElementTooLong),
     (b"[{\"a\": 1}, " + b"[" * 100_000, RecursionError),
+    (b'[{"a": 1}, ' + b"7" * 5000 + b"]", ValueError),  # past Python's int digit limit
 ])
 def test_json_elements_yield_what_precedes_a_fault_then_raise(data: bytes, error: type[Exception]) -> None:
     got: list[Any] = []

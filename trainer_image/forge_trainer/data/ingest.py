@@ -331,6 +331,8 @@ class CorpusReader:
             yield Rejected(uri, TOO_DEEP, f"{uri}: nested deeper than the JSON parser follows")
         except json.JSONDecodeError as exc:
             yield Rejected(uri, INVALID_JSON, f"{uri}: {exc.msg} at character {exc.pos}: {exc.doc[exc.pos:][:80]}")
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            yield Rejected(uri, INVALID_JSON, f"{uri}: {exc}")
 
     def _csv(self, reader: _Reader, uri: str) -> Iterator[Item]:
         """Rows as records; see `csv_rows` for how a stray quote costs one row instead of the rest."""
