@@ -57,6 +57,8 @@ def _fetch(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
             store = StoreConfig(endpoint=args.store_endpoint, secure=not args.store_insecure, region=args.store_region)
             path = fetch_model_dir(args.uri, Path(tmp), store)
+            if not path.is_relative_to(tmp):  # a local directory is the model itself: copy it, never move it
+                path = Path(shutil.copytree(path, Path(tmp) / "model"))
             verify_digest(args.uri, path, args.digest)
             if dest.exists():
                 shutil.rmtree(dest)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
@@ -152,10 +153,15 @@ def load_checkpoint(store: ObjectStore, checkpoint: Checkpoint, model: nn.Module
             set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
             return
         state = _app_state(model, optimizer)
+        # A checkpoint written without CUDA has no CUDA RNG state (and one written with it is read on a
+        # CPU-only node too): load only the RNG states it holds, so checkpoints move between devices.
+        saved = FileSystemReader(staging).read_metadata().state_dict_metadata
+        state["rng"] = {name: t for name, t in state["rng"].items() if f"rng.{name}" in saved}
         _load(state, staging)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
+    if "cpu" in state["rng"]:
+        torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"]:
         torch.cuda.set_rng_state(state["rng"]["cuda"])
 
 
