@@ -7,8 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from forge_trainer.config import NearDedupConfig, PiiType, QualityConfig
+from forge_trainer.config import DatasetPurpose, NearDedupConfig, PiiType, ProcessingConfig, QualityConfig
+from forge_trainer.data import clean
 from forge_trainer.data.dedup import ExactDedup, MinHasher, NearDedup, content_hash, lsh_params
+from forge_trainer.data.ingest import RawRecord, Rejected
 from forge_trainer.data.normalize import normalize_text
 from forge_trainer.data.pii import Redactor, iban_valid, luhn_valid
 from forge_trainer.data.quality import quality_reason
@@ -114,3 +116,20 @@ def test_lsh_params_follow_the_threshold() -> None:
     b_lo, r_lo = lsh_params(0.5, 128)
     assert b_hi * r_hi <= 128 and b_lo * r_lo <= 128
     assert (1 / b_hi) ** (1 / r_hi) > (1 / b_lo) ** (1 / r_lo)
+
+
+def test_a_record_the_cleaning_chain_fails_on_is_counted_and_the_next_one_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fault injection: no real input reaches this net today (the readers refuse what broke it before),
+    # so a normaliser that fails on one record stands in for the next unknown bug.
+    def normalize_or_fail(text: str, keep_indentation: bool = False) -> str:
+        if "poison" in text:
+            raise RecursionError("maximum recursion depth exceeded")
+        return normalize_text(text, keep_indentation=keep_indentation)
+
+    monkeypatch.setattr(clean, "normalize_text", normalize_or_fail)
+    cleaner = clean.Cleaner(ProcessingConfig(), DatasetPurpose.PRETRAIN, seed=0)
+    bad = cleaner.process(RawRecord("s3://b/docs.txt#3", text="a poison " + sentence_doc(1)))
+    good = cleaner.process(RawRecord("s3://b/docs.txt#4", text=sentence_doc(2)))
+    assert isinstance(bad, Rejected) and bad.reason == clean.CLEAN_ERROR
+    assert "docs.txt#3" in bad.example and "RecursionError" in bad.example
+    assert isinstance(good, clean.Kept)

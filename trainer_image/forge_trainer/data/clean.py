@@ -16,6 +16,7 @@ from forge_trainer.data.records import INVALID_RECORD, RecordError, map_texts, r
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
+CLEAN_ERROR = "clean_error"
 
 
 @dataclass
@@ -44,7 +45,14 @@ class Cleaner:
         return dict(sorted(self.redactor.counts.items())) if self.redactor else {}
 
     def process(self, item: ingest.RawRecord) -> Kept | ingest.Rejected:
-        """The cleaned record, or why it is dropped."""
+        """The cleaned record, or why it is dropped (a record the chain fails on is dropped as
+        `clean_error`, its example naming the exception: one record never stops a corpus-long job)."""
+        try:
+            return self._process(item)
+        except Exception as exc:
+            return ingest.Rejected(item.source, CLEAN_ERROR, f"{item.source}: {type(exc).__name__}: {exc}")
+
+    def _process(self, item: ingest.RawRecord) -> Kept | ingest.Rejected:
         first = self._normalize_and_filter(item)
         if isinstance(first, ingest.Rejected):
             return first
