@@ -9,18 +9,15 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from forge_trainer.config.wire import validation_problems
 from forge_trainer.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:
-    """One line per problem, each naming the field by its wire path."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{where}: {loc}: {err['msg']}")
-    return "\n".join(parts)
+    """One line per problem, each naming `where` (the file) and the field by its wire path."""
+    return "\n".join(f"{where}: {problem}" for problem in validation_problems(exc))
 
 
 def load_config(path: Path, model: type[M]) -> M:

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import ConfigDict, Field
 
 from forge_trainer.config import WireModel
+from forge_trainer.config.wire import rfc3339 as rfc3339  # re-exported: status times are written as the contract writes them
 
 GROUP = "forge.ai"
 VERSION = "v1alpha1"
@@ -21,14 +22,6 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 NAME_MAX = 52  # leaves room for the suffixes children get ("-prepare", "-config", ...)
 
-
-RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
-"""How Kubernetes writes a timestamp (RFC 3339, seconds, UTC); every status time has this form."""
-
-
-def rfc3339(when: datetime) -> str:
-    """`when` as Kubernetes writes a timestamp."""
-    return when.astimezone(UTC).strftime(RFC3339) if when.tzinfo else when.strftime(RFC3339)
 
 
 def now_rfc3339() -> str:

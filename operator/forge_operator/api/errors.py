@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from forge_trainer.config.wire import validation_problems
+
 
 def spec_error_message(exc: ValidationError, root: str = "spec") -> str:
     """One `; `-joined message, each part `spec.<camelCase path>: <problem>`."""
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        if loc and loc[0] == root:
-            loc = loc[1:]
-        path = ".".join([root, *loc]) if loc else root
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{path}: {msg}")
-    return "; ".join(parts)
+    return "; ".join(validation_problems(exc, root))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 
@@ -33,3 +33,16 @@ RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 def rfc3339(when: datetime) -> str:
     """`when` as the wire writes a time (a naive `when` is taken to be UTC)."""
     return when.astimezone(UTC).strftime(RFC3339) if when.tzinfo else when.strftime(RFC3339)
+
+
+def validation_problems(exc: ValidationError, root: str = "") -> list[str]:
+    """Each problem in `exc` as `<field path>: <message>`, the path as the user wrote it (wire names joined by
+    dots, under `root` when given: `spec.resources.minNodes: ...`)."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if root and loc and loc[0] == root:
+            loc = loc[1:]
+        path = ".".join([root, *loc] if root else loc) or "(root)"
+        parts.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+    return parts
