@@ -184,7 +184,7 @@ def test_dataset_tokenizer_reference(lookup_of: Callable[[list[dict[str, Any]]],
                                      world: list[dict[str, Any]], expected: str) -> None:
     ds = ForgeDataset.model_validate(body("ForgeDataset", "d", {"source": {"uri": "s3://raw/d/"},
                                                                "tokenizer": {"datasetRef": "base"}}))
-    result = resolve_dataset(ds, lookup_of(world))
+    result = resolve_dataset(ds, lookup_of(world), bucket=BUCKET)
     assert outcome(result) == expected
     if isinstance(result, ResolvedDataset):
         assert result.reused_tokenizer_uri == f"s3://{BUCKET}/forge/{NS}/forgedataset/base/u/tok.json"
@@ -215,8 +215,16 @@ def test_deployment_model_and_eval_gate(lookup_of: Callable[[list[dict[str, Any]
     assert outcome(resolve_deployment(dep, lookup_of(world), bucket=BUCKET)) == expected
 
 
+def tokenizer_reuser(name: str, phase: str | None) -> dict[str, Any]:
+    """A dataset that reuses the tokenizer of `corpus`."""
+    reuser = dataset(name, phase)
+    reuser["spec"]["tokenizer"] = {"datasetRef": "corpus"}
+    return reuser
+
+
 USAGE_WORLD = [
     dataset("corpus"), dataset("chats"),
+    tokenizer_reuser("notes", "Running"), tokenizer_reuser("copied", "Ready"),
     run("base", spec=PRETRAIN),
     run("chat", "Running", spec={"stage": "sft", "datasetRef": "chats", "evalDatasetRef": "corpus",
                                  "init": {"baseRun": "base"}}),
@@ -226,7 +234,8 @@ USAGE_WORLD = [
     deployment("other", {"modelRef": "chat"}),
 ]
 USAGE_CASES = [
-    ("ForgeDataset", "corpus", ["ForgeTrainingRun base", "ForgeTrainingRun chat"]),
+    # `notes` still fetches corpus's tokenizer; `copied` is Ready with its own copy
+    ("ForgeDataset", "corpus", ["ForgeDataset notes", "ForgeTrainingRun base", "ForgeTrainingRun chat"]),
     ("ForgeDataset", "chats", ["ForgeTrainingRun chat", "ForgeTrainingRun done"]),
     ("ForgeTrainingRun", "base", ["ForgeDeployment web", "ForgeTrainingRun chat"]),  # `done` finished with it
     ("ForgeTrainingRun", "chat", ["ForgeDeployment other"]),
