@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.hostile_corpus import (  # noqa: E402
     DEEP_JSON_LINE,
+    READ_AND_MEASURE,
     lucky_stray_quote_csv,
     parquet_bomb,
     pdf_page_bomb,
@@ -33,32 +34,6 @@ from tests.support.hostile_corpus import (  # noqa: E402
     write_big_json_array,
 )
 from tests.support.raw_corpus import sentence_doc  # noqa: E402
-
-_READ = r"""
-import json, re, sys, time
-from collections import Counter
-from pathlib import Path
-from forge_trainer.config import DatasetFormat
-from forge_trainer.data import ingest
-from forge_trainer.store import LocalStore
-path = Path(sys.argv[1])
-store = LocalStore(path.parent)
-reader = ingest.CorpusReader(store, DatasetFormat.AUTO, "text", False, 1_000_000)
-import pypdf  # imported before the baseline, like the other readers' modules
-def peak_kib():  # this process's own high-water RSS (ru_maxrss would include the parent's at fork)
-    return int(re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text()).group(1))
-before = peak_kib()
-cpu = time.process_time()
-kept, dropped = 0, Counter()
-for item in reader.read(o for o in store.list("") if o.key == path.name):
-    if isinstance(item, ingest.RawRecord):
-        kept += 1
-    elif isinstance(item, ingest.Rejected):
-        dropped[item.reason] += 1
-peak = peak_kib()
-print(json.dumps({"kept": kept, "dropped": dict(dropped), "cpu": time.process_time() - cpu,
-                  "rss_growth": (peak - before) / 1024, "peak": peak / 1024}))
-"""
 
 
 def _write(path: Path, data: bytes | str) -> None:
@@ -95,7 +70,7 @@ class Read:
 
 def read_in_child(path: Path) -> Read:
     """Read `path` with the CorpusReader in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _READ, str(path)], check=True, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", READ_AND_MEASURE, str(path)], check=True, capture_output=True, text=True,
                          cwd=ROOT)
     return Read(**json.loads(out.stdout.strip().splitlines()[-1]))
 

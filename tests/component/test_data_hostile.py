@@ -18,6 +18,7 @@ from forge_trainer.data.prepare import run_prepare
 from forge_trainer.data.shards import iter_records
 from tests.support.hostile_corpus import (
     DEEP_JSON_LINE,
+    READ_AND_MEASURE,
     lucky_stray_quote_csv,
     parquet_bomb,
     pdf_page_bomb,
@@ -184,30 +185,13 @@ def test_a_multi_line_csv_field_within_the_bound_is_kept(tmp_path: Path) -> None
     assert manifest.counts.documents_kept == 1
 
 
-_READ_ONE = r"""
-import re, sys
-from pathlib import Path
-from forge_trainer.config import DatasetFormat
-from forge_trainer.data import ingest
-from forge_trainer.store import LocalStore
-path = Path(sys.argv[1])
-store = LocalStore(path.parent)
-reader = ingest.CorpusReader(store, DatasetFormat.AUTO, "text", False, 1_000_000)
-def peak_kib():  # this process's own high-water RSS (ru_maxrss would include the parent's at fork)
-    return int(re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text()).group(1))
-before = peak_kib()
-records = sum(isinstance(i, ingest.RawRecord) for i in reader.read(o for o in store.list("") if o.key == path.name))
-print(records, (peak_kib() - before) / 1024)
-"""
-
-
 def test_a_large_json_array_is_read_in_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.json"
     records = write_big_json_array(path, 50 << 20)
     size_mib = path.stat().st_size / 2**20
-    out = subprocess.run([sys.executable, "-c", _READ_ONE, str(path)], check=True, capture_output=True, text=True,
-                         cwd=ROOT).stdout.split()
-    kept, growth = int(out[0]), float(out[1])
+    out = json.loads(subprocess.run([sys.executable, "-c", READ_AND_MEASURE, str(path)], check=True,
+                                    capture_output=True, text=True, cwd=ROOT).stdout)
+    kept, growth = out["kept"], out["rss_growth"]
     print(f"{size_mib:.0f} MiB JSON array, {records:,} records: peak RSS grew {growth:.1f} MiB while reading")
     assert kept == records
     assert growth < size_mib / 4  # reading it whole grew RSS by 262 MiB (the file, its text, its objects)

@@ -9,23 +9,10 @@ import json
 import zlib
 from pathlib import Path
 
+from tests.support.raw_corpus import pdf_of_objects
+
 DEEP_JSON_LINE = "[" * 100_000
 """One 100 KB JSON Lines record that made the parser raise RecursionError."""
-
-
-def _pdf(objects: list[bytes]) -> bytes:
-    """A PDF whose object i+1 is objects[i], object 1 the catalog (xref offsets computed)."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    for off in offsets:
-        out += f"{off:010d} 00000 n \n".encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
 
 
 def pdf_text_bomb(chars: int = 7_500_000, per_show: int = 10) -> bytes:
@@ -34,7 +21,7 @@ def pdf_text_bomb(chars: int = 7_500_000, per_show: int = 10) -> bytes:
     show = b"(" + b"a" * per_show + b") Tj\n"
     content = b"BT /F1 12 Tf 72 720 Td\n" + show * (chars // per_show) + b"ET"
     data = zlib.compress(content, 9)
-    return _pdf([
+    return pdf_of_objects([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
@@ -48,7 +35,7 @@ def pdf_page_bomb(pages: int = 6_000) -> bytes:
     """A PDF of `pages` pages, every one the same empty page object: six bytes a page, and each page
     costs an extraction pass."""
     kids = b" ".join([b"3 0 R"] * pages)
-    return _pdf([
+    return pdf_of_objects([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [" + kids + b"] /Count " + str(pages).encode() + b" >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
@@ -99,3 +86,32 @@ def lucky_stray_quote_csv(rows: int = 1000) -> bytes:
     lines += [f"{i},Row {i} is a perfectly ordinary sentence about a meadow." for i in range(2, rows + 2)]
     lines += [f'{rows + 2},and this row ends in a quote"', f"{rows + 3},Row {rows + 3} is read again."]
     return ("\n".join(lines) + "\n").encode()
+
+
+READ_AND_MEASURE = r"""
+import json, re, sys, time
+from collections import Counter
+from pathlib import Path
+from forge_trainer.config import DatasetFormat
+from forge_trainer.data import ingest
+from forge_trainer.store import LocalStore
+path = Path(sys.argv[1])
+store = LocalStore(path.parent)
+reader = ingest.CorpusReader(store, DatasetFormat.AUTO, "text", False, 1_000_000)
+import pypdf  # imported before the baseline, like the other readers' modules
+def peak_kib():  # this process's own high-water RSS (ru_maxrss would include the parent's at fork)
+    return int(re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text()).group(1))
+before = peak_kib()
+cpu = time.process_time()
+kept, dropped = 0, Counter()
+for item in reader.read(o for o in store.list("") if o.key == path.name):
+    if isinstance(item, ingest.RawRecord):
+        kept += 1
+    elif isinstance(item, ingest.Rejected):
+        dropped[item.reason] += 1
+peak = peak_kib()
+print(json.dumps({"kept": kept, "dropped": dict(dropped), "cpu": time.process_time() - cpu,
+                  "rss_growth": (peak - before) / 1024, "peak": peak / 1024}))
+"""
+"""Run as `python -c READ_AND_MEASURE FILE` (a fresh process): the real CorpusReader reads FILE and prints, as
+JSON, records kept, drops per reason, CPU seconds, and the growth of peak RSS (MiB) over the state after imports."""
