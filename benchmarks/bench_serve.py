@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve_rounds import banned_tokens, round_hf_generate, round_server  # noqa: E402
+from benchmarks.serve_rounds import banned_tokens, concurrent_round, round_hf_generate, round_server  # noqa: E402
 from tests.support.serve import CORPUS, build_tiny_model  # noqa: E402
 
 from forge_trainer.serve.engine import Engine  # noqa: E402
@@ -73,12 +73,7 @@ async def round_engine(engine: Engine, loaded: LoadedModel, texts: list[str], ma
                 count = delta.completion_tokens
         return ttft, count, "".join(out)
 
-    start = time.perf_counter()
-    results = await asyncio.gather(*(one(t, start) for t in texts))
-    wall = time.perf_counter() - start
-    if completions is not None:
-        completions += [r[2] for r in results]
-    return wall, statistics.median(r[0] for r in results), sum(r[1] for r in results)
+    return await concurrent_round(one, texts, completions)
 
 
 def start_server(model_dir: Path, port: int, threads: int) -> subprocess.Popen[bytes]:

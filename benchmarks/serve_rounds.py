@@ -8,6 +8,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import torch
@@ -83,6 +84,17 @@ async def round_server(client: httpx.AsyncClient, url: str, texts: list[str], ma
                     count = chunk["usage"]["completion_tokens"]
         return ttft, count, "".join(out)
 
+    return await concurrent_round(one, texts, completions)
+
+
+Stream = Callable[[str, float], Awaitable[tuple[float, int, str]]]
+"""One client's request: (prompt, round start) -> (time to first token, tokens, text)."""
+
+
+async def concurrent_round(one: Stream, texts: list[str],
+                           completions: list[str] | None = None) -> tuple[float, float, int]:
+    """Every prompt at once through `one`: (wall seconds, median time to first token, tokens generated);
+    the texts are appended to `completions` when given."""
     start = time.perf_counter()
     results = await asyncio.gather(*(one(t, start) for t in texts))
     wall = time.perf_counter() - start
