@@ -25,8 +25,29 @@ RECONCILE_SECONDS = Histogram("forge_reconcile_duration_seconds", "Time one reco
 PHASE_TRANSITIONS = Counter("forge_phase_transitions_total", "Phase changes by kind and new phase",
                             ["kind", "phase"], registry=REGISTRY)
 
+STORE_READ_FAILURES = Counter("forge_store_read_failures_total",
+                              "Store reads that failed or got no answer in time, by endpoint and reason "
+                              "(reads skipped while backing off are not counted)", ["endpoint", "reason"],
+                              registry=REGISTRY)
+DELETIONS_BLOCKED = Counter("forge_deletion_blocked_total",
+                            "Finalizer passes that could not finish, by kind and reason", ["kind", "reason"],
+                            registry=REGISTRY)
+ARTIFACTS_ABANDONED = Counter("forge_artifacts_abandoned_total",
+                              "Deletions let go without removing the artifacts (forge.ai/abandon-artifacts)",
+                              ["kind"], registry=REGISTRY)
+
 _lock = threading.Lock()
 _view: dict[tuple[str, str, str], dict[str, Any]] = {}
+_store_up: dict[str, bool] = {}
+
+
+def store_read(endpoint: str, reachable: bool, failure_reason: str | None) -> None:
+    """Record how a store read went: the endpoint's reachability (a scrape-time gauge) and, for a read
+    that was tried and failed, its reason."""
+    with _lock:
+        _store_up[endpoint] = reachable
+    if not reachable and failure_reason is not None:
+        STORE_READ_FAILURES.labels(endpoint, failure_reason).inc()
 
 
 def observe(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -89,6 +110,14 @@ class _StateCollector(Collector):
                 ready.add_metric([ns, name], float(status["readyReplicas"]))
         yield dropped
         yield ready
+        with _lock:
+            store_up = dict(_store_up)
+        reachable = GaugeMetricFamily("forge_store_reachable",
+                                      "1 when the object store answered the operator's latest read, else 0",
+                                      labels=["endpoint"])
+        for endpoint, up in sorted(store_up.items()):
+            reachable.add_metric([endpoint], 1.0 if up else 0.0)
+        yield reachable
 
 
 def _per_resource(view: dict[tuple[str, str, str], dict[str, Any]], kind: str,

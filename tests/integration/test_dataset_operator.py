@@ -5,6 +5,7 @@ the Pod is marked finished as a kubelet would, and the dataset becomes Ready wit
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -96,12 +97,16 @@ def test_dataset_reaches_ready_with_counts_and_children_go_with_it(
     cluster.delete("forgedatasets", "handbook")
     wait_for("the dataset to be gone", lambda: cluster.get("forgedatasets", "handbook") is None, timeout=60)
     assert list(s3.list_objects(store_bucket, prefix=prefix + "/", recursive=True)) == []
-    reports = list(s3.list_objects(store_bucket, prefix=f"forge/{cluster.ns}/_audit/", recursive=True))
-    assert len(reports) == 1
-    report = __import__("json").loads(s3.get_object(store_bucket, reports[0].object_name).read())
-    assert report["name"] == "handbook" and report["deletedObjects"] > 3 and report["deletedBytes"] > 0
-    assert len(report["deleted"]) == report["deletedObjects"]
-    assert all(o["sha256"].startswith("sha256:") for o in report["deleted"])
+    audit = [o.object_name for o in s3.list_objects(store_bucket, prefix=f"forge/{cluster.ns}/_audit/", recursive=True)]
+    summaries = [name for name in audit if name.endswith(".json")]  # the rest: the report's JSONL parts
+    assert len(summaries) == 1
+    report = json.loads(s3.get_object(store_bucket, summaries[0]).read())
+    assert report["event"] == "deleted" and report["name"] == "handbook"
+    assert report["deletedObjects"] > 3 and report["deletedBytes"] > 0
+    records = [json.loads(line) for part in report["parts"]
+               for line in s3.get_object(store_bucket, part.split(f"s3://{store_bucket}/", 1)[1]).read().splitlines()]
+    assert sum(r["action"] == "deleted" for r in records) == report["deletedObjects"]
+    assert all(r["etag"] for r in records)  # the store's checksum from the listing: nothing was downloaded
     wait_for("the Job to be garbage-collected", lambda: cluster.job("handbook-prepare") is None, timeout=120,
              interval=2)
 

@@ -39,6 +39,8 @@ class ObjectInfo:
 
     key: str
     size: int
+    etag: str | None = None
+    """The store's checksum of the object when it gives one (S3 ETag: the MD5 of a single-part upload)."""
 
 
 class ObjectStore(Protocol):
@@ -150,14 +152,16 @@ class LocalStore:
 class S3Store:
     """A bucket of an S3-compatible object store (MinIO, AWS S3, ...), through the minio client."""
 
-    def __init__(self, bucket: str, config: StoreConfig, access_key: str, secret_key: str) -> None:
+    def __init__(self, bucket: str, config: StoreConfig, access_key: str, secret_key: str,
+                 http_client: Any = None) -> None:
+        """`http_client`: a urllib3 PoolManager (timeouts, retries); None keeps the minio defaults."""
         from minio import Minio  # imported here so pure users of this module need no minio
 
         if not config.endpoint:
             raise StoreError(f"s3://{bucket}: no S3 endpoint configured (store.endpoint or {ENDPOINT_ENV})")
         self.bucket = bucket
         self.client = Minio(config.endpoint, access_key=access_key, secret_key=secret_key,
-                            secure=config.secure, region=config.region)
+                            secure=config.secure, region=config.region, http_client=http_client)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{_clean_key(key)}"
@@ -207,7 +211,7 @@ class S3Store:
         try:
             for obj in self.client.list_objects(self.bucket, prefix=_clean_key(prefix), recursive=True):
                 if obj.object_name is not None and not obj.is_dir:
-                    yield ObjectInfo(key=obj.object_name, size=obj.size or 0)
+                    yield ObjectInfo(key=obj.object_name, size=obj.size or 0, etag=obj.etag or None)
         except Exception as exc:
             raise self._wrap(prefix, exc) from exc
 
@@ -241,10 +245,11 @@ def split_uri(uri: str) -> tuple[str, str, str]:
     raise StoreError(f"{uri!r}: unsupported URI scheme {parsed.scheme!r} (use s3:// or a local path)")
 
 
-def open_uri(uri: str, config: StoreConfig | None = None) -> tuple[ObjectStore, str]:
+def open_uri(uri: str, config: StoreConfig | None = None, http_client: Any = None) -> tuple[ObjectStore, str]:
     """The store that holds `uri`, and the key of `uri` inside it.
 
-    For a local path the store's root is the path itself and the key is empty."""
+    For a local path the store's root is the path itself and the key is empty. `http_client` (a urllib3
+    PoolManager) sets an S3 store's timeouts and retries."""
     scheme, root, key = split_uri(uri)
     if scheme == "file":
         return LocalStore(Path(root)), key
@@ -253,7 +258,7 @@ def open_uri(uri: str, config: StoreConfig | None = None) -> tuple[ObjectStore, 
         cfg = cfg.model_copy(update={"endpoint": os.environ[ENDPOINT_ENV]})
     access = os.environ.get(ACCESS_KEY_ENV, "")
     secret = os.environ.get(SECRET_KEY_ENV, "")
-    return S3Store(root, cfg, access, secret), key
+    return S3Store(root, cfg, access, secret, http_client), key
 
 
 def join_key(*parts: str) -> str:

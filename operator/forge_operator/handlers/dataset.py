@@ -11,7 +11,7 @@ from forge_operator.api.dataset import DatasetPhase, ForgeDataset, ForgeDatasetS
 from forge_operator.handlers.adapter import Adapter, Pass
 from forge_operator.handlers.cleanup import finalize
 from forge_operator.handlers.reconcile import on_event, on_tick
-from forge_operator.handlers.runtime import log, progress_or_none, runtime
+from forge_operator.handlers.runtime import log, read_progress_checked, runtime
 from forge_operator.plan.dataset import DatasetPlan, plan_dataset
 from forge_operator.render.dataset import render_dataset
 from forge_operator.resolve.dataset import ResolvedDataset, resolve_dataset
@@ -66,10 +66,11 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
     def observe(self, rc: Rc, resolved: ResolvedDataset, plan: DatasetPlan,
                 applied: tuple[dict[str, Any] | None, bool]) -> DatasetObservation:
         job, replaced = applied
-        progress = progress_or_none(plan.output_uri, DatasetProgress, f"dataset {rc.namespace}/{rc.name}")
+        progress, store = read_progress_checked(plan.output_uri, DatasetProgress, f"dataset {rc.namespace}/{rc.name}",
+                                                plan.store)
         return DatasetObservation(rc.generation, resolved=resolved.resolved, job_name=plan.job_name,
                                   output_uri=plan.output_uri, job=observe_job(job), progress=progress,
-                                  replaced=replaced)
+                                  replaced=replaced, store=store)
 
 
 ADAPTER = DatasetAdapter(DatasetObservation, derive_dataset_status)

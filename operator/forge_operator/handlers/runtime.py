@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import kopf
@@ -15,9 +15,13 @@ from forge_operator.api.dataset import DatasetPhase
 from forge_operator.api.deployment import DeploymentPhase
 from forge_operator.api.training import RunPhase
 from forge_operator.kube.client import Kube
+from forge_operator.plan.workload import StoreAccess
 from forge_operator.settings import OperatorSettings
-from forge_operator.store import StoreError
+from forge_operator.status.conditions import StoreCheck
 from forge_operator.store.artifacts import read_progress
+from forge_operator.store.connection import endpoint_of
+from forge_operator.store.reader import StoreAnswered, StoreReader
+from forge_trainer.config import StoreConfig
 
 log = logging.getLogger("forge.operator")
 FAILED = {DatasetPhase.FAILED, RunPhase.FAILED, DeploymentPhase.FAILED}
@@ -25,10 +29,11 @@ FAILED = {DatasetPhase.FAILED, RunPhase.FAILED, DeploymentPhase.FAILED}
 
 @dataclass
 class OperatorRuntime:
-    """The operator's process-wide state: its settings and its API facade."""
+    """The operator's process-wide state: its settings, its API facade and its store reader."""
 
     settings: OperatorSettings
     kube: Kube
+    reader: StoreReader = field(default_factory=StoreReader)
 
 
 _runtime: OperatorRuntime | None = None
@@ -38,7 +43,10 @@ def runtime() -> OperatorRuntime:
     """The runtime, created on first use from the environment."""
     global _runtime
     if _runtime is None:
-        _runtime = OperatorRuntime(settings=OperatorSettings.from_env(), kube=Kube())
+        settings = OperatorSettings.from_env()
+        # a dead store is retried about every reconcile interval at first, then less and less often
+        reader = StoreReader(backoff=settings.reconcile_interval, max_backoff=max(120.0, settings.reconcile_interval))
+        _runtime = OperatorRuntime(settings=settings, kube=Kube(), reader=reader)
     return _runtime
 
 
@@ -88,14 +96,22 @@ S = TypeVar("S", bound=BaseModel)
 P = TypeVar("P", bound=BaseModel)
 
 
-def progress_or_none(uri: str, model: type[P], what: str) -> P | None:
-    """The workload's progress.json under `uri`; None (logged, the next reconcile reads again) when the
-    store cannot be read. `what` names the resource in the log."""
+def read_progress_checked(uri: str, model: type[P], what: str,
+                          store: StoreAccess | None = None) -> tuple[P | None, StoreCheck]:
+    """The workload's progress.json under `uri` (None when it has written none, or the store could not be
+    read), and how the store answered. The read runs on the store reader's pool: the reconcile waits a few
+    seconds at most, and not at all while the store is backing off. `store`: the plan's store access
+    (default: this installation's); `what` names the resource in the log."""
+    config = runtime().settings.store if store is None else StoreConfig(
+        endpoint=store.endpoint, secure=store.secure, region=store.region)
+    endpoint = endpoint_of(config)
     try:
-        return read_progress(uri, runtime().settings.store, model)
-    except StoreError as exc:
+        progress, check = runtime().reader.read(endpoint, lambda: read_progress(uri, config, model))
+    except StoreAnswered as exc:
         log.warning("%s: cannot read progress: %s", what, exc)
-        return None
+        progress, check = None, StoreCheck(True, endpoint)
+    metrics.store_read(endpoint, check.reachable, check.reason if check.attempted else None)
+    return progress, check
 
 
 def parse_status(model: type[S], body: dict[str, Any]) -> S:

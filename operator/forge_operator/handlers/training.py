@@ -14,7 +14,7 @@ from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.handlers.adapter import Adapter, Pass
 from forge_operator.handlers.cleanup import finalize
 from forge_operator.handlers.reconcile import on_event, on_tick
-from forge_operator.handlers.runtime import progress_or_none, runtime
+from forge_operator.handlers.runtime import read_progress_checked, runtime
 from forge_operator.handlers.training_job import Applied, apply_job, finish_job
 from forge_operator.plan.training import TrainingPlan, plan_training_run
 from forge_operator.render.training import render_training
@@ -67,14 +67,15 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
 
     def observe(self, rc: Rc, resolved: ResolvedRun, plan: TrainingPlan, applied: Applied) -> RunObservation:
         spec = rc.resource.spec
-        progress = progress_or_none(plan.output_uri, TrainProgress, f"run {rc.namespace}/{rc.name}")
+        progress, store = read_progress_checked(plan.output_uri, TrainProgress, f"run {rc.namespace}/{rc.name}",
+                                                plan.store)
         return RunObservation(
             rc.generation, job_name=plan.job_name, output_uri=plan.output_uri, job=observe_job(applied.live),
             progress=progress, max_restarts=spec.max_restarts, stall_timeout_seconds=spec.stall_timeout_seconds,
             lineage=resolved.lineage.model_copy(update={"config_hash": plan.config_hash}), resolved=resolved.resolved,
             attempt=plan.attempt, step=applied.decision, hold=applied.hold, queue=plan.queue,
             gpus_in_use=gpus_in_use(applied.seen, spec.resources.gpus_per_node),
-            max_gpu_hours=spec.budget.max_gpu_hours, earlier_pods=applied.earlier_pods)
+            max_gpu_hours=spec.budget.max_gpu_hours, earlier_pods=applied.earlier_pods, store=store)
 
     def carry_out(self, rc: Rc, plan: TrainingPlan, applied: Applied, status: ForgeTrainingRunStatus,
                   action: Action) -> None:

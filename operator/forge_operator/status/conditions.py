@@ -13,6 +13,8 @@ READY = "Ready"
 INVALID_SPEC = "InvalidSpec"
 RESOLVED = "Resolved"
 WAITING = "Waiting"
+STORE_REACHABLE = "StoreReachable"
+DELETION_BLOCKED = "DeletionBlocked"
 S = TypeVar("S", bound=ResourceStatus)
 
 
@@ -23,6 +25,20 @@ class Waiting:
 
     condition: str
     message: str
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """How the object store answered this reconcile's read: reachable, or why not (`reason` one CamelCase
+    word: NoAnswer, Unreachable, or the store's error code), at which endpoint, and the error (never
+    credentials). While a store is down its reads back off, so `attempted` is False on the ticks that
+    did not try."""
+
+    reachable: bool
+    endpoint: str
+    reason: str = "Reachable"
+    error: str = ""
+    attempted: bool = True
 
 
 class Action(StrEnum):
@@ -92,3 +108,22 @@ def mark_references(status: ResourceStatus, resolved: list[str], waiting: Waitin
         mark(status, type_, ConditionStatus.TRUE, RESOLVED, "", now)
     if waiting is not None:
         mark(status, waiting.condition, ConditionStatus.FALSE, WAITING, waiting.message, now)
+
+
+def mark_store(status: ResourceStatus, check: StoreCheck | None, now: str) -> None:
+    """The StoreReachable condition from this reconcile's store read (untouched when nothing was read).
+    The message names the endpoint and the error and stays the same while the error does, so a dead
+    store costs one status write, not one per tick."""
+    if check is None:
+        return
+    if check.reachable:
+        mark(status, STORE_REACHABLE, ConditionStatus.TRUE, "Reachable", f"object store {check.endpoint} answered", now)
+    else:
+        mark(status, STORE_REACHABLE, ConditionStatus.FALSE, check.reason,
+             f"object store {check.endpoint}: {check.error}; progress is not read until it answers "
+             "(retried with backoff)", now)
+
+
+def store_down(check: StoreCheck | None) -> bool:
+    """Whether this reconcile could not read the store (so a missing progress file means nothing)."""
+    return check is not None and not check.reachable

@@ -7,7 +7,16 @@ from datetime import datetime
 
 from forge_operator.api.common import ConditionStatus, rfc3339
 from forge_operator.api.dataset import DatasetPhase, DatasetReason, ForgeDatasetStatus
-from forge_operator.status.conditions import Action, Waiting, begin_status, mark_ready, mark_references
+from forge_operator.status.conditions import (
+    Action,
+    StoreCheck,
+    Waiting,
+    begin_status,
+    mark_ready,
+    mark_references,
+    mark_store,
+    store_down,
+)
 from forge_operator.status.job import JobObservation
 from forge_trainer.config import DatasetProgress
 
@@ -29,6 +38,8 @@ class DatasetObservation:
     progress: DatasetProgress | None = None
     replaced: bool = False
     """The Job of an older generation was replaced by this one (its times start afresh)."""
+    store: StoreCheck | None = None
+    """How the store answered the progress read (None: nothing was read)."""
 
 
 def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
@@ -41,6 +52,7 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
         mark_ready(status, FALSE, DatasetReason.INVALID_SPEC, obs.spec_error, stamp)
         return status, Action.NONE
     mark_references(status, obs.resolved, obs.waiting, stamp)
+    mark_store(status, obs.store, stamp)
     if obs.replaced:
         status.started_at = status.completed_at = None
     status.job_name = obs.job_name or status.job_name
@@ -63,6 +75,12 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
         reason = (progress.error if progress and progress.error else None) or job.message or "job failed"
         mark_ready(status, FALSE, DatasetReason.JOB_FAILED, f"preparation job {obs.job_name} failed: {reason}", stamp)
         status.completed_at = status.completed_at or stamp
+    elif job.complete and progress is None and store_down(obs.store):
+        # the result is in the store, which did not answer: wait for it instead of failing the dataset
+        status.phase = DatasetPhase.RUNNING
+        mark_ready(status, FALSE, DatasetReason.JOB_RUNNING,
+                   f"preparation job {obs.job_name} finished; its result is read once the object store answers",
+                   stamp)
     elif job.complete:
         if progress is None or progress.manifest_uri is None or progress.stage != "done":
             status.phase = DatasetPhase.FAILED

@@ -13,12 +13,15 @@ from forge_operator.api.common import ConditionStatus, parse_time, rfc3339
 from forge_operator.api.training import ForgeTrainingRunStatus, Lineage, RunPhase, RunReason
 from forge_operator.status.conditions import (
     Action,
+    StoreCheck,
     Waiting,
     begin_status,
     get_condition,
     mark,
     mark_ready,
     mark_references,
+    mark_store,
+    store_down,
 )
 from forge_operator.status.gpu_budget import Hold, fold_gpu_hours, gpu_hours_text
 from forge_operator.status.job import JobObservation
@@ -61,6 +64,8 @@ class RunObservation:
     """spec.budget.maxGpuHours."""
     earlier_pods: int = 0
     """Pods of earlier attempts still stopping (for the WAIT message)."""
+    store: StoreCheck | None = None
+    """How the store answered the progress read (None: nothing was read)."""
 
 
 class Outcome(StrEnum):
@@ -75,6 +80,7 @@ class Outcome(StrEnum):
     QUEUED = "queued"
     JOB_FAILED = "job-failed"
     STALLED = "stalled"
+    STORE_DOWN = "store-down"
     RUNNING = "running"
 
 
@@ -105,6 +111,9 @@ def _outcome(prev: ForgeTrainingRunStatus, status: ForgeTrainingRunStatus, obs: 
         return Outcome.NO_JOB
     if job.suspended and not job.active and obs.queue:
         return Outcome.QUEUED
+    if store_down(obs.store) and (job.complete or _stalled_seconds(prev, status, obs, now) is not None):
+        # whether it trained, failed or stalled is in progress.json: neither restart nor fail it unread
+        return Outcome.STORE_DOWN
     if job.failed_final or job.complete:
         return Outcome.JOB_FAILED
     if _stalled_seconds(prev, status, obs, now) is not None:
@@ -145,6 +154,7 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
     if not obs.spec_error:
         mark_references(status, obs.resolved, obs.waiting, stamp)
     if not obs.spec_error and obs.waiting is None:
+        mark_store(status, obs.store, stamp)
         _record(status, obs, now)
     job = None if obs.step.step in (JobStep.DELETE, JobStep.ROLL) else obs.job
     progress = obs.progress
@@ -199,6 +209,13 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
                        f"{obs.stall_timeout_seconds})")
             mark(status, STALLED, TRUE, RunReason.STALLED, message, stamp)
             return status, _restart_or_fail(status, obs, RunReason.STALLED, message, stamp)
+        case Outcome.STORE_DOWN:
+            status.started_at = status.started_at or stamp
+            status.phase = RunPhase.RUNNING
+            ended = " has ended" if job is not None and job.complete else ""
+            mark_ready(status, FALSE, RunReason.JOB_RUNNING,
+                       f"training job {obs.job_name}{ended}; its progress is read once the object store answers",
+                       stamp)
         case Outcome.RUNNING:
             status.started_at = status.started_at or stamp
             if prev.phase is not RunPhase.RUNNING or status.last_progress_time is None:
