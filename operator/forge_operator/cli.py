@@ -3,6 +3,7 @@
     forge operator [--namespace NS ...]   run the operator against $KUBECONFIG (or in-cluster)
     forge crds [--check]                  regenerate crds/ from the API models (or check for drift)
     forge validate PATH...                check Forge manifests against the API models
+    forge render PATH... [-n NS]          print every Kubernetes object the operator would apply for them
     forge run PATH... [--store s3://B]    run the manifests' workloads on this machine (no cluster)
     forge get [-o wide]                   the resources `forge run` ran, like `kubectl get forge`
     forge describe [KIND/]NAME            one resource's phase, counts and conditions
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def _operator(args: argparse.Namespace) -> int:
 
     from forge_operator import handlers  # noqa: F401  (registers handlers)
     from forge_operator.kube.client import KubeError, load_config
+    from forge_operator.settings import OperatorSettings
 
     try:
         load_config()
@@ -36,6 +39,11 @@ def _operator(args: argparse.Namespace) -> int:
         return 2
     namespaces = args.namespace or []
     kopf.configure(verbose=args.verbose)
+    settings = OperatorSettings.from_env()
+    if not settings.has_store_peer:
+        logging.getLogger("forge_operator").warning(
+            "no store peer is configured (chart values networkPolicy.store.*): every workload's NetworkPolicy "
+            "denies egress to the object store, so workloads cannot reach it")
     if args.standalone:
         kopf.run(standalone=True, namespaces=namespaces, clusterwide=not namespaces,
                  liveness_endpoint=args.liveness)
@@ -75,6 +83,36 @@ def _validate(args: argparse.Namespace) -> int:
     for m in loaded:
         print(f"ok  {m.path}: {m.kind} {m.name}")
     return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    import yaml
+    from pydantic import ValidationError
+
+    from forge_operator.manifests import ManifestError, load_manifests
+    from forge_operator.preview import render_manifests
+    from forge_operator.settings import OperatorSettings
+
+    try:
+        settings = OperatorSettings.from_env()
+    except ValidationError as exc:
+        print(f"forge render: the operator settings (FORGE_* environment) are invalid:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_manifests([Path(p) for p in args.paths])
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    objects, problems = render_manifests(loaded, args.namespace, settings)
+    if objects:
+        sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    if not settings.has_store_peer:
+        print("forge render: no store peer is configured (FORGE_STORE_PEER_CIDRS, FORGE_STORE_PEER_NAMESPACE_LABELS, "
+              "FORGE_STORE_PEER_POD_LABELS): the NetworkPolicies grant no egress to the object store",
+              file=sys.stderr)
+    for problem in problems:
+        print(f"forge render: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -134,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check Forge manifests against the API models")
     val.add_argument("paths", nargs="+", help="YAML files or directories")
     val.set_defaults(func=_validate)
+    ren = sub.add_parser("render", help="print every Kubernetes object the operator would apply for the manifests "
+                                        "(references taken as Ready, placeholder digests; settings from FORGE_*)")
+    ren.add_argument("paths", nargs="+", help="YAML files or directories")
+    ren.add_argument("--namespace", "-n", default="default",
+                     help="namespace of the resources that do not name one (default: default)")
+    ren.set_defaults(func=_render)
     run = sub.add_parser("run", help="run the manifests' workloads on this machine, in reference order")
     run.add_argument("paths", nargs="+", help="YAML files or directories (e.g. examples/quickstart/)")
     run.add_argument("--store", default="", help="s3://bucket for artifacts in MinIO/S3 (default: the state dir)")

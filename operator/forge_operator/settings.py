@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from forge_trainer.config import StoreConfig
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/forge-ai/forge-trainer:0.1.0"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""The label Kubernetes puts on every namespace, holding its name."""
+Labels = dict[Annotated[str, Field(min_length=1, max_length=317)], Annotated[str, Field(max_length=63)]]
+_JSON_FIELDS = ("store_peer_cidrs", "store_peer_namespace_labels", "store_peer_pod_labels", "dns_peer_cidrs",
+                "dns_namespace_labels", "dns_pod_labels")
 
 
 class OperatorSettings(BaseModel):
@@ -29,6 +36,26 @@ class OperatorSettings(BaseModel):
     """Bucket that holds everything Forge produces."""
     credentials_secret: str = "forge-store-credentials"
     """Secret (in each resource's namespace) with accessKey/secretKey that workloads use by default."""
+    store_peer_cidrs: list[str] = Field(default_factory=list)
+    """Addresses of the object store as CIDRs (e.g. ["10.20.30.40/32"]): workload pods may reach the store's
+    port there. JSON or comma-separated in FORGE_STORE_PEER_CIDRS."""
+    store_peer_namespace_labels: Labels = Field(default_factory=dict)
+    """An in-cluster store: labels of its namespace (e.g. {"kubernetes.io/metadata.name": "minio"})."""
+    store_peer_pod_labels: Labels = Field(default_factory=dict)
+    """An in-cluster store: labels of its pods (with store_peer_namespace_labels: those pods in those
+    namespaces; alone: pods in the workload's own namespace)."""
+    store_peer_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """The port the store's pods listen on, when it differs from the endpoint's port (a Service mapping
+    port 80 to 9000: NetworkPolicies see the pod's port)."""
+    dns_peer_cidrs: list[str] = Field(default_factory=list)
+    """Extra DNS server addresses (e.g. ["169.254.20.10/32"] for NodeLocal DNSCache)."""
+    dns_namespace_labels: Labels = Field(default_factory=lambda: {NAMESPACE_NAME_LABEL: "kube-system"})
+    """Labels of the cluster DNS's namespace: the only place workload pods send DNS queries to."""
+    dns_pod_labels: Labels = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    """Labels of the cluster DNS pods (CoreDNS keeps k8s-app=kube-dns)."""
+    prometheus_namespace: str | None = None
+    """Namespace of the Prometheus that scrapes workloads: besides the resource's own namespace, the only
+    one allowed to reach the metrics (9400) and serving (8000) ports."""
     reconcile_interval: Annotated[float, Field(gt=0)] = 10.0
     """Seconds between reconciles of a resource that is not settled."""
     metrics_port: int = 8080
@@ -37,6 +64,39 @@ class OperatorSettings(BaseModel):
     """Most concurrent connections to the API server (watches + Kopf's patches; the handlers' own calls
     share another pool of 16). Each open TLS connection costs ~0.3 MB, so a burst must not open
     hundreds."""
+
+    @field_validator(*_JSON_FIELDS, mode="before")
+    @classmethod
+    def _from_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """An environment variable holds JSON (a list of CIDRs may also be comma-separated)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return [] if str(info.field_name).endswith("cidrs") else {}
+        if text[0] in "[{":
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("store_peer_cidrs", "dns_peer_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/8") from None
+            if "/" not in cidr:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/8 (the prefix length is missing)")
+        return value
+
+    @property
+    def has_store_peer(self) -> bool:
+        """Whether workloads may reach the store: some CIDR or label selector names where it is."""
+        return bool(self.store_peer_cidrs or self.store_peer_namespace_labels or self.store_peer_pod_labels)
 
     @property
     def store(self) -> StoreConfig:

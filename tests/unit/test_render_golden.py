@@ -31,7 +31,9 @@ from forge_operator.settings import OperatorSettings
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE_ENV = "FORGE_UPDATE_GOLDEN"
 SETTINGS = OperatorSettings(store_endpoint="minio.storage:9000", store_secure=False, store_bucket="acme-forge",
-                            trainer_image="registry.acme/forge-trainer:1.0")
+                            trainer_image="registry.acme/forge-trainer:1.0",
+                            store_peer_namespace_labels={"kubernetes.io/metadata.name": "storage"},
+                            store_peer_pod_labels={"app": "minio"}, prometheus_namespace="monitoring")
 META = {"namespace": "ml", "generation": 3}
 EXTRA_EGRESS = [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 443}]}]
 GPU_POOL = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},

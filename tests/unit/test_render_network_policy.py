@@ -1,5 +1,6 @@
-"""Every workload (dataset, training, deployment) is fenced by a NetworkPolicy: egress only to DNS, the
-object store and (training) its own peers; `spec.network.extraEgress` appends rules and never narrows."""
+"""Every workload (dataset, training, deployment) is fenced by a NetworkPolicy: egress only to kube-dns, the
+object store's configured peers and (training) its own peers; `spec.network.extraEgress` appends rules and
+never narrows. (tests/unit/test_network_policy_peers.py reads the same policies from `forge render`.)"""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from forge_operator.render.deployment import render_deployment
 from forge_operator.render.training import render_training
 from forge_operator.settings import OperatorSettings
 
-SETTINGS = OperatorSettings(store_endpoint="minio.storage:9000", store_secure=False, store_bucket="acme-forge")
+SETTINGS = OperatorSettings(store_endpoint="minio.storage:9000", store_secure=False, store_bucket="acme-forge",
+                            store_peer_namespace_labels={"kubernetes.io/metadata.name": "storage"},
+                            store_peer_pod_labels={"app": "minio"})
 META = {"namespace": "ml", "uid": "u-1", "generation": 1}
 EXTRA = [
     {"to": [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.5.0/24"]}}],
@@ -28,8 +31,12 @@ EXTRA = [
     {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "registry"}},
              "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["mirror"]}]}}]},
 ]
-DNS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
-STORE = {"ports": [{"protocol": "TCP", "port": 9000}]}
+DNS = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+       "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+STORE = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "storage"}},
+                 "podSelector": {"matchLabels": {"app": "minio"}}}],
+         "ports": [{"protocol": "TCP", "port": 9000}]}
 
 
 def _dataset_objs(network: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -75,8 +82,8 @@ def test_every_workload_is_fenced_to_dns_and_the_store(kind: str) -> None:
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert DNS in spec["egress"] and STORE in spec["egress"]
-    # every rule without a destination is a port-only rule: DNS or the store, nothing else
-    assert [r for r in spec["egress"] if "to" not in r] == [DNS, STORE]
+    # every rule names its destination: no rule means "any address"
+    assert all(r.get("to") for r in spec["egress"])
     workload = next(o for o in objs if o["kind"] in ("Job", "Deployment"))
     pod_labels = workload["spec"]["template"]["metadata"]["labels"]
     assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items(), "the policy selects the pods"
@@ -88,9 +95,9 @@ def test_only_training_pods_reach_their_peers_and_only_serving_pods_take_clients
     peers = {"podSelector": {"matchLabels": train["podSelector"]["matchLabels"]}}
     assert {"to": [peers]} in train["egress"]
     prepare = _policy(_dataset_objs())["spec"]
-    assert prepare["ingress"] == [] and all("to" not in r for r in prepare["egress"])
+    assert prepare["ingress"] == [] and prepare["egress"] == [DNS, STORE]
     serve = _policy(_deployment_objs())["spec"]
-    assert serve["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8000}]}]
+    assert serve["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8000}]}]
 
 
 @pytest.mark.parametrize("kind", sorted(RENDERERS))

@@ -15,7 +15,8 @@ from forge_operator.render.training import render_training
 from forge_operator.settings import OperatorSettings
 from forge_trainer.config import TrainConfig
 
-SETTINGS = OperatorSettings(store_endpoint="minio.storage:9000", store_secure=False, store_bucket="acme-forge")
+SETTINGS = OperatorSettings(store_endpoint="minio.storage:9000", store_secure=False, store_bucket="acme-forge",
+                            store_peer_cidrs=["10.20.30.40/32"])
 REFS = ResolvedRefs(dataset_manifest="s3://acme-forge/forge/ml/forgedataset/corpus/u9/manifest.json",
                     dataset_digest="sha256:d")
 

@@ -22,6 +22,11 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 NAME_MAX = 52  # leaves room for the suffixes children get ("-prepare", "-config", ...)
 
+STORE_URI_PATTERN = r"^(s3://[a-z0-9][-a-z0-9.]*(/[^/]+)*/?|file:///[^:]*|[^:]+)$"
+"""A store URI as a spec may write it: `s3://bucket/key` in lowercase with no empty path segment, or a local
+path (`/abs`, `./rel`, `data/`, `file:///abs`; `forge run` only). Anything else (`S3://`, `s3://b//key`,
+another scheme) is refused by the API server; resolve/ then keeps keys inside the namespace's prefix."""
+StoreUri = Annotated[str, Field(min_length=1, max_length=2048, pattern=STORE_URI_PATTERN)]
 
 
 def now_rfc3339() -> str:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
 from forge_operator.api.common import (
     DNS1123_LABEL,
+    STORE_URI_PATTERN,
     ComputeResources,
     ResourceStatus,
     RetentionSpec,
     SecretRef,
+    StoreUri,
 )
 from forge_operator.api.network import NetworkSpec
 from forge_trainer.config import (
@@ -31,7 +33,7 @@ from forge_trainer.config import (
 class DatasetSource(WireModel):
     """Where the raw corpus is."""
 
-    uri: Annotated[str, Field(min_length=1)]
+    uri: StoreUri
     """`s3://bucket/prefix` in the company's object store, or a local directory (local mode only)."""
     credentials_secret: SecretRef | None = None
     """Secret in this namespace with `accessKey` and `secretKey` for the source bucket; defaults to
@@ -45,6 +47,8 @@ class ForgeDatasetSpec(WireModel):
         {"rule": "!has(self.tokenizer) || (has(self.tokenizer.vocabSize) ? 1 : 0) + "
                  "(has(self.tokenizer.datasetRef) ? 1 : 0) + (has(self.tokenizer.uri) ? 1 : 0) <= 1",
          "message": "tokenizer: set only one of vocabSize, datasetRef, uri"},
+        {"rule": f"!has(self.tokenizer) || !has(self.tokenizer.uri) || self.tokenizer.uri.matches('{STORE_URI_PATTERN}')",
+         "message": "tokenizer.uri: must be s3://bucket/key (lowercase, no empty path segment) or a local path"},
     ]})
 
     source: DatasetSource
@@ -72,6 +76,10 @@ class ForgeDatasetSpec(WireModel):
 
     @model_validator(mode="after")
     def _tokenizer_ref(self) -> Self:
+        uri = self.tokenizer.uri
+        if uri is not None and not re.match(STORE_URI_PATTERN, uri):
+            raise ValueError(f"tokenizer.uri {uri!r} must be s3://bucket/key (lowercase, no empty path segment) "
+                             "or a local path")
         ref = self.tokenizer.dataset_ref
         if ref is not None and not _is_dns_label(ref):
             raise ValueError(f"tokenizer.datasetRef {ref!r} is not a valid resource name")

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from forge_operator.api.common import DNS1123_SUBDOMAIN, ResourceStatus, Toleration
-from forge_operator.api.network import NetworkSpec
+from forge_operator.api.common import DNS1123_SUBDOMAIN, ResourceStatus, StoreUri, Toleration
+from forge_operator.api.network import ServingNetworkSpec
 from forge_operator.api.training import Name
 from forge_trainer.config import WireModel
 
@@ -97,7 +97,7 @@ class ForgeDeploymentSpec(WireModel):
 
     model_ref: Name | None = None
     """Name of a ForgeTrainingRun in this namespace whose final model is served."""
-    model_uri: str | None = None
+    model_uri: StoreUri | None = None
     """URI of a Hugging Face–format model directory to serve instead."""
     runtime: ServingRuntime = ServingRuntime.BUILTIN
     """builtin or vllm."""
@@ -115,8 +115,9 @@ class ForgeDeploymentSpec(WireModel):
     """Deploy only when every rule passes on the run's evaluation metrics."""
     max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
     """Most concurrent sequences a replica decodes together."""
-    network: NetworkSpec = Field(default_factory=NetworkSpec)
-    """Extra egress for the serving pods; by default they reach only DNS and the object store."""
+    network: ServingNetworkSpec = Field(default_factory=ServingNetworkSpec)
+    """Who may call the serving pods beyond their namespace (allowFrom), and extra egress for them (by
+    default they reach only DNS and the object store)."""
     api_key_secret: ApiKeySecret | None = None
     """The API key clients must send as `Authorization: Bearer <key>` (unset: no key is asked)."""
 

@@ -1,7 +1,8 @@
 """Network fencing every Forge workload shares: the operator gives each workload a NetworkPolicy
-allowing egress only to the object store, DNS and (for training) its own rendezvous peers; a spec
-widens it explicitly with `network.extraEgress`, rules in the shape of Kubernetes'
-NetworkPolicyEgressRule that are appended to the defaults and never narrow them."""
+allowing egress only to the object store, DNS and (for training) its own rendezvous peers, each named as a
+peer; a spec widens it explicitly with `network.extraEgress`, rules in the shape of Kubernetes'
+NetworkPolicyEgressRule that are appended to the defaults and never narrow them. A deployment names the
+clients outside its namespace that may call it with `network.allowFrom`."""
 
 from __future__ import annotations
 
@@ -87,8 +88,9 @@ class IpBlock(WireModel):
         return self
 
 
-class EgressPeer(WireModel):
-    """One destination: either an IP block, or pods chosen by namespace and/or pod labels."""
+class NetworkPeer(WireModel):
+    """One peer (a Kubernetes NetworkPolicyPeer): either an IP block, or pods chosen by namespace and/or
+    pod labels."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "has(self.ipBlock) != (has(self.namespaceSelector) || has(self.podSelector))",
@@ -98,9 +100,9 @@ class EgressPeer(WireModel):
     ip_block: IpBlock | None = None
     """Addresses outside the cluster (or any CIDR)."""
     namespace_selector: LabelSelector | None = None
-    """Namespaces whose pods may be reached ({} is every namespace); with podSelector, only those pods."""
+    """Namespaces of the peer pods ({} is every namespace); with podSelector, only those pods."""
     pod_selector: LabelSelector | None = None
-    """Pods that may be reached, in the workload's namespace unless namespaceSelector is set."""
+    """Peer pods, in the workload's namespace unless namespaceSelector is set."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
@@ -136,7 +138,7 @@ class EgressPort(WireModel):
 class EgressRule(WireModel):
     """Extra destinations the workload may reach (a Kubernetes NetworkPolicyEgressRule)."""
 
-    to: Annotated[list[EgressPeer], Field(min_length=1, max_length=32)]
+    to: Annotated[list[NetworkPeer], Field(min_length=1, max_length=32)]
     """Destinations; at least one (allowing every destination must be written out, e.g. ipBlock 0.0.0.0/0)."""
     ports: Annotated[list[EgressPort], Field(max_length=32)] | None = None
     """Ports on those destinations; left out, every port."""
@@ -151,3 +153,16 @@ class NetworkSpec(WireModel):
     def egress_rules(self) -> list[dict[str, object]]:
         """The extra rules as NetworkPolicy egress entries."""
         return [rule.to_wire() for rule in self.extra_egress]
+
+
+class ServingNetworkSpec(NetworkSpec):
+    """How a serving workload's NetworkPolicy is widened: extra egress, and the clients that may call it."""
+
+    allow_from: Annotated[list[NetworkPeer], Field(max_length=32)] = Field(default_factory=list)
+    """Clients that may call the serving port (8000) besides the pods of the deployment's namespace and the
+    operator's Prometheus namespace (NetworkPolicyPeer shape: ipBlock, or namespaceSelector and/or
+    podSelector; namespaceSelector {} is every namespace)."""
+
+    def ingress_peers(self) -> list[dict[str, object]]:
+        """The allowed clients as NetworkPolicy ingress peers."""
+        return [peer.to_wire() for peer in self.allow_from]

@@ -12,6 +12,7 @@ from forge_operator.api.common import (
     ResourceStatus,
     RetentionPolicy,
     RetentionSpec,
+    StoreUri,
     Toleration,
 )
 from forge_operator.api.network import NetworkSpec
@@ -45,9 +46,9 @@ class InitSpec(WireModel):
 
     base_run: Name | None = None
     """Name of a ForgeTrainingRun in this namespace whose final model this run starts from."""
-    model_uri: str | None = None
+    model_uri: StoreUri | None = None
     """URI of a Hugging Face–format model directory produced by Forge."""
-    checkpoint_uri: str | None = None
+    checkpoint_uri: StoreUri | None = None
     """URI of a checkpoint directory to continue from."""
 
     @model_validator(mode="after")

@@ -37,7 +37,7 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
     settled = frozenset({DatasetPhase.READY, DatasetPhase.FAILED})
 
     def resolve(self, rc: Rc, lookup: Lookup) -> ResolvedDataset | Waiting:
-        return resolve_dataset(rc.resource, lookup)
+        return resolve_dataset(rc.resource, lookup, bucket=runtime().settings.store_bucket)
 
     def plan(self, rc: Rc, resolved: ResolvedDataset) -> DatasetPlan:
         return plan_dataset(rc.resource, runtime().settings, reused_tokenizer_uri=resolved.reused_tokenizer_uri)

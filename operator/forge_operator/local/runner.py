@@ -191,7 +191,7 @@ class LocalRunner:
         if not src.startswith("s3://"):
             body["spec"]["source"]["uri"] = str((m.path.parent / src).resolve())
         ds = ForgeDataset.model_validate(body)
-        resolved = resolve_dataset(ds, self._lookup)
+        resolved = resolve_dataset(ds, self._lookup, bucket=self._bucket)
         if isinstance(resolved, Waiting):
             status, _ = derive_dataset_status(ForgeDatasetStatus(), DatasetObservation(1, waiting=resolved), _now())
             raise self._fail(m, status, resolved.message)

@@ -9,7 +9,14 @@ from forge_operator.api.common import ComputeResources
 from forge_operator.api.dataset import ForgeDataset
 from forge_operator.api.network import NetworkSpec
 from forge_operator.plan.naming import child_name, common_labels, output_uri
-from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta, config_hash
+from forge_operator.plan.workload import (
+    InvalidSpecError,
+    NetworkFence,
+    OwnerRef,
+    StoreAccess,
+    WorkloadMeta,
+    config_hash,
+)
 from forge_operator.settings import OperatorSettings
 from forge_trainer.config import PrepareConfig, TokenizerConfig
 
@@ -31,6 +38,8 @@ class DatasetPlan:
     store: StoreAccess
     resources: ComputeResources
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    fence: NetworkFence = field(default_factory=NetworkFence)
+    """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
 
     @property
     def network_policy_name(self) -> str:
@@ -76,4 +85,5 @@ def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokeniz
         store=StoreAccess.of(settings, secret),
         resources=spec.resources,
         network=spec.network,
+        fence=NetworkFence.of(settings),
     )

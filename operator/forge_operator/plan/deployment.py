@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from forge_operator.api import DEPLOYMENT
 from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, GateRule
 from forge_operator.plan.naming import child_name, common_labels
-from forge_operator.plan.workload import OwnerRef, StoreAccess, WorkloadMeta
+from forge_operator.plan.workload import NetworkFence, OwnerRef, StoreAccess, WorkloadMeta
 from forge_operator.settings import OperatorSettings
 
 KIND = DEPLOYMENT.kind
@@ -57,6 +57,8 @@ class DeploymentPlan:
     vllm_image: str
     image_pull_policy: str
     store: StoreAccess
+    fence: NetworkFence = field(default_factory=NetworkFence)
+    """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
 
     @property
     def endpoint(self) -> str:
@@ -83,4 +85,5 @@ def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri:
         vllm_image=VLLM_IMAGE,
         image_pull_policy=settings.image_pull_policy,
         store=StoreAccess.of(settings),
+        fence=NetworkFence.of(settings),
     )

@@ -22,7 +22,14 @@ from forge_operator.api.network import NetworkSpec
 from forge_operator.api.training import ForgeTrainingRun, TrainingResources
 from forge_operator.plan.naming import child_name, common_labels, output_uri
 from forge_operator.plan.quantity import parse_quantity
-from forge_operator.plan.workload import InvalidSpecError, OwnerRef, StoreAccess, WorkloadMeta, config_hash
+from forge_operator.plan.workload import (
+    InvalidSpecError,
+    NetworkFence,
+    OwnerRef,
+    StoreAccess,
+    WorkloadMeta,
+    config_hash,
+)
 from forge_operator.settings import OperatorSettings
 from forge_trainer.config import ModelConfig, TrainConfig
 
@@ -78,6 +85,8 @@ class TrainingPlan:
     image: str
     image_pull_policy: str
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    fence: NetworkFence = field(default_factory=NetworkFence)
+    """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
 
     @property
     def job_shape(self) -> dict[str, Any]:
@@ -202,4 +211,5 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         image=settings.trainer_image,
         image_pull_policy=settings.image_pull_policy,
         network=spec.network,
+        fence=NetworkFence.of(settings),
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forge_operator.api.common import API_VERSION
-from forge_operator.settings import OperatorSettings
+from forge_operator.settings import NAMESPACE_NAME_LABEL, OperatorSettings
 from forge_trainer.config import WireModel
 
 
@@ -46,6 +46,41 @@ class StoreAccess:
         """The store access of this installation; `credentials_secret` replaces its default Secret."""
         return cls(endpoint=settings.store_endpoint, secure=settings.store_secure, region=settings.store_region,
                    credentials_secret=credentials_secret or settings.credentials_secret)
+
+
+def _peers(cidrs: list[str], namespace_labels: dict[str, str], pod_labels: dict[str, str]) -> tuple[dict[str, Any], ...]:
+    """NetworkPolicy peers: one ipBlock per CIDR, and one selector peer when labels are given."""
+    peers: list[dict[str, Any]] = [{"ipBlock": {"cidr": cidr}} for cidr in cidrs]
+    selector: dict[str, Any] = {}
+    if namespace_labels:
+        selector["namespaceSelector"] = {"matchLabels": dict(namespace_labels)}
+    if pod_labels:
+        selector["podSelector"] = {"matchLabels": dict(pod_labels)}
+    return (*peers, selector) if selector else tuple(peers)
+
+
+@dataclass(frozen=True)
+class NetworkFence:
+    """Where an installation's workload pods may connect besides their own peers, as NetworkPolicy peers:
+    the object store and DNS; and the namespace of the Prometheus that may scrape them. Nothing configured
+    for the store means no egress to it at all (deny), never "any address"."""
+
+    store_peers: tuple[dict[str, Any], ...] = ()
+    store_port: int | None = None
+    """The store pods' port when it differs from the endpoint's."""
+    dns_peers: tuple[dict[str, Any], ...] = (
+        {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "kube-system"}},
+         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},)
+    prometheus_namespace: str | None = None
+
+    @classmethod
+    def of(cls, settings: OperatorSettings) -> NetworkFence:
+        """The fence of this installation's settings."""
+        return cls(store_peers=_peers(settings.store_peer_cidrs, settings.store_peer_namespace_labels,
+                                      settings.store_peer_pod_labels),
+                   store_port=settings.store_peer_port,
+                   dns_peers=_peers(settings.dns_peer_cidrs, settings.dns_namespace_labels, settings.dns_pod_labels),
+                   prometheus_namespace=settings.prometheus_namespace or None)
 
 
 @dataclass(frozen=True)

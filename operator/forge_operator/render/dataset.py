@@ -63,9 +63,9 @@ def render_dataset_job(plan: DatasetPlan) -> dict[str, Any]:
 
 
 def render_dataset_network_policy(plan: DatasetPlan) -> dict[str, Any]:
-    """The preparation pod reaches only DNS and the object store (plus spec.network.extraEgress);
+    """The preparation pod reaches only kube-dns and the object store (plus spec.network.extraEgress);
     nothing reaches it."""
-    return network_policy(plan.network_policy_name, plan.meta, plan.store, ingress=[],
+    return network_policy(plan.network_policy_name, plan.meta, plan.store, plan.fence, ingress=[],
                           extra_egress=plan.network.egress_rules())
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from forge_operator.api.deployment import ServingRuntime
 from forge_operator.plan.deployment import SERVING_PORT, DeploymentPlan
-from forge_operator.render.network_policy import network_policy
+from forge_operator.render.network_policy import network_policy, port_ingress, scrapers
 from forge_operator.render.pod import (
     container_security_context,
     object_meta,
@@ -142,10 +142,11 @@ def render_serving_hpa(plan: DeploymentPlan) -> dict[str, Any] | None:
 
 
 def render_serving_network_policy(plan: DeploymentPlan) -> dict[str, Any]:
-    """Clients reach the serving port only; the pods reach only DNS and the object store (the model),
-    plus spec.network.extraEgress."""
-    return network_policy(plan.deployment_name, plan.meta, plan.store,
-                          ingress=[{"ports": [{"protocol": "TCP", "port": SERVING_PORT}]}],
+    """The serving port answers the deployment's namespace, Prometheus's and spec.network.allowFrom; the
+    pods reach only kube-dns and the object store (the model), plus spec.network.extraEgress."""
+    clients = scrapers(plan.fence) + plan.spec.network.ingress_peers()
+    return network_policy(plan.deployment_name, plan.meta, plan.store, plan.fence,
+                          ingress=[port_ingress(SERVING_PORT, clients)],
                           extra_egress=plan.spec.network.egress_rules())
 
 

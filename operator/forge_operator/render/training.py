@@ -10,7 +10,7 @@ from torchx.specs import macros
 
 from forge_operator.plan.training import METRICS_PORT, RDZV_PORT, TrainingPlan
 from forge_operator.render.config_map import config_map
-from forge_operator.render.network_policy import network_policy
+from forge_operator.render.network_policy import network_policy, port_ingress, scrapers
 from forge_operator.render.pod import (
     config_volume,
     container_security_context,
@@ -122,11 +122,11 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
 
 
 def render_training_network_policy(plan: TrainingPlan) -> dict[str, Any]:
-    """Pods talk only to their peers, DNS and the object store port (plus spec.network.extraEgress);
-    only peers (and metrics scrapers in the namespace) talk to them."""
+    """Pods talk only to their peers, kube-dns and the object store (plus spec.network.extraEgress); only
+    peers talk to them, and the metrics port answers the run's namespace and Prometheus's."""
     peers = {"podSelector": {"matchLabels": dict(plan.meta.labels)}}
-    return network_policy(plan.network_policy_name, plan.meta, plan.store, peers=True,
-                          ingress=[{"from": [peers]}, {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
+    return network_policy(plan.network_policy_name, plan.meta, plan.store, plan.fence, peers=True,
+                          ingress=[{"from": [peers]}, port_ingress(METRICS_PORT, scrapers(plan.fence))],
                           extra_egress=plan.network.egress_rules())
 
 

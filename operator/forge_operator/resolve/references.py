@@ -4,6 +4,7 @@ trains, and store URIs that must stay inside the resource's namespace."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 from forge_operator.api import DATASET, TRAINING_RUN
 from forge_operator.api.dataset import DatasetPhase
@@ -12,7 +13,10 @@ from forge_operator.plan.workload import InvalidSpecError
 from forge_operator.resolve.lookup import Lookup, spec_of, status_of
 from forge_operator.status.conditions import Waiting
 from forge_trainer.config import ModelConfig
+from forge_trainer.store import StoreError, split_uri
 
+FORGE_PREFIX = "forge"
+"""The first segment of every key Forge writes in its bucket: `forge/<namespace>/<kind>/<name>/<uid>/...`."""
 MAX_CHAIN = 16
 """How many baseRun links model_of_chain follows (a chain longer than this is not a training recipe)."""
 
@@ -57,11 +61,23 @@ def model_of_chain(lookup: Lookup, run: dict[str, Any]) -> ModelConfig | None:
 
 
 def check_namespace(uri: str | None, field: str, bucket: str, namespace: str, what: str) -> None:
-    """Refuse (InvalidSpecError) a Forge store URI of another namespace: `what` may only use artifacts of
-    its own namespace."""
-    prefix = f"s3://{bucket}/forge/"
-    if not uri or not uri.startswith(prefix):
+    """Refuse (InvalidSpecError) a store URI in Forge's bucket outside this namespace's prefix
+    (`forge/<namespace>/`): `what` may only use artifacts of its own namespace. The URI is parsed by the
+    store's own `split_uri` (so `S3://` and `s3://bucket//forge/...` mean what the store makes of them) and
+    keys are compared segment by segment; empty, `.` and `..` segments are refused outright."""
+    if not uri:
         return
-    owner = uri[len(prefix):].split("/", 1)[0]
-    if owner != namespace:
-        raise InvalidSpecError(f"{field}: refers to namespace {owner}; {what} ({namespace})")
+    try:
+        scheme, root, key = split_uri(uri)
+    except StoreError as exc:
+        raise InvalidSpecError(f"{field}: {exc}") from None
+    if scheme != "s3" or root.lower() != bucket.lower():
+        return
+    segments = key.rstrip("/").split("/")
+    if any(s in ("", ".", "..") for s in segments) or "//" in urlparse(uri).path:
+        raise InvalidSpecError(f"{field}: {uri!r} has an empty, '.' or '..' path segment; write the key plainly "
+                               f"(s3://{bucket}/forge/{namespace}/...)")
+    if segments[0] != FORGE_PREFIX or len(segments) < 2 or segments[1] != namespace:
+        owner = segments[1] if segments[0] == FORGE_PREFIX and len(segments) > 1 else None
+        where = f"refers to namespace {owner}" if owner else f"is outside the namespace prefix {FORGE_PREFIX}/{namespace}/"
+        raise InvalidSpecError(f"{field}: {where}; {what} ({namespace})")
