@@ -1,0 +1,42 @@
+{{/* The grants on namespaced resources: a ClusterRole's rules when the operator watches every namespace,
+a Role's in each watched namespace otherwise (watchNamespaces). tests/unit/test_chart_role_grants.py derives
+them from the code, both ways: every grant is used and every use is granted. */}}
+{{- define "forge.namespacedRules" -}}
+# the three Forge kinds: Kopf watches them and patches finalizers/annotations (and the training
+# handler its immutable-spec annotation)
+- apiGroups: ["forge.ai"]
+  resources: ["forgedatasets", "forgetrainingruns", "forgedeployments"]
+  verbs: ["list", "watch", "patch"]
+# one status write per reconcile
+- apiGroups: ["forge.ai"]
+  resources: ["forgedatasets/status", "forgetrainingruns/status", "forgedeployments/status"]
+  verbs: ["patch"]
+# Jobs: read, server-side apply (create + patch), suspend/resume (patch), replaced on a spec change or a
+# new attempt (delete)
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create", "patch", "delete"]
+# the rest of a workload is only server-side applied (a PATCH that may create); the garbage collector
+# removes it with its owner
+- apiGroups: [""]
+  resources: ["configmaps", "services"]
+  verbs: ["create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "patch"]
+# serving: applied, then read for its ready replicas
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "patch"]
+# a new training attempt waits for the pods of earlier ones to finish
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Kopf posts Events about the resources
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
