@@ -38,8 +38,9 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, in
 class Operator:
     """A running `forge operator` process."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
+    def __init__(self, env: dict[str, str], log: Path, namespace: str = f"{NAMESPACE_PREFIX}*") -> None:
+        """`namespace`: what it watches (a name or a glob)."""
+        self.env, self.log, self.namespace = env, log, namespace
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -47,7 +48,7 @@ class Operator:
         self.proc = subprocess.Popen(
             # only the suite's own namespaces: whatever else lives on a shared API server is not ours
             [sys.executable, "-m", "forge_operator.cli", "operator", "--standalone", "--verbose",
-             "--namespace", f"{NAMESPACE_PREFIX}*",
+             "--namespace", self.namespace,
              "--liveness", f"http://127.0.0.1:{self.env['FORGE_LIVENESS_PORT']}/healthz"],
             env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
 
