@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from forge_trainer.config import StoreConfig
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/forge-ai/forge-trainer:0.1.0"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 """The label Kubernetes puts on every namespace, holding its name."""
 Labels = dict[Annotated[str, Field(min_length=1, max_length=317)], Annotated[str, Field(max_length=63)]]
@@ -24,6 +25,9 @@ class OperatorSettings(BaseModel):
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     """Image of the workloads (prepare, train, builtin serving)."""
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    """Image of the serving pods of a ForgeDeployment with runtime vllm (pin it by digest in a registry
+    you control: image@sha256:...)."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of workload images."""
     store_endpoint: str | None = None

@@ -30,6 +30,7 @@ from forge_trainer.config import (
 )
 
 DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]}
 
 Name = Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)]
@@ -82,11 +83,15 @@ class TrainingResources(WireModel):
     """CPU request per node (Kubernetes quantity)."""
     memory: str | None = None
     """Memory request per node (Kubernetes quantity)."""
-    shm_size: str = "16Gi"
-    """Size of /dev/shm (memory-backed) for NCCL and data loaders."""
-    node_selector: dict[str, str] = Field(
-        default_factory=lambda: {"nvidia.com/gpu.product": DEFAULT_GPU_PRODUCT})
-    """Node pool selector; defaults to H100 nodes."""
+    shm_size: str | None = None
+    """Size of /dev/shm for NCCL and data loaders. It is memory-backed and counts against the memory limit,
+    so it is capped at `memory`; unset: half of `memory` (at most 16Gi), or 16Gi when no memory is set."""
+    scratch_size: str | None = None
+    """Size limit of each pod's /tmp (an emptyDir on the node's disk: the initial model's download,
+    checkpoint staging, the exported model); unset: 200Gi. A pod that writes more is evicted."""
+    node_selector: dict[str, str] | None = None
+    """Node pool selector; unset: H100 nodes (`nvidia.com/gpu.product`) when gpusPerNode > 0, any node for a
+    CPU run (gpusPerNode 0). `{}` places GPU pods on any node with free GPUs."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Tolerations for tainted GPU node pools."""
     priority_class_name: str | None = None
@@ -99,6 +104,14 @@ class TrainingResources(WireModel):
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"resources.minNodes ({self.min_nodes}) must not exceed resources.maxNodes "
                              f"({self.max_nodes})")
+        return self
+
+    @model_validator(mode="after")
+    def _default_placement(self) -> Self:
+        # filled here rather than as a CRD default, so that it follows gpusPerNode: a CPU run pinned to
+        # GPU nodes would never schedule
+        if self.node_selector is None:
+            self.node_selector = {GPU_PRODUCT_LABEL: DEFAULT_GPU_PRODUCT} if self.gpus_per_node else {}
         return self
 
 

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from forge_operator.api import DEPLOYMENT
 from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, GateRule
 from forge_operator.plan.naming import child_name, common_labels
-from forge_operator.plan.workload import NetworkFence, OwnerRef, StoreAccess, WorkloadMeta
+from forge_operator.plan.quantity import plan_shm_size
+from forge_operator.plan.workload import InvalidSpecError, NetworkFence, OwnerRef, StoreAccess, WorkloadMeta
 from forge_operator.settings import OperatorSettings
 
 KIND = DEPLOYMENT.kind
 SERVING_PORT = 8000
-VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_SHM_SIZE = "16Gi"
+"""/dev/shm of a vLLM pod without a memory limit (vLLM's workers and NCCL share tensors through it)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class DeploymentPlan:
     vllm_image: str
     image_pull_policy: str
     store: StoreAccess
+    shm_size: str = DEFAULT_SHM_SIZE
+    """sizeLimit of the vLLM pods' memory-backed /dev/shm: half of spec.resources.memory, at most 16Gi."""
     fence: NetworkFence = field(default_factory=NetworkFence)
     """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
 
@@ -71,6 +75,10 @@ def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri:
     """The serving workload of `dep` for a resolved model."""
     meta = dep.metadata
     name, namespace = meta["name"], meta["namespace"]
+    try:
+        shm_size = plan_shm_size(None, dep.spec.resources.memory, "spec.resources", DEFAULT_SHM_SIZE)
+    except ValueError as exc:
+        raise InvalidSpecError(str(exc)) from exc
     return DeploymentPlan(
         meta=WorkloadMeta(namespace=namespace, owner=OwnerRef.of(dep.model_dump(by_alias=True)),
                           labels=common_labels(KIND, name, "serve")),
@@ -82,7 +90,8 @@ def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri:
         model_name=dep.spec.model_ref or name,
         spec=dep.spec,
         trainer_image=settings.trainer_image,
-        vllm_image=VLLM_IMAGE,
+        vllm_image=settings.vllm_image,
+        shm_size=shm_size,
         image_pull_policy=settings.image_pull_policy,
         store=StoreAccess.of(settings),
         fence=NetworkFence.of(settings),

@@ -21,7 +21,7 @@ from forge_operator.api.errors import spec_error_message
 from forge_operator.api.network import NetworkSpec
 from forge_operator.api.training import ForgeTrainingRun, TrainingResources
 from forge_operator.plan.naming import child_name, common_labels, output_uri
-from forge_operator.plan.quantity import parse_quantity
+from forge_operator.plan.quantity import parse_quantity, plan_shm_size
 from forge_operator.plan.workload import (
     InvalidSpecError,
     NetworkFence,
@@ -41,6 +41,11 @@ CONFIG_PATH = "/etc/forge/config.yaml"
 # Rendezvous settings learned the hard way: a short last call so a re-forming group does not wait
 # long for stragglers, a fast keep-alive so a dead node is noticed quickly.
 RDZV_CONF = "last_call_timeout=5,keep_alive_interval=1,join_timeout=600"
+DEFAULT_SHM_SIZE = "16Gi"
+"""/dev/shm of a training pod when neither spec.resources.shmSize nor a memory limit says otherwise."""
+DEFAULT_SCRATCH_SIZE = "200Gi"
+"""/tmp of a training pod unless spec.resources.scratchSize is set: room for a large model's download,
+checkpoint staging and export, yet a bound on what one pod can write to the node's disk."""
 ELASTIC_ENV = {
     # without it, a re-rendezvous reads stale store addresses and fails about half the time
     "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
@@ -85,6 +90,10 @@ class TrainingPlan:
     image: str
     image_pull_policy: str
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    shm_size: str = DEFAULT_SHM_SIZE
+    """sizeLimit of the pods' memory-backed /dev/shm (see `plan_training_shm_size`)."""
+    scratch_size: str = DEFAULT_SCRATCH_SIZE
+    """sizeLimit of the pods' /tmp."""
     fence: NetworkFence = field(default_factory=NetworkFence)
     """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
 
@@ -137,10 +146,28 @@ def plan_app_def(name: str, image: str, resources: TrainingResources, max_restar
     return specs.AppDef(name=name, roles=[role])
 
 
+def plan_training_shm_size(resources: TrainingResources) -> str:
+    """The sizeLimit of a training pod's /dev/shm: spec.resources.shmSize capped at spec.resources.memory,
+    else half of spec.resources.memory at most 16Gi, else 16Gi (see `plan_shm_size`)."""
+    return plan_shm_size(resources.shm_size, resources.memory, "spec.resources", DEFAULT_SHM_SIZE)
+
+
+def plan_scratch_size(resources: TrainingResources) -> str:
+    """The sizeLimit of a training pod's /tmp: spec.resources.scratchSize, else DEFAULT_SCRATCH_SIZE."""
+    if resources.scratch_size is None:
+        return DEFAULT_SCRATCH_SIZE
+    parse_quantity(resources.scratch_size, "spec.resources.scratchSize")
+    return resources.scratch_size
+
+
 def job_shape(resources: TrainingResources) -> dict[str, Any]:
     """The part of spec.resources a Job is built from and cannot change in place (torchrun's --nnodes,
-    an Indexed Job's completions/parallelism, the pod template): everything but the Kueue queue."""
-    return resources.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"queue"})
+    an Indexed Job's completions/parallelism, the pod template): everything but the Kueue queue. An unset
+    shmSize is recorded as planned: a run without spec.resources recorded the 16Gi default before the
+    size followed the memory, and an operator upgrade must not roll its Job."""
+    shape = resources.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"queue"})
+    shape.setdefault("shmSize", plan_training_shm_size(resources))
+    return shape
 
 
 def shape_changes(live: str | None, desired: dict[str, Any]) -> list[str]:
@@ -186,6 +213,7 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         )
         app = plan_app_def(child_name(name, "train"), settings.trainer_image, spec.resources, spec.max_restarts,
                            config_path=config_path)
+        shm_size, scratch_size = plan_training_shm_size(spec.resources), plan_scratch_size(spec.resources)
     except ValidationError as exc:
         raise InvalidSpecError(spec_error_message(exc, root="spec")) from exc
     except ValueError as exc:
@@ -211,5 +239,7 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         image=settings.trainer_image,
         image_pull_policy=settings.image_pull_policy,
         network=spec.network,
+        shm_size=shm_size,
+        scratch_size=scratch_size,
         fence=NetworkFence.of(settings),
     )

@@ -14,6 +14,7 @@ from forge_operator.render.pod import (
     pod_security_context,
     resource_requirements,
     scratch_volume,
+    shm_volume,
     store_env,
 )
 
@@ -23,6 +24,20 @@ BUILTIN_API_KEY_ENV = "FORGE_API_KEY"
 """The builtin server reads its API key from this variable (`forge-trainer serve --api-key`)."""
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
 """vLLM reads its `--api-key` from this variable; an env var keeps the key off the process command line."""
+BUILTIN_SCRATCH_SIZE = "1Gi"
+"""/tmp of a builtin serving pod: the model is fetched into its own volume, so only small temporary files."""
+VLLM_SCRATCH_SIZE = "8Gi"
+"""/tmp of a vLLM pod, also its HOME (the root filesystem is read-only): torch.compile, Triton and
+FlashInfer write their kernel caches there."""
+VLLM_ENV = {
+    "HF_HUB_OFFLINE": "1",  # the model is local; the NetworkPolicy would refuse the Hub anyway
+    "HOME": "/tmp",
+    # the pod's uid has no passwd entry in the vLLM image, and torch.compile names its cache directory
+    # after getpass.getuser(), which falls back to the passwd database only when USER is unset
+    "USER": "forge",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
 
 
 def _api_key_env(plan: DeploymentPlan, name: str) -> list[dict[str, Any]]:
@@ -81,11 +96,10 @@ def _vllm_container(plan: DeploymentPlan) -> dict[str, Any]:
         "name": "server", "image": plan.vllm_image, "imagePullPolicy": plan.image_pull_policy,
         "command": ["vllm", "serve", MODEL_DIR, "--served-model-name", plan.model_name, "--host", "0.0.0.0",
                     "--port", str(SERVING_PORT), "--max-num-seqs", str(plan.spec.max_batch_size)],
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"},
-                *_api_key_env(plan, VLLM_API_KEY_ENV)],
+        "env": [*({"name": k, "value": v} for k, v in VLLM_ENV.items()), *_api_key_env(plan, VLLM_API_KEY_ENV)],
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
-        "volumeMounts": [{**_MODELS, "readOnly": True}, scratch_volume()[1], {"name": "dshm", "mountPath": "/dev/shm"}],
-        "securityContext": {**container_security_context(), "readOnlyRootFilesystem": False},
+        "volumeMounts": [{**_MODELS, "readOnly": True}, scratch_volume()[1], shm_volume(plan.shm_size)[1]],
+        "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, {"nvidia.com/gpu": str(max(1, res.gpus))}),
         **_probes("/health", "/health"),
     }
@@ -94,13 +108,15 @@ def _vllm_container(plan: DeploymentPlan) -> dict[str, Any]:
 def render_serving_deployment(plan: DeploymentPlan) -> dict[str, Any]:
     """The apps/v1 Deployment running the serving runtime."""
     spec = plan.spec
-    volumes: list[dict[str, Any]] = [scratch_volume()[0], {"name": "models", "emptyDir": {}}]
+    vllm = spec.runtime is ServingRuntime.VLLM
+    scratch = scratch_volume(VLLM_SCRATCH_SIZE if vllm else BUILTIN_SCRATCH_SIZE)[0]
+    volumes: list[dict[str, Any]] = [scratch, {"name": "models", "emptyDir": {}}]
     pod: dict[str, Any] = {"automountServiceAccountToken": False, "securityContext": pod_security_context()}
     # both runtimes: only the init container sees the store credentials; the server reads the local copy
     pod["initContainers"] = [_fetch_container(plan)]
-    if spec.runtime is ServingRuntime.VLLM:
+    if vllm:
         pod["containers"] = [_vllm_container(plan)]
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        volumes.append(shm_volume(plan.shm_size)[0])
     else:
         pod["containers"] = [_builtin_container(plan)]
     pod["volumes"] = volumes

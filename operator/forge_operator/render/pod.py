@@ -9,6 +9,9 @@ from forge_operator.plan.workload import OwnerRef, StoreAccess, WorkloadMeta
 CONFIG_DIR = "/etc/forge"
 CONFIG_FILE = "config.yaml"
 WORKLOAD_UID = 1000
+DEFAULT_SCRATCH_SIZE = "200Gi"
+"""/tmp of a workload pod unless its kind sizes it: a dataset spills its cleaned corpus and packs its shards
+there, a training run stages checkpoints and the exported model."""
 
 
 def owner_reference(owner: OwnerRef) -> dict[str, Any]:
@@ -76,6 +79,14 @@ def config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
 
 
-def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
-    """(volume, volumeMount) of a writable /tmp, since the root filesystem is read-only."""
-    return ({"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"})
+def scratch_volume(size_limit: str = DEFAULT_SCRATCH_SIZE) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) of a writable /tmp, since the root filesystem is read-only; bounded, so one pod
+    cannot fill the node's disk (the kubelet evicts a pod whose emptyDir outgrows its sizeLimit)."""
+    return ({"name": "tmp", "emptyDir": {"sizeLimit": size_limit}}, {"name": "tmp", "mountPath": "/tmp"})
+
+
+def shm_volume(size_limit: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) of a memory-backed /dev/shm of at most `size_limit` (it counts against the
+    container's memory limit; the runtime's default of 64Mi is too small for NCCL and data loaders)."""
+    return ({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": size_limit}},
+            {"name": "dshm", "mountPath": "/dev/shm"})

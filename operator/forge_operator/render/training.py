@@ -18,6 +18,7 @@ from forge_operator.render.pod import (
     pod_security_context,
     resource_requirements,
     scratch_volume,
+    shm_volume,
     store_env,
 )
 
@@ -56,8 +57,8 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
                          rank0_env=RANK0_ENV).apply(plan.app.roles[0])
     res = plan.resources
     config_vol, config_mount = config_volume(plan.config_name)
-    tmp_vol, tmp_mount = scratch_volume()
-    shm_vol = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}}
+    tmp_vol, tmp_mount = scratch_volume(plan.scratch_size)
+    shm_vol, shm_mount = shm_volume(plan.shm_size)
     env = [{"name": k, "value": v} for k, v in sorted(role.env.items())]
     env.append({"name": RANK0_ENV, "value": plan.rank0_host})
     env += store_env(plan.store)
@@ -69,7 +70,7 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         "command": [role.entrypoint, *role.args],
         "env": env,
         "ports": [{"name": "c10d", "containerPort": RDZV_PORT, "protocol": "TCP"}, {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "volumeMounts": [config_mount, tmp_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [config_mount, tmp_mount, shm_mount],
         "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
     }
