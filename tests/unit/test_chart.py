@@ -164,7 +164,8 @@ def test_operator_settings_come_from_the_values_and_keys_from_a_secret() -> None
         "minio.storage:9000", False, "models", "eu-1")
     assert (settings.credentials_secret, settings.reconcile_interval, settings.metrics_port) == ("team-keys", 5, 9100)
     assert settings.trainer_image == "registry.local/trainer:1"
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}
     assert refs == {"FORGE_S3_ACCESS_KEY": {"name": "s3-keys", "key": "accessKey"},
                     "FORGE_S3_SECRET_KEY": {"name": "s3-keys", "key": "secretKey"}}
     assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in c["ports"]
