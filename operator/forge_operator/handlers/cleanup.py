@@ -128,6 +128,8 @@ def _block(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
     conditions = [Condition.model_validate(c) for c in status.get("conditions") or []]
     updated = set_condition(conditions, DELETION_BLOCKED, ConditionStatus.TRUE, reason, message,
                             status.get("observedGeneration"), now_rfc3339())
+    if updated == conditions:
+        return  # a wait that says the same thing again costs no write
     runtime().kube.patch_status(API_VERSION, kind, meta["namespace"], meta["name"],
                                 {"conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True)
                                                 for c in updated]})
