@@ -7,14 +7,19 @@ One step:
   2. sample `groupSize` completions per prompt from the policy (temperature, maxNewTokens, KV cache);
   3. score every completion with the verifier (built-in or sandboxed custom; a verifier that crashes
      or times out scores 0 and is counted);
-  4. group-relative advantages: A = (r - mean(group)) / (std(group) + eps);
+  4. group-relative advantages: A = (r - mean(group)) / (std(group) + 1e-4), std with Bessel's
+     correction (as TRL's GRPOTrainer; 0 where a group's rewards are all equal);
   5. one optimizer step on the GRPO objective, per completion token t:
          -min(rho_t A, clip(rho_t, 1 - eps, 1 + eps) A) + beta * KL_t,
      rho_t = pi(y_t) / pi_old(y_t), KL_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1 (the unbiased
      k3 estimator against the frozen reference model), averaged over a completion's tokens, then
-     over completions. Log-probabilities are taken at the sampling temperature.
+     over completions (the DeepSeekMath GRPO objective; TRL's `loss_type="grpo"`). Log-probabilities are
+     taken at the sampling temperature. With one optimizer step per rollout rho_t is 1 at the update
+     (as in TRL with num_iterations 1), so the clip fraction reported is 0 unless the policy moved
+     between sampling and the update.
 The reference is the initial model: a frozen copy for `method: full`; for lora/qlora the same model
-with its adapters bypassed (no second copy). Progress adds mean reward, success rate and KL per step.
+with its adapters bypassed (no second copy). Progress adds, per step, mean reward, success rate
+(sampled), KL, mean completion length and clip fraction; each step's record in the step log too.
 """
 
 from __future__ import annotations
@@ -57,12 +62,13 @@ from forge_trainer.train.verifiers import RewardModel, RewardStats
 log = logging.getLogger(__name__)
 
 ADV_EPS = 1e-4
+"""Added to a group's reward std before dividing (TRL's value)."""
 
 
 def group_advantages(rewards: Tensor) -> Tensor:
     """(B, G) rewards -> (B, G) advantages relative to each prompt's group (0 where a group is uniform)."""
     mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    std = rewards.std(dim=1, keepdim=True)  # Bessel-corrected, as TRL
     return (rewards - mean) / (std + ADV_EPS)
 
 
@@ -104,18 +110,36 @@ def masked_mean_per_row(values: Tensor, mask: Tensor) -> Tensor:
     return (values * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
-def grpo_loss_fn(clip_ratio: float, kl_coefficient: float, temperature: float) -> Any:
-    """The StepEngine loss function of GRPO for these settings."""
+@dataclass
+class GrpoLoss:
+    """The StepEngine loss function of GRPO for these settings; it also counts, for the step log, the
+    completion tokens whose clipped term was the one taken (TRL's clip ratio)."""
 
-    def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
-        logp = token_logprobs(model, batch, temperature)
+    clip_ratio: float
+    kl_coefficient: float
+    temperature: float
+    clipped: float = 0.0
+    tokens: float = 0.0
+
+    def __call__(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Mean over completions of each completion's mean per-token GRPO loss."""
+        logp = token_logprobs(model, batch, self.temperature)
         ratio = torch.exp(logp - batch["old_logp"])
         adv = batch["advantages"][:, None]
-        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_ratio, 1 + clip_ratio) * adv)
-        per_token = -surrogate + kl_coefficient * kl_k3(logp, batch["ref_logp"])
-        return masked_mean_per_row(per_token, batch["target_mask"]).mean()
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - self.clip_ratio, 1 + self.clip_ratio) * adv)
+        per_token = -surrogate + self.kl_coefficient * kl_k3(logp, batch["ref_logp"])
+        mask = batch["target_mask"]
+        with torch.no_grad():
+            clipped = ((ratio < 1 - self.clip_ratio) & (adv < 0)) | ((ratio > 1 + self.clip_ratio) & (adv > 0))
+            self.clipped += float((clipped & mask.bool()).sum())
+            self.tokens += float(mask.sum())
+        return masked_mean_per_row(per_token, mask).mean()
 
-    return loss_fn
+    def take_clip_fraction(self) -> float:
+        """Clipped share of the completion tokens since the last call (then the counts restart)."""
+        fraction = self.clipped / self.tokens if self.tokens else 0.0
+        self.clipped = self.tokens = 0.0
+        return fraction
 
 
 @dataclass
@@ -203,12 +227,12 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
     model = wrap_model(base.model, runtime, hp.activation_checkpointing, hp.compile)
     if reference.copy is not None:
         reference.copy.to(runtime.device)
-    loss_fn = grpo_loss_fn(rl.clip_ratio, rl.kl_coefficient, rl.temperature)
+    loss_fn = GrpoLoss(rl.clip_ratio, rl.kl_coefficient, rl.temperature)
     engine = StepEngine(model, hp, runtime, loss_fn=loss_fn, params=list(model.named_parameters()),
                         bf16=config.precision is Precision.BF16)
     with open_run(config, runtime, store, prefix, engine, config_path,
                   lambda step: {"task_position": step * prompts_per_step}) as run:
-        return _Rl(run, base, reference, rewards, tasks, prompts_per_step).loop()
+        return _Rl(run, base, reference, rewards, tasks, prompts_per_step, loss_fn).loop()
 
 
 @dataclass
@@ -221,6 +245,7 @@ class _Rl:
     rewards: RewardModel
     tasks: list[dict[str, Any]]
     prompts_per_step: int
+    loss: GrpoLoss
     _order: dict[int, list[int]] = field(default_factory=dict)
 
     def step_tasks(self, step: int) -> list[dict[str, Any]]:
@@ -270,45 +295,54 @@ class _Rl:
         return StepRollout(batch, stats, kl, int(batch["target_mask"].sum()), samples)
 
     def micro_batches(self, batch: Batch) -> list[Batch]:
+        """The step's rollout batch cut into micro-batches."""
         micro = self.run.config.hyperparameters.micro_batch_size
         n = batch["input_ids"].shape[0]
         return [{k: v[i:i + micro] for k, v in batch.items()} for i in range(0, n, micro)]
 
     def loop(self) -> RlResult:
+        """Train from the run's step to its last, evaluating before the first step and after the last."""
         run, rt = self.run, self.run.runtime
         result = RlResult(progress=run.reporter.progress)
         step, tokens_seen = run.step, run.tokens_seen
         if step == 0:
             result.initial_eval = self.evaluate(0, final=False)
+            run.reporter.update(force=True, initial_eval_metrics=result.initial_eval)
         while step < run.max_steps:
             began = time.perf_counter()
             roll = self.rollout(step)
             stats = run.engine.train_step(step, self.micro_batches(roll.batch))
             totals = all_reduce_sum(rt, torch.tensor([roll.stats.score_sum, float(roll.stats.passed),
                                                       float(roll.stats.total), float(roll.stats.errors), roll.kl,
-                                                      float(roll.batch["attention_mask"].sum())],
+                                                      float(roll.batch["attention_mask"].sum()),
+                                                      float(roll.completion_tokens), self.loss.take_clip_fraction()],
                                                      dtype=torch.float64))
-            score_sum, passed, total, errors, kl_sum, seq_tokens = totals.tolist()
+            score_sum, passed, total, errors, kl_sum, seq_tokens, completion_tokens, clip_sum = totals.tolist()
             step += 1
             mean_reward, success, kl = score_sum / total, passed / total, kl_sum / rt.world_size
+            length, clipped = completion_tokens / total, clip_sum / rt.world_size
             tokens_seen += int(seq_tokens)
             result.rewards[step], result.success[step] = mean_reward, success
             fields: dict[str, Any] = {"step": step, "tokens_seen": tokens_seen, "loss": stats.loss,
                                       "mean_reward": mean_reward, "success_rate": success, "kl": kl,
+                                      "completion_length": length, "clip_fraction": clipped,
                                       "tokens_per_second": seq_tokens / max(time.perf_counter() - began, 1e-9),
                                       "world_size": rt.world_size}
             record: dict[str, Any] = {"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
                                       "mean_reward": mean_reward, "success_rate": success, "kl": kl,
+                                      "completion_length": length, "clip_fraction": clipped,
                                       "verifier_errors": int(errors), "completion_tokens": roll.completion_tokens,
                                       "samples": roll.samples}
             run.after_step(step, tokens_seen, fields, [record],
                            evaluate=lambda at: self.evaluate(at, final=False).get("loss"),
-                           summary=f"reward {mean_reward:.3f} success {success:.3f} kl {kl:.4f} loss {stats.loss:.4f}")
+                           summary=f"reward {mean_reward:.3f} success {success:.3f} kl {kl:.4f} "
+                                   f"length {length:.1f} clipped {clipped:.3f} loss {stats.loss:.4f}")
         result.eval_metrics = self.evaluate(run.max_steps, final=True)
         result.progress = self.finish(result.eval_metrics)
         return result
 
     def evaluate(self, step: int, final: bool) -> dict[str, float]:
+        """Write eval.json at `step` and report its metrics."""
         run = self.run
         ctx = EvalContext(run.config, run.runtime, run.store, run.prefix, self.base.chat, self.base.eos_id,
                           self.base.pad_id)
@@ -318,6 +352,7 @@ class _Rl:
         return metrics
 
     def finish(self, metrics: dict[str, float]) -> TrainProgress:
+        """Export the model and mark the run done."""
         run = self.run
         return finish_posttrain(run.engine.model, run.config, run.runtime, self.base, run.store, run.prefix,
                                 run.reporter, metrics)
