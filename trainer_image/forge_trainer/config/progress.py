@@ -98,6 +98,10 @@ class TrainProgress(WireModel):
     """Fraction of completions with reward 1 in the latest RL step."""
     kl: float | None = None
     """KL to the reference model in the latest RL step."""
+    completion_length: float | None = None
+    """Mean completion length in tokens in the latest RL step."""
+    clip_fraction: float | None = None
+    """Share of the latest RL step's completion tokens whose probability ratio was clipped."""
     checkpoints: list[CheckpointInfo] = Field(default_factory=list)
     """Checkpoints kept."""
     final_model_uri: str | None = None
@@ -106,6 +110,8 @@ class TrainProgress(WireModel):
     """sha256 over the export's files once written."""
     eval_metrics: dict[str, float] = Field(default_factory=dict)
     """Final evaluation metrics (loss, perplexity, pass rates per verifier)."""
+    initial_eval_metrics: dict[str, float] = Field(default_factory=dict)
+    """The run's first evaluation (rl: the starting model, before the first step), for comparison."""
     done: bool = False
     """The workload finished successfully."""
     error: str | None = None

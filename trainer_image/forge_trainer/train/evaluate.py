@@ -1,13 +1,20 @@
 """Evaluation for sft and rl: the numbers a ForgeDeployment's eval gate reads, in `<output>/eval.json`.
 
     {"step": 200, "final": true, "dataset": "<eval dataset URI>", "metrics": {...},
-     "history": [{"step": 100, "final": false, "metrics": {...}}, ...], "updatedAt": "..."}
+     "initial": {"step": 0, "metrics": {...}}, "change": {"pass_rate": 0.4, ...},
+     "history": [{"step": 0, "final": false, "metrics": {...}}, ...], "updatedAt": "..."}
+
+`initial` is the run's first evaluation (for rl: the starting model, before the first step, on the
+same tasks) and `change` the final minus the initial value of every rate both have (pass rates,
+mean reward, loss): the SFT -> RL difference.
 
 Metrics (flat names, floats):
     loss, perplexity          mean token loss on the eval dataset (sft: assistant tokens only; pretrain
                               dataset: every token), else on the training dataset's validation split
     pass_rate                 tasks (rl records) whose greedy completion passes its verifier
-    pass_rate/<verifier>      the same per verifier (exact_match, regex, json_schema, tool_call, ...)
+    pass_rate_low, _high      its 95% Wilson score interval
+    pass_rate/<verifier>      the same per verifier (exact_match, regex, json_schema, tool_call, ...),
+    pass_rate_low/<verifier>, pass_rate_high/<verifier>, tasks/<verifier>   with its interval and tasks
     mean_reward               mean verifier score of those completions
     tasks                     tasks evaluated
     verifier_errors           verifications that crashed, timed out or ran out of memory (scored 0)
@@ -49,6 +56,34 @@ MAX_EVAL_TASKS = 256
 """Most tasks scored per evaluation."""
 EVAL_BATCH = 16
 """Prompts generated together."""
+WILSON_Z = 1.959964
+"""Normal quantile of a two-sided 95% interval."""
+CHANGE_KEYS = ("pass_rate", "mean_reward", "loss")
+"""Metrics (and their per-verifier forms) whose final - initial difference eval.json reports."""
+
+
+def wilson_interval(passed: int, total: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a pass rate of `passed` out of `total` (0, 1 when there are none)."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = passed / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_metrics(passes: list[bool], suffix: str = "") -> dict[str, float]:
+    """pass_rate, its Wilson interval and the task count of `passes`, names ending in `suffix`."""
+    low, high = wilson_interval(sum(passes), len(passes))
+    return {f"pass_rate{suffix}": sum(passes) / len(passes), f"pass_rate_low{suffix}": low,
+            f"pass_rate_high{suffix}": high, f"tasks{suffix}": float(len(passes))}
+
+
+def metric_change(initial: dict[str, float], final: dict[str, float]) -> dict[str, float]:
+    """final - initial for the rates and losses both evaluations have (the SFT -> RL difference)."""
+    return {k: final[k] - initial[k] for k in sorted(final)
+            if k in initial and k.split("/", 1)[0] in CHANGE_KEYS}
 
 
 @dataclass
@@ -117,12 +152,12 @@ def score_tasks(ctx: EvalContext, model: Transformer, tasks: list[dict[str, Any]
     for kind, _, passed, _ in everyone:
         per_kind[kind].append(passed)
     metrics = {
-        "pass_rate": sum(r[2] for r in everyone) / len(everyone),
+        **rate_metrics([r[2] for r in everyone]),
         "mean_reward": sum(r[1] for r in everyone) / len(everyone),
-        "tasks": float(len(everyone)),
         "verifier_errors": float(sum(r[3] for r in everyone)),
     }
-    metrics.update({f"pass_rate/{k}": sum(v) / len(v) for k, v in sorted(per_kind.items())})
+    for kind, passes in sorted(per_kind.items()):
+        metrics.update(rate_metrics(passes, f"/{kind}"))
     return metrics
 
 
@@ -205,8 +240,11 @@ def write_eval(ctx: EvalContext, model: Transformer, step: int, final: bool,
                 ctx.history = []
         entry = {"step": step, "final": final, "metrics": metrics}
         ctx.history.append(entry)
+        first = ctx.history[0]
         write_json_atomic(ctx.store, key, {
-            **entry, "dataset": ctx.config.eval_dataset or ctx.config.dataset, "history": ctx.history,
+            **entry, "dataset": ctx.config.eval_dataset or ctx.config.dataset,
+            "initial": {"step": first["step"], "metrics": first["metrics"]},
+            "change": metric_change(first["metrics"], metrics), "history": ctx.history,
             "updatedAt": rfc3339(datetime.now(UTC))})
     log.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
     return metrics

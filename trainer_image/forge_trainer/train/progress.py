@@ -31,6 +31,11 @@ _GAUGES = {
     "mfu": "Model FLOPs utilisation estimate (0..1)",
     "world_size": "Workers in the current group",
     "restarts": "Times the worker group re-formed",
+    "mean_reward": "Mean reward of the latest RL step",
+    "success_rate": "Share of the latest RL step's completions that passed their verifier",
+    "kl": "KL to the reference model in the latest RL step",
+    "completion_length": "Mean completion length in tokens in the latest RL step",
+    "clip_fraction": "Share of the latest RL step's completion tokens whose ratio was clipped",
 }
 
 
