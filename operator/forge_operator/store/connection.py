@@ -12,7 +12,15 @@ import certifi
 import urllib3
 
 from forge_trainer.config import StoreConfig
-from forge_trainer.store import ACCESS_KEY_ENV, ENDPOINT_ENV, SECRET_KEY_ENV, ObjectStore, open_uri
+from forge_trainer.store import (
+    ACCESS_KEY_ENV,
+    ENDPOINT_ENV,
+    SECRET_KEY_ENV,
+    ObjectStore,
+    S3Store,
+    open_uri,
+    split_uri,
+)
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,23 @@ def store_http_client(timeouts: StoreTimeouts | None = None, *, secure: bool = T
 
 
 def open_store(uri: str, config: StoreConfig, timeouts: StoreTimeouts | None = None) -> tuple[ObjectStore, str]:
-    """The store that holds `uri` (and the key of `uri` in it), through a client with `timeouts`."""
-    return open_uri(uri, config, _shared_client(timeouts or StoreTimeouts(), config.secure))
+    """The store that holds `uri` (and the key of `uri` in it), through a client with `timeouts`. An S3
+    bucket's client is kept and reused: it remembers the bucket's region, which a new client asks the store
+    for again before every request."""
+    scheme, root, key = split_uri(uri)
+    if scheme != "s3":
+        return open_uri(uri, config)
+    endpoint = config.endpoint or os.environ.get(ENDPOINT_ENV) or ""
+    credentials = (os.environ.get(ACCESS_KEY_ENV, ""), os.environ.get(SECRET_KEY_ENV, ""))
+    return _bucket(root, endpoint, config.secure, config.region, timeouts or StoreTimeouts(), credentials), key
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket(bucket: str, endpoint: str, secure: bool, region: str | None, timeouts: StoreTimeouts,
+            credentials: tuple[str, str]) -> ObjectStore:
+    """One client per bucket, endpoint, timeouts and credentials (the minio client is thread-safe)."""
+    config = StoreConfig(endpoint=endpoint or None, secure=secure, region=region)
+    return S3Store(bucket, config, *credentials, http_client=_shared_client(timeouts, secure))
 
 
 @functools.cache
