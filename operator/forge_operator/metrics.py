@@ -72,6 +72,10 @@ _RUN_GAUGES = {
     "worldSize": ("forge_run_world_size", "Workers in the current group"),
     "restarts": ("forge_run_restarts", "Job restarts"),
     "meanReward": ("forge_run_mean_reward", "Mean reward of the latest RL step"),
+    "successRate": ("forge_run_success_rate", "Share of the latest RL step's completions that passed"),
+    "kl": ("forge_run_kl", "KL to the reference model in the latest RL step"),
+    "completionLength": ("forge_run_completion_length", "Mean completion tokens in the latest RL step"),
+    "clipFraction": ("forge_run_clip_fraction", "Share of the latest RL step's tokens whose ratio was clipped"),
     "gpuHours": ("forge_run_gpu_hours", "GPU-hours used so far (what spec.budget.maxGpuHours limits)"),
 }
 _DATASET_GAUGES = {

@@ -266,12 +266,22 @@ class ForgeTrainingRunStatus(ResourceStatus):
     """Latest validation loss."""
     eval_metrics: dict[str, float] | None = None
     """Final evaluation metrics: loss, perplexity, pass rates per verifier."""
+    initial_eval_metrics: dict[str, float] | None = None
+    """The run's first evaluation (rl: the starting model, before the first step), beside evalMetrics."""
     tokens_per_second: float | None = None
     """Recent throughput across all workers."""
     mfu: float | None = None
     """Model FLOPs utilisation estimate."""
     mean_reward: float | None = None
     """Mean reward of the latest RL step."""
+    success_rate: float | None = None
+    """Share of the latest RL step's sampled completions that passed their verifier."""
+    kl: float | None = None
+    """KL to the reference model in the latest RL step."""
+    completion_length: float | None = None
+    """Mean completion length in tokens in the latest RL step."""
+    clip_fraction: float | None = None
+    """Share of the latest RL step's completion tokens whose probability ratio was clipped."""
     restarts: int | None = None
     """Times the job was recreated by the operator because it failed or stalled (spec.maxRestarts)."""
     attempt: int | None = None

@@ -73,8 +73,8 @@ def find_record(records: list[dict[str, Any]], ref: str) -> list[dict[str, Any]]
 DETAIL_FIELDS = {
     DATASET.kind: ["stage", "documentsDone", "counts", "manifestUri", "digest", "tokenizerUri", "outputUri"],
     TRAINING_RUN.kind: ["progress", "worldSize", "tokensSeen", "loss", "evalLoss", "tokensPerSecond",
-                        "meanReward", "evalMetrics", "checkpoints", "finalModelUri", "finalModelDigest",
-                        "lineage", "outputUri"],
+                        "meanReward", "successRate", "kl", "completionLength", "clipFraction", "evalMetrics",
+                        "checkpoints", "finalModelUri", "finalModelDigest", "lineage", "outputUri"],
     DEPLOYMENT.kind: ["endpoint", "readyReplicas", "modelUri", "modelDigest"],
 }
 
@@ -95,6 +95,20 @@ def _lines(key: str, value: Any, indent: int) -> list[str]:
     return [f"{pad}{key}: {_cell(value)}"]
 
 
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+def eval_table(initial: dict[str, Any], final: dict[str, Any]) -> list[str]:
+    """The run's first and latest evaluation side by side, with the change of each metric both have."""
+    rows = [["  METRIC", "INITIAL", "FINAL", "CHANGE"]]
+    for key in sorted(set(initial) | set(final)):
+        a, b = initial.get(key), final.get(key)
+        change = f"{b - a:+.4g}" if isinstance(a, int | float) and isinstance(b, int | float) else "-"
+        rows.append(["  " + key, _number(a), _number(b), change])
+    return _table(rows).splitlines()
+
+
 def render_describe(record: dict[str, Any]) -> str:
     """Phase, message, counts and conditions of one resource, like `kubectl describe`."""
     st = record.get("status") or {}
@@ -103,7 +117,10 @@ def render_describe(record: dict[str, Any]) -> str:
              f"Kind:        {record.get('kind')}", f"Manifest:    {meta.get('manifest', '')}",
              f"Phase:       {st.get('phase') or 'Pending'}", f"Message:     {st.get('message') or ''}", "Status:"]
     for key in DETAIL_FIELDS.get(str(record.get("kind")), []):
-        if st.get(key) not in (None, {}, []):
+        if key == "evalMetrics" and st.get("initialEvalMetrics"):
+            lines += ["  evalMetrics (initial: before the first step; final: the latest evaluation):",
+                      *eval_table(st["initialEvalMetrics"], st.get("evalMetrics") or {})]
+        elif st.get(key) not in (None, {}, []):
             lines += _lines(key, st[key], 2)
     conds = st.get("conditions") or []
     lines.append("Conditions:")

@@ -286,11 +286,17 @@ def _mirror_progress(status: ForgeTrainingRunStatus, progress: TrainProgress | N
     status.tokens_per_second = _round(progress.tokens_per_second, 1)
     status.mfu = _round(progress.mfu)
     status.mean_reward = _round(progress.mean_reward)
+    status.success_rate = _round(progress.success_rate)
+    status.kl = _round(progress.kl)
+    status.completion_length = _round(progress.completion_length, 2)
+    status.clip_fraction = _round(progress.clip_fraction)
     status.world_size = progress.world_size or status.world_size
     if progress.checkpoints:
         status.checkpoints = list(progress.checkpoints)
     if progress.eval_metrics:
         status.eval_metrics = dict(progress.eval_metrics)
+    if progress.initial_eval_metrics:
+        status.initial_eval_metrics = dict(progress.initial_eval_metrics)
     started = parse_time(status.started_at)
     if started and progress.total_steps and 0 < progress.step < progress.total_steps:
         per_step = (now - started) / progress.step
