@@ -141,3 +141,17 @@ def test_a_run_is_neither_restarted_nor_failed_while_its_progress_cannot_be_read
     done = TrainProgress(step=99, total_steps=99, done=True, final_model_uri="s3://b/r/model")
     s, _ = derive_run_status(s, _run(JobObservation(complete=True), done, UP), T0 + timedelta(seconds=960))
     assert s.phase is RunPhase.SUCCEEDED
+
+
+def test_the_store_state_is_exported_for_alerting() -> None:
+    from prometheus_client import generate_latest
+
+    from forge_operator import metrics
+
+    metrics.store_read("http://dead:9000", False, "NoAnswer")
+    metrics.store_read("http://dead:9000", False, None)  # a read skipped while backing off: not a failure
+    metrics.store_read("http://live:9000", True, None)
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert 'forge_store_reachable{endpoint="http://dead:9000"} 0.0' in text
+    assert 'forge_store_reachable{endpoint="http://live:9000"} 1.0' in text
+    assert 'forge_store_read_failures_total{endpoint="http://dead:9000",reason="NoAnswer"} 1.0' in text
