@@ -7,7 +7,9 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import generate_latest
 
+from forge_operator import metrics
 from forge_operator.api.dataset import DatasetPhase, ForgeDatasetStatus
 from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.status.conditions import Action, StoreCheck, get_condition
@@ -144,10 +146,6 @@ def test_a_run_is_neither_restarted_nor_failed_while_its_progress_cannot_be_read
 
 
 def test_the_store_state_is_exported_for_alerting() -> None:
-    from prometheus_client import generate_latest
-
-    from forge_operator import metrics
-
     metrics.store_read("http://dead:9000", False, "NoAnswer")
     metrics.store_read("http://dead:9000", False, None)  # a read skipped while backing off: not a failure
     metrics.store_read("http://live:9000", True, None)
