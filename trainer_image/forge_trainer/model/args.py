@@ -39,11 +39,27 @@ class ModelArgs:
     """Weight of the load-balancing loss added to the language-modelling loss (moe only)."""
     init_std: float = 0.02
     """Standard deviation of the normal weight initialisation."""
+    attention_head_dim: int | None = None
+    """Width of one attention head when it is not hidden_size / num_heads (a base's config.json head_dim)."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections (Qwen2; Llama's attention_bias)."""
+    o_bias: bool = False
+    """A bias on the attention output projection (Llama's attention_bias)."""
+    tie_embeddings: bool = False
+    """The output projection is the embedding table (tie_word_embeddings)."""
+    sliding_window: int | None = None
+    """Each token attends to at most this many positions, itself included (Mistral); None: all earlier ones."""
+    rope_scaling: dict[str, Any] | None = None
+    """Rotary frequency scaling as in config.json's rope_scaling: rope_type `linear` (factor) or `llama3`
+    (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings); None: plain RoPE."""
+    family: str = ""
+    """The Hugging Face model_type of the base the weights came from (llama, mistral, qwen2, mixtral), kept
+    by the export; empty for a model Forge built (exported as llama or mixtral)."""
 
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
-        return self.hidden_size // self.num_heads
+        return self.attention_head_dim or self.hidden_size // self.num_heads
 
     @property
     def is_moe(self) -> bool:
@@ -105,7 +121,7 @@ def resolve_model_args(config: ModelConfig, vocab_size: int) -> ModelArgs:
         base["num_experts"] = config.num_experts or default_experts
         base["experts_per_token"] = config.experts_per_token or min(default_k, base["num_experts"])
     args = ModelArgs(vocab_size=vocab_size, **base)
-    _check(args)
+    check_model_args(args)
     return args
 
 
@@ -114,18 +130,18 @@ def _default_intermediate(hidden: int) -> int:
     return ((8 * hidden // 3) + 63) // 64 * 64
 
 
-def _check(args: ModelArgs) -> None:
+def check_model_args(args: ModelArgs) -> None:
+    """Raise ValueError naming the field when the dimensions are inconsistent."""
     if args.vocab_size < 2:
         raise ValueError(f"vocabulary size {args.vocab_size} is too small")
-    if args.hidden_size % args.num_heads:
+    if args.attention_head_dim is None and args.hidden_size % args.num_heads:
         raise ValueError(f"model.hiddenSize ({args.hidden_size}) must be divisible by model.numHeads "
                          f"({args.num_heads})")
     if args.num_heads % args.num_kv_heads:
         raise ValueError(f"model.numHeads ({args.num_heads}) must be divisible by model.numKvHeads "
                          f"({args.num_kv_heads})")
     if args.head_dim % 2:
-        raise ValueError(f"attention head width {args.head_dim} (hiddenSize / numHeads) must be even for "
-                         "rotary embeddings")
+        raise ValueError(f"attention head width {args.head_dim} must be even for rotary embeddings")
     if args.is_moe and args.experts_per_token > args.num_experts:
         raise ValueError(f"model.expertsPerToken ({args.experts_per_token}) must not exceed model.numExperts "
                          f"({args.num_experts})")

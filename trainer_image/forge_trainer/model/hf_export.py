@@ -1,6 +1,7 @@
 """Hugging Face–format export of our model, and loading it back.
 
-An export directory holds model.safetensors, config.json (LlamaForCausalLM or MixtralForCausalLM),
+An export directory holds model.safetensors, config.json (the base's model_type: llama, mistral, qwen2 or
+mixtral; LlamaForCausalLM or MixtralForCausalLM for a model Forge built),
 generation_config.json, tokenizer.json and tokenizer_config.json, so `AutoModelForCausalLM` and
 `AutoTokenizer` load it unchanged. Our own dimensions ride along in config.json under `forge`.
 
@@ -21,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from forge_trainer.config import StoreConfig
 from forge_trainer.model.args import ModelArgs
 from forge_trainer.model.files import model_dir_digest
+from forge_trainer.model.hf_import import args_from_hf_config, fetch_model_dir, load_pretrained
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import join_key, open_uri, split_uri
+
+__all__ = ["ExportResult", "args_from_hf_config", "export_hf", "hf_config", "load_hf", "write_hf_dir"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -76,10 +80,19 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "mixtral": "MixtralForCausalLM"}
+
+
 def hf_config(args: ModelArgs, eos_token_id: int, bos_token_id: int | None,
               pad_token_id: int | None, dtype: torch.dtype) -> dict[str, Any]:
-    """config.json for LlamaForCausalLM (dense) or MixtralForCausalLM (moe)."""
+    """config.json for the base's model_type (`args.family`), else LlamaForCausalLM (dense) or
+    MixtralForCausalLM (moe)."""
+    family = args.family or ("mixtral" if args.is_moe else "llama")
+    rope: dict[str, Any] = {"rope_type": "default", **(args.rope_scaling or {}), "rope_theta": args.rope_theta}
     config: dict[str, Any] = {
+        "architectures": [_ARCHITECTURES[family]],
+        "model_type": family,
         "vocab_size": args.vocab_size,
         "hidden_size": args.hidden_size,
         "intermediate_size": args.intermediate_size,
@@ -90,11 +103,12 @@ def hf_config(args: ModelArgs, eos_token_id: int, bos_token_id: int | None,
         "max_position_embeddings": args.max_seq_len,
         "rms_norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+        "rope_scaling": args.rope_scaling,  # transformers 4 and vLLM read this one
+        "rope_parameters": rope,  # transformers 5 reads this one
         "hidden_act": "silu",
         "attention_dropout": 0.0,
         "initializer_range": args.init_std,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": args.tie_embeddings,
         "use_cache": True,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
@@ -102,25 +116,21 @@ def hf_config(args: ModelArgs, eos_token_id: int, bos_token_id: int | None,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "forge": args.to_dict(),
     }
-    if args.is_moe:
+    if family == "mixtral":
         config.update({
-            "architectures": ["MixtralForCausalLM"],
-            "model_type": "mixtral",
             "num_local_experts": args.num_experts,
             "num_experts_per_tok": args.experts_per_token,
             "router_aux_loss_coef": args.router_aux_loss_coef,
             "output_router_logits": False,
             "router_jitter_noise": 0.0,
-            "sliding_window": None,
+            "sliding_window": args.sliding_window,
         })
+    elif family == "mistral":
+        config["sliding_window"] = args.sliding_window
+    elif family == "qwen2":
+        config.update({"use_sliding_window": False, "sliding_window": None})
     else:
-        config.update({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "attention_bias": False,
-            "mlp_bias": False,
-            "pretraining_tp": 1,
-        })
+        config.update({"attention_bias": args.qkv_bias, "mlp_bias": False, "pretraining_tp": 1})
     return config
 
 
@@ -158,7 +168,8 @@ def write_hf_dir(state: Mapping[str, Tensor], args: ModelArgs, tokenizer_json: b
                  pad_token_id: int | None = None, dtype: torch.dtype = torch.float32) -> list[str]:
     """Write the export files into a local directory; return their names."""
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.to(dtype) for k, v in clean_state_dict(state).items()}
+    weights = {k: v.to(dtype) for k, v in clean_state_dict(state).items()
+               if not (args.tie_embeddings and k == "lm_head.weight")}  # tied: the embedding is the head
     save_file(weights, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     config = hf_config(args, eos_token_id, bos_token_id, pad_token_id, dtype)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -215,61 +226,10 @@ def export_hf(model: nn.Module | Mapping[str, Tensor], args: ModelArgs, tokenize
         return ExportResult(uri=store.uri(prefix), digest=digest)
 
 
-def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
-    """ModelArgs of a Llama/Mixtral config.json (ours carry them verbatim under `forge`)."""
-    if "forge" in config:
-        return ModelArgs.from_dict(config["forge"])
-    rope = config.get("rope_parameters") or {}
-    is_moe = config.get("model_type") == "mixtral"
-    return ModelArgs(
-        vocab_size=config["vocab_size"],
-        hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
-        num_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-        intermediate_size=config["intermediate_size"],
-        max_seq_len=config.get("max_position_embeddings", 2048),
-        rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10_000.0),
-        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        num_experts=config.get("num_local_experts", 0) if is_moe else 0,
-        experts_per_token=config.get("num_experts_per_tok", 0) if is_moe else 0,
-        router_aux_loss_coef=float(config.get("router_aux_loss_coef", 0.01)),
-        init_std=float(config.get("initializer_range", 0.02)),
-    )
-
-
-def _unfuse_experts(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Mixtral weights saved by transformers 5 (fused `mlp.experts.gate_up_proj`) in our layout."""
-    out: dict[str, Tensor] = {}
-    for name, t in state.items():
-        if name.endswith("mlp.experts.gate_up_proj"):
-            base = name.removesuffix("mlp.experts.gate_up_proj") + "block_sparse_moe.experts"
-            gate, up = t.chunk(2, dim=1)
-            for e in range(t.shape[0]):
-                out[f"{base}.{e}.w1.weight"], out[f"{base}.{e}.w3.weight"] = gate[e], up[e]
-        elif name.endswith("mlp.experts.down_proj"):
-            base = name.removesuffix("mlp.experts.down_proj") + "block_sparse_moe.experts"
-            for e in range(t.shape[0]):
-                out[f"{base}.{e}.w2.weight"] = t[e]
-        elif ".mlp.gate.weight" in name:
-            out[name.replace(".mlp.gate.", ".block_sparse_moe.gate.")] = t
-        else:
-            out[name] = t
-    return out
-
-
 def load_hf(src: str | Path, store_config: StoreConfig | None = None,
             device: torch.device | str = "cpu") -> tuple[Transformer, ModelArgs]:
     """Our Transformer from a Hugging Face–format directory (local path or object-store URI), in
-    float32 on `device`."""
+    float32 on `device` (see `hf_import` for what is accepted)."""
     with tempfile.TemporaryDirectory(prefix="forge-load-") as tmp:
-        local = Path(tmp)
-        store, prefix = open_uri(str(src), store_config)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            store.get_file(join_key(prefix, name), local / name)
-        config = json.loads((local / CONFIG_NAME).read_text())
-        args = args_from_hf_config(config)
-        state = _unfuse_experts(load_file(str(local / WEIGHTS_NAME)))
-    model = Transformer(args)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.to(device), args
+        local = fetch_model_dir(str(src), Path(tmp), store_config)
+        return load_pretrained(local, device)

@@ -42,6 +42,27 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
+def rope_inv_freq(args: ModelArgs, device: Device = None) -> Tensor:
+    """Rotary inverse frequencies, scaled as `args.rope_scaling` says (the formulas of transformers'
+    `linear` and `llama3` rope types)."""
+    dim = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    scaling = args.rope_scaling or {}
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        factor, low, high = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for rotary position embeddings (the rotate-half layout of HF Llama)."""
 
@@ -51,7 +72,7 @@ class RotaryEmbedding(nn.Module):
         if torch.device(device or "cpu").type == "meta":  # computed by init_weights once materialised
             inv_freq = torch.empty(dim // 2, device="meta")
         else:
-            inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+            inv_freq = rope_inv_freq(args, device)
         self.inv_freq: Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
@@ -100,10 +121,12 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
-        self.q_proj = nn.Linear(args.hidden_size, args.num_heads * args.head_dim, bias=False, device=device)
-        self.k_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=False, device=device)
-        self.v_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=False, device=device)
-        self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False, device=device)
+        self.sliding_window = args.sliding_window
+        qkv, q_out, kv_out = args.qkv_bias, args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+        self.q_proj = nn.Linear(args.hidden_size, q_out, bias=qkv, device=device)
+        self.k_proj = nn.Linear(args.hidden_size, kv_out, bias=qkv, device=device)
+        self.v_proj = nn.Linear(args.hidden_size, kv_out, bias=qkv, device=device)
+        self.o_proj = nn.Linear(q_out, args.hidden_size, bias=args.o_bias, device=device)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None) -> Tensor:
@@ -115,6 +138,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         gqa = self.num_kv_heads != self.num_heads
+        if self.sliding_window is not None and k.shape[2] > self.sliding_window:
+            band = _window_band(t, k.shape[2], self.sliding_window, x.device)
+            mask = band if mask is None else mask & band
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
         else:
@@ -234,15 +260,16 @@ class Transformer(nn.Module):
         # built on meta: no storage, no default init drawn from the RNG (init_weights does it)
         self.model = TransformerBody(args, "meta")
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False, device="meta")
+        self.tie_weights()
         self.gradient_checkpointing = False
         """Recompute each block's activations in the backward pass."""
         self.aux_loss: Tensor | None = None
         if device.type != "meta":
             self.materialize(device)
 
-    def materialize(self, device: torch.device | str) -> None:
+    def materialize(self, device: torch.device | str, init: bool = True) -> None:
         """Storage on `device` for every parameter and buffer still on the meta device (the local shards
-        of sharded ones), then `init_weights`."""
+        of sharded ones), then `init_weights` (unless `init` is False: the caller loads weights into it)."""
         if any(hasattr(p, "to_local") for p in self.parameters()):  # FSDP2: DTensors make their shards
             self.to_empty(device=device)
         else:  # what to_empty does, without the meta-tensor ops that import sympy and dynamo (~1-3 s)
@@ -254,7 +281,14 @@ class Transformer(nn.Module):
                 for name, b in module._buffers.items():
                     if b is not None and b.is_meta:
                         module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
-        self.init_weights()
+            self.tie_weights()  # each module got its own new parameter above
+        if init:
+            self.init_weights()
+
+    def tie_weights(self) -> None:
+        """Make the output projection the embedding table itself when `args.tie_embeddings`."""
+        if self.args.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, init_std) for every matrix, residual outputs scaled by 1/sqrt(2 * layers); norms 1.
@@ -269,13 +303,15 @@ class Transformer(nn.Module):
             for name, p in self.named_parameters():
                 if name.endswith("layernorm.weight") or name == "model.norm.weight":
                     _init_(p, lambda t: t.fill_(1.0))
+                elif name.endswith(".bias"):
+                    _init_(p, lambda t: t.zero_())
                 elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
                     _init_(p, lambda t: t.normal_(0.0, out_std, generator=generator))
                 else:
                     _init_(p, lambda t: t.normal_(0.0, std, generator=generator))
             inv_freq = self.model.rotary_emb.inv_freq
             if not inv_freq.is_meta:
-                inv_freq.copy_(RotaryEmbedding(self.args).inv_freq)
+                inv_freq.copy_(rope_inv_freq(self.args))
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
@@ -333,6 +369,15 @@ def _init_(p: Tensor, fill: Callable[[Tensor], object]) -> None:
     fill(full)  # every worker draws the same values (same seed), keeps its part: no communication
     part = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
     p.to_local().copy_(part.to_local())
+
+
+def _window_band(t: int, length: int, window: int, device: torch.device) -> Tensor:
+    """Boolean (T, length) causal band of the last T queries: key j is seen by query i when
+    i - window < j <= i (Mistral's sliding window; row distance is sample distance, also in packed rows
+    and under left padding, since a sample's tokens are contiguous)."""
+    q_pos = torch.arange(length - t, length, device=device)[:, None]
+    k_pos = torch.arange(length, device=device)[None, :]
+    return (k_pos <= q_pos) & (k_pos > q_pos - window)
 
 
 def _attention_mask(b: int, t: int, past: int, attention_mask: Tensor | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -49,12 +50,13 @@ def is_meta(model: nn.Module) -> bool:
 
 
 def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: bool = False,
-               compile_model: bool = False) -> nn.Module:
+               compile_model: bool = False, load: Callable[[Transformer], None] | None = None) -> nn.Module:
     """`model` on its device, ready for data-parallel training (the same object under FSDP2).
 
     A model on the meta device (`build_model`) is sharded first, then each worker allocates only its
     shard (`to_empty`) and initialises it (`init_weights`, seeded by the global RNG: the values do not
-    depend on the number of workers)."""
+    depend on the number of workers), or, given `load`, fills it with `load` (a base model's weights,
+    each worker reading only its shard)."""
     model.gradient_checkpointing = activation_checkpointing
     on_meta = is_meta(model)
     if not on_meta:
@@ -70,15 +72,19 @@ def wrap_model(model: Transformer, runtime: Runtime, activation_checkpointing: b
             fully_shard(layer)
         fully_shard(model)
         if on_meta:
-            model.materialize(runtime.device)
+            _materialize(model, runtime, load)
         return model
     if on_meta:
-        model.materialize(runtime.device)
+        _materialize(model, runtime, load)
     if strategy == "ddp":
         return DistributedDataParallel(model)
     return model
 
 
+def _materialize(model: Transformer, runtime: Runtime, load: Callable[[Transformer], None] | None) -> None:
+    model.materialize(runtime.device, init=load is None)
+    if load is not None:
+        load(model)
 
 
 def unwrap(model: nn.Module) -> Transformer:

@@ -7,8 +7,11 @@ added) starts it again and it resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,8 @@ from forge_trainer.data.shards import fetch_tokenizer, load_manifest
 from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.args import ModelArgs, resolve_model_args
 from forge_trainer.model.flops import flops_per_token, peak_flops
-from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, export_hf, load_hf
+from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, export_hf
+from forge_trainer.model.hf_import import HFImportError, fetch_model_dir, load_weights, read_config
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json
 from forge_trainer.train.batches import (
@@ -100,7 +104,8 @@ def _model_args(config: TrainConfig, manifest: Manifest) -> ModelArgs:
         args = ModelArgs.from_dict(raw)
     else:
         raise ConfigError("model: pretraining from scratch needs model.size or explicit dimensions")
-    if args.vocab_size != vocab:
+    if args.vocab_size < vocab or (args.vocab_size != vocab and not config.init_model):
+        # a base's embedding table may have more rows than its tokenizer has tokens (Qwen2 pads it)
         raise ConfigError(f"the model's vocabulary ({args.vocab_size}) differs from the dataset tokenizer's "
                           f"({vocab})")
     if config.hyperparameters.sequence_length > args.max_seq_len:
@@ -112,7 +117,9 @@ def _model_args(config: TrainConfig, manifest: Manifest) -> ModelArgs:
 def _read_base_args(uri: str, config: TrainConfig) -> ModelArgs:
     store, key = open_uri(uri, config.store)
     try:
-        return args_from_hf_config(read_json(store, join_key(key, CONFIG_NAME)))
+        return args_from_hf_config(read_json(store, join_key(key, CONFIG_NAME)), f"initModel {uri}/{CONFIG_NAME}")
+    except HFImportError as exc:
+        raise ConfigError(str(exc)) from exc
     except (StoreError, KeyError, TypeError) as exc:
         raise WorkloadError(f"initModel {uri}: {exc}") from exc
 
@@ -153,8 +160,8 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
     val = _validation(config, manifest)
 
     torch.manual_seed(hp.seed)
-    core = _initial_model(config, args)
-    model = wrap_model(core, runtime, hp.activation_checkpointing, hp.compile)
+    with _base_weights(config, args) as load:
+        model = wrap_model(build_model(args), runtime, hp.activation_checkpointing, hp.compile, load=load)
     engine = StepEngine(model, hp, runtime, bf16=config.precision is Precision.BF16)
 
     def checkpoint_extra(step: int) -> dict[str, Any]:
@@ -167,18 +174,33 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
         return _Pretrain(run, manifest, args, train, val, micro).loop()
 
 
-def _initial_model(config: TrainConfig, args: ModelArgs) -> Transformer:
-    """The model to train: a new one on the meta device (materialised, sharded, by `wrap_model`), or
-    the base model `initModel` names."""
+@contextlib.contextmanager
+def _base_weights(config: TrainConfig, args: ModelArgs) -> Iterator[Callable[[Transformer], None] | None]:
+    """What fills the new model: None (initialise it) from scratch, else a loader of the base model
+    `initModel` names, which each worker runs on its own shard (see `hf_import.load_weights`)."""
     if not config.init_model:
-        return build_model(args)
-    try:
-        model, base_args = load_hf(config.init_model, config.store)
-    except StoreError as exc:
-        raise WorkloadError(f"initModel {config.init_model}: {exc}") from exc
-    if base_args != args:
-        raise ConfigError(f"initModel {config.init_model} has other dimensions than model: {base_args} vs {args}")
-    return model
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="forge-base-") as tmp:
+        try:
+            local = fetch_model_dir(config.init_model, Path(tmp), config.store)
+            _, base_args = read_config(local)
+        except (StoreError, OSError) as exc:
+            raise WorkloadError(f"initModel {config.init_model}: {exc}") from exc
+        except HFImportError as exc:
+            raise ConfigError(f"initModel {config.init_model}: {exc}") from exc
+        if base_args != args:
+            raise ConfigError(f"initModel {config.init_model} has other dimensions than model: {base_args} vs {args}")
+
+        def load(model: Transformer) -> None:
+            try:
+                load_weights(model, local)
+            except HFImportError as exc:
+                raise ConfigError(f"initModel {config.init_model}: {exc}") from exc
+            except OSError as exc:
+                raise WorkloadError(f"initModel {config.init_model}: {exc}") from exc
+
+        yield load
 
 
 def _load_weights_from_checkpoint(config: TrainConfig, model: torch.nn.Module) -> None:
