@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
@@ -162,7 +163,7 @@ def _sharded_worker(rank: int, rendezvous: str, directory: str, out: str) -> Non
         runtime = Runtime(rank, 2, rank, torch.device("cpu"), True)
         _, args = read_config(Path(directory))
         model = wrap_model(build_model(args), runtime, load=lambda m: load_weights(m, Path(directory)))
-        local = sum(p.to_local().numel() for p in model.parameters())  # type: ignore[operator]
+        local = sum(p.to_local().numel() for p in model.parameters())  # type: ignore[attr-defined]
         ids = torch.arange(16).reshape(1, 16) % VOCAB
         with torch.no_grad():
             logits = model.eval()(ids)
@@ -184,11 +185,20 @@ def test_two_fsdp_workers_each_read_their_half_and_compute_transformers_logits(f
     torch.testing.assert_close(saved["logits"], expected, rtol=0, atol=TOLERANCE)
 
 
+MISTRAL_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
 def test_continued_pretraining_starts_from_the_base_and_exports_its_model_type(tmp_path: Path) -> None:
     dataset = write_dataset(LocalStore(tmp_path / "ds"), "", real_corpus(120), vocab_size=256)
     # the base's embedding table has more rows than the dataset's tokenizer has tokens, as Qwen2's does
     base = write_hf_model("mistral", tmp_path / "base", torch.bfloat16, "30KB", vocab=260,
                           max_position_embeddings=128)
+    # the dataset was tokenized with the base's own tokenizer, whose config carries a chat template
+    shutil.copy(tmp_path / "ds" / "tokenizer.json", base / "tokenizer.json")
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>",
+                  "eos_token": "<|endoftext|>", "chat_template": MISTRAL_TEMPLATE}
+    (base / "tokenizer_config.json").write_text(json.dumps(tok_config))
     config = pretrain_config(dataset, tmp_path / "run", model=None, initModel=str(base),
                              hyperparameters={"maxSteps": 3, "evalInterval": 0, "sequenceLength": 32})
     result = run_pretrain(config)
@@ -206,6 +216,11 @@ def test_continued_pretraining_starts_from_the_base_and_exports_its_model_type(t
     with torch.no_grad():
         ours = load_hf(export)[0].eval()(ids)
     torch.testing.assert_close(ours, hf_logits(export, ids), rtol=0, atol=TOLERANCE)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the base's own files, byte for byte
+        assert (export / name).read_bytes() == (base / name).read_bytes(), name
+    chat = AutoTokenizer.from_pretrained(export).apply_chat_template([{"role": "user", "content": "hi"}],
+                                                                     tokenize=False)
+    assert chat == "<|endoftext|>[INST] hi [/INST]"
 
 
 def test_a_base_whose_tokenizer_is_larger_than_its_model_is_refused(tmp_path: Path) -> None:

@@ -28,7 +28,12 @@ from torch import Tensor, nn
 from forge_trainer.config import StoreConfig
 from forge_trainer.model.args import ModelArgs
 from forge_trainer.model.files import model_dir_digest
-from forge_trainer.model.hf_import import args_from_hf_config, fetch_model_dir, load_pretrained
+from forge_trainer.model.hf_import import (
+    args_from_hf_config,
+    fetch_model_dir,
+    load_pretrained,
+    read_tokenizer_files,
+)
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import join_key, open_uri, split_uri
 
@@ -208,16 +213,24 @@ def _read_bytes(uri: str | Path, store_config: StoreConfig | None) -> bytes:
 def export_hf(model: nn.Module | Mapping[str, Tensor], args: ModelArgs, tokenizer_path: str | Path | None,
               out: str | Path, *, eos_token_id: int, bos_token_id: int | None = None,
               pad_token_id: int | None = None, store_config: StoreConfig | None = None,
-              dtype: torch.dtype = torch.float32) -> ExportResult:
+              dtype: torch.dtype = torch.float32, base_uri: str | None = None) -> ExportResult:
     """Export weights (a module or a full state dict) as a Hugging Face model directory at `out`
     (a local directory or an object-store URI). `tokenizer_path` is a local path or URI of the
-    dataset's tokenizer.json. Files are written with atomic puts, config.json last."""
+    dataset's tokenizer.json. When `base_uri` (the model trained from) has that very tokenizer.json,
+    the export keeps the base's tokenizer files (tokenizer_config.json with its chat template,
+    special_tokens_map.json, ...) instead of writing its own. Files are written with atomic puts,
+    config.json last."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     tokenizer_json = _read_bytes(tokenizer_path, store_config) if tokenizer_path is not None else None
     with tempfile.TemporaryDirectory(prefix="forge-export-") as tmp:
         staging = Path(tmp)
         names = write_hf_dir(state, args, tokenizer_json, staging, eos_token_id=eos_token_id,
                              bos_token_id=bos_token_id, pad_token_id=pad_token_id, dtype=dtype)
+        base_files = read_tokenizer_files(base_uri, store_config) if base_uri and tokenizer_json else {}
+        if base_files.get(TOKENIZER_NAME) == tokenizer_json:
+            for name, data in base_files.items():
+                (staging / name).write_bytes(data)
+            names = sorted(set(names) | set(base_files))
         digest = model_dir_digest(staging)
         store, prefix = open_uri(str(out), store_config)
         # config.json last: a reader that finds it finds the weights too

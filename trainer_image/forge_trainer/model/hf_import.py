@@ -336,6 +336,18 @@ def load_pretrained(directory: Path, device: torch.device | str = "cpu") -> tupl
     return model, args
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+"""The files of a model directory that make up its tokenizer and chat template (as transformers saves them)."""
+
+
+def read_tokenizer_files(uri: str, store_config: StoreConfig | None = None) -> dict[str, bytes]:
+    """The TOKENIZER_FILES present in the model directory at `uri` (a local path or store URI), by name."""
+    store, prefix = open_uri(uri, store_config)
+    return {name: store.get_bytes(join_key(prefix, name)) for name in TOKENIZER_FILES
+            if store.exists(join_key(prefix, name))}
+
+
 SKIPPED = re.compile(r"(\.bin|\.pth|\.pt|\.ckpt|\.h5|\.msgpack|\.gguf|\.onnx)$")
 """Files a fetch leaves behind: other frameworks' weights and pickles (never read)."""
 

@@ -351,7 +351,7 @@ class _Pretrain:
             tok = self.manifest.tokenizer
             export = export_hf(full, self.args, tokenizer, run.store.uri(join_key(run.prefix, MODEL_DIR)),
                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                               store_config=run.config.store)
+                               store_config=run.config.store, base_uri=run.config.init_model)
             run.reporter.update(force=True, eval_loss=eval_loss, eval_metrics=metrics, done=True,
                                 final_model_uri=export.uri, final_model_digest=export.digest, error=None)
         barrier(run.runtime)
