@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -38,6 +39,7 @@ from forge_trainer.model.hf_export import load_hf
 from forge_trainer.model.hf_import import HFImportError, load_pretrained, load_weights, read_config
 from forge_trainer.store import LocalStore
 from forge_trainer.train.batches import TokenSequences
+from forge_trainer.train.chat_template import TemplateChatTokenizer
 from forge_trainer.train.parallel import build_model, wrap_model
 from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.runtime import Runtime
@@ -231,14 +233,40 @@ def test_a_base_whose_tokenizer_is_larger_than_its_model_is_refused(tmp_path: Pa
                                      hyperparameters={"maxSteps": 1}))
 
 
-@pytest.mark.parametrize("method", [SftMethod.FULL, SftMethod.LORA])
-def test_sft_from_a_transformers_base_trains_and_exports_the_base_type(method: SftMethod, tmp_path: Path) -> None:
-    config = sft_config(tmp_path, method, steps=4, lr=1e-2)
+def _chat_base(tmp_path: Path) -> Path:
+    """A transformers-written Qwen2 base whose tokenizer_config.json carries a Mistral-style [INST] template."""
     tok = make_tokenizer()
-    shutil.rmtree(tmp_path / "base")
     base = write_hf_model("qwen2", tmp_path / "base", torch.bfloat16, "40KB", vocab=tok.get_vocab_size(),
                           max_position_embeddings=128)
     (base / "tokenizer.json").write_text(tok.to_str())
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>",
+                  "eos_token": "<|endoftext|>", "chat_template": MISTRAL_TEMPLATE}
+    (base / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return base
+
+
+def test_the_base_chat_template_renders_as_transformers_and_trains_only_the_answers(tmp_path: Path) -> None:
+    base = _chat_base(tmp_path)
+    tok_config = json.loads((base / "tokenizer_config.json").read_text())
+    chat = TemplateChatTokenizer(Tokenizer.from_file(str(base / "tokenizer.json")), MISTRAL_TEMPLATE, tok_config)
+    convo = [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "4"},
+             {"role": "user", "content": "And 3 plus 1?"}, {"role": "assistant", "content": "Also 4"}]
+    rendered = chat.render(convo)
+    hf = AutoTokenizer.from_pretrained(base)
+    # the text is transformers' rendering; ids are the tokenizers library's (which the datasets use)
+    assert rendered.ids == chat.encode(hf.apply_chat_template(convo, tokenize=False))
+    trained = [i for i, t in zip(rendered.ids, rendered.trained, strict=True) if t]
+    assert chat.tok.decode(trained, skip_special_tokens=False) == "4<|endoftext|>Also 4<|endoftext|>"
+    assert chat.im_end == chat.tok.token_to_id("<|endoftext|>")
+    assert chat.prompt_ids(convo[:1]) == chat.encode(hf.apply_chat_template(convo[:1], tokenize=False,
+                                                                             add_generation_prompt=True))
+
+
+@pytest.mark.parametrize("method", [SftMethod.FULL, SftMethod.LORA])
+def test_sft_from_a_transformers_base_trains_and_exports_the_base_type(method: SftMethod, tmp_path: Path) -> None:
+    config = sft_config(tmp_path, method, steps=4, lr=1e-2)
+    shutil.rmtree(tmp_path / "base")
+    base = _chat_base(tmp_path)
     result = run_sft(config.model_copy(update={"model": None}))
     losses = list(result.losses.values())
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
@@ -248,3 +276,4 @@ def test_sft_from_a_transformers_base_trains_and_exports_the_base_type(method: S
     with torch.no_grad():
         ours = load_hf(export)[0].eval()(ids)
     torch.testing.assert_close(ours, hf_logits(export, ids), rtol=0, atol=TOLERANCE)
+    assert (export / "tokenizer_config.json").read_bytes() == (base / "tokenizer_config.json").read_bytes()

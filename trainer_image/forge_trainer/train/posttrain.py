@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -30,16 +30,20 @@ from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.args import ModelArgs, with_vocab
 from forge_trainer.model.files import model_dir_digest
 from forge_trainer.model.hf_export import (
+    CHATML_TEMPLATE,
     CONFIG_NAME,
+    EOS_CHAT_TEMPLATE,
     GENERATION_CONFIG_NAME,
     TOKENIZER_CONFIG_NAME,
     TOKENIZER_NAME,
     load_hf,
     write_hf_dir,
 )
+from forge_trainer.model.hf_import import read_tokenizer_files
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri
 from forge_trainer.train.chat import ChatTokenizer, tokenizer_config_patch
+from forge_trainer.train.chat_template import TemplateChatTokenizer, template_of
 from forge_trainer.train.lora import apply_lora, base_state_dict, merged_state_dict, save_adapter
 from forge_trainer.train.parallel import unwrap
 from forge_trainer.train.progress import ProgressReporter
@@ -57,6 +61,8 @@ class Base:
     chat: ChatTokenizer
     eos_id: int
     pad_id: int
+    tokenizer_files: dict[str, bytes] = field(default_factory=dict)
+    """The base's tokenizer files, kept by the export (when its own chat template is used)."""
 
 
 def _read_tokenizer(config: TrainConfig) -> Tokenizer:
@@ -70,6 +76,26 @@ def _read_tokenizer(config: TrainConfig) -> Tokenizer:
         return Tokenizer.from_file(str(fetch_tokenizer(config.dataset, config.store)))
     except StoreError as exc:
         raise WorkloadError(f"tokenizer of {config.init_model}: {exc}") from exc
+
+
+def _chat_tokenizer(config: TrainConfig, tok: Tokenizer) -> tuple[ChatTokenizer, dict[str, bytes]]:
+    """The base's own chat template (tokenizer_config.json) when it has one other than Forge's, else ChatML;
+    with the base's tokenizer files, which the export keeps when its template is used."""
+    assert config.init_model is not None
+    try:
+        files = read_tokenizer_files(config.init_model, config.store)
+        tok_config = json.loads(files[TOKENIZER_CONFIG_NAME]) if TOKENIZER_CONFIG_NAME in files else {}
+    except StoreError as exc:
+        raise WorkloadError(f"tokenizer of {config.init_model}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"initModel {config.init_model}: {TOKENIZER_CONFIG_NAME} is not JSON: {exc}") from exc
+    template = template_of(tok_config) if isinstance(tok_config, dict) else None
+    if template is None or template in (CHATML_TEMPLATE, EOS_CHAT_TEMPLATE) or TOKENIZER_NAME not in files:
+        return ChatTokenizer(tok), {}
+    try:
+        return TemplateChatTokenizer(tok, template, tok_config), files
+    except ValueError as exc:
+        raise ConfigError(f"initModel {config.init_model}: {exc}") from exc
 
 
 def resize_vocab(model: Transformer, vocab_size: int) -> Transformer:
@@ -97,14 +123,14 @@ def load_base(config: TrainConfig) -> Base:
         model, args = load_hf(config.init_model, config.store)
     except (StoreError, OSError, KeyError, ValueError) as exc:
         raise WorkloadError(f"initModel {config.init_model}: cannot load: {exc}") from exc
-    chat = ChatTokenizer(_read_tokenizer(config))
+    chat, base_files = _chat_tokenizer(config, _read_tokenizer(config))
     if chat.added:
         log.warning("tokenizer lacked %s; added them and grew the vocabulary to %d", chat.added, chat.vocab_size)
     if chat.vocab_size > args.vocab_size:
         model = resize_vocab(model, chat.vocab_size)
         args = model.args
     eos, pad = special_token_ids(chat.tok)
-    return Base(model, args, chat, eos, pad if pad is not None else eos)
+    return Base(model, args, chat, eos, pad if pad is not None else eos, base_files)
 
 
 def prepare_for_method(model: Transformer, config: TrainConfig) -> list[str]:
@@ -142,11 +168,16 @@ def export_model(state: dict[str, Tensor], base: Base, store: ObjectStore, prefi
         staging = Path(tmp)
         write_hf_dir(state, base.args, base.chat.tok.to_str().encode(), staging, eos_token_id=base.eos_id,
                      pad_token_id=base.pad_id)
-        tok_config = json.loads((staging / TOKENIZER_CONFIG_NAME).read_text())
-        tok_config.update(tokenizer_config_patch())
-        (staging / TOKENIZER_CONFIG_NAME).write_text(json.dumps(tok_config, indent=2, sort_keys=True))
+        if base.tokenizer_files:  # trained in the base's own chat format: its files say so
+            for name, data in base.tokenizer_files.items():
+                (staging / name).write_bytes(data)
+        else:
+            tok_config = json.loads((staging / TOKENIZER_CONFIG_NAME).read_text())
+            tok_config.update(tokenizer_config_patch())
+            (staging / TOKENIZER_CONFIG_NAME).write_text(json.dumps(tok_config, indent=2, sort_keys=True))
         generation = json.loads((staging / GENERATION_CONFIG_NAME).read_text())
-        generation["eos_token_id"] = [base.eos_id, base.chat.im_end]  # a chat turn ends at <|im_end|>
+        # a chat turn ends at its stop token (<|im_end|>, or the template's end of turn)
+        generation["eos_token_id"] = list(dict.fromkeys([base.eos_id, base.chat.im_end]))
         (staging / GENERATION_CONFIG_NAME).write_text(json.dumps(generation, indent=2, sort_keys=True))
         digest = model_dir_digest(staging)
         key = join_key(prefix, MODEL_DIR)
