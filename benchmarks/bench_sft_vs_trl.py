@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tests.support.posttrain import TINY, make_tokenizer, write_base_model, write_records_dataset
 
 import posttrain_reference as ref
 from forge_trainer.config import DatasetPurpose, Hyperparameters, SftMethod, Stage, TrainConfig
@@ -37,6 +36,7 @@ from forge_trainer.train.sft_examples import PackedStream
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH = 8
+MODEL = ref.TINY.model_copy(update={"max_seq_len": 128})
 LR = {SftMethod.FULL: 1e-3, SftMethod.LORA: 3e-3}
 
 
@@ -52,7 +52,7 @@ def run_ours(work: Path, base: Path, dataset: str, method: SftMethod, hp: Hyperp
     """Train through the `forge-trainer train` entry point; (final model in transformers, wall seconds)."""
     from transformers import AutoModelForCausalLM
 
-    config = TrainConfig(stage=Stage.SFT, model=TINY, dataset=dataset, output=str(work / "ours"),
+    config = TrainConfig(stage=Stage.SFT, model=MODEL, dataset=dataset, output=str(work / "ours"),
                          init_model=str(base), method=method, precision="fp32", metrics_port=0,
                          lora={"rank": 8, "alpha": 16, "dropout": 0.0, "targets": TARGETS},
                          hyperparameters=hp, checkpointing={"interval": hp.max_steps, "keep": 1})
@@ -103,7 +103,7 @@ def one_seed(method: SftMethod, seed: int, steps: int) -> dict[str, float]:
     """Both trainers on one seed: held-out losses and tokens/s."""
     with tempfile.TemporaryDirectory(prefix="bench-sft-trl-") as tmp:
         work = Path(tmp)
-        tok = make_tokenizer()
+        tok = ref.make_tokenizer()
         chat = ChatTokenizer(tok)
         train_pairs, held_pairs = ref.split_pairs()
         train_convs = ref.conversations(train_pairs, 512, seed=seed)
@@ -116,8 +116,8 @@ def one_seed(method: SftMethod, seed: int, steps: int) -> dict[str, float]:
         assert 2 * min(lengths) > seq_len, (min(lengths), seq_len)
         hp = hyperparameters(method, steps, seq_len, seed)
         base = work / "base"
-        write_base_model(base, tok, seed=seed, config=TINY.model_copy(update={"max_seq_len": 128}))
-        dataset = write_records_dataset(work / "data", DatasetPurpose.SFT, train_convs, val_convs[:8], tok)
+        ref.write_base_model(base, tok, seed=seed, config=MODEL)
+        dataset = ref.write_records_dataset(work / "data", DatasetPurpose.SFT, train_convs, val_convs[:8], tok)
         examples = [make_example(ids, trained, seq_len) for ids, trained in train_tok]
         stream = PackedStream([e for e in examples if e is not None], seq_len, seed)
         rows = stream.rows(0, steps * BATCH)

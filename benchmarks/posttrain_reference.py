@@ -21,12 +21,21 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.posttrain import sum_question  # noqa: E402
+from tests.support.posttrain import (  # noqa: E402
+    TINY,
+    make_tokenizer,
+    sum_question,
+    write_base_model,
+    write_records_dataset,
+)
 
 from forge_trainer.config import Hyperparameters  # noqa: E402
 from forge_trainer.train.chat import ChatTokenizer, messages_of  # noqa: E402
 from forge_trainer.train.schedule import lr_at  # noqa: E402
 from forge_trainer.train.step_engine import build_optimizer  # noqa: E402
+
+__all__ = ["TINY", "make_tokenizer", "write_base_model", "write_records_dataset"]
+"""The tests' builders the benchmarks use too (re-exported: this module puts the repository on sys.path)."""
 
 SYSTEM = "Answer with a number."
 HIGH = 10
@@ -121,9 +130,13 @@ def median(values: Sequence[float]) -> float:
 
 
 def table(rows: Sequence[tuple[str, float, float, str]]) -> str:
-    """A fixed-width table: metric, ours, reference, ours/reference and the target."""
-    lines = [f"{'metric':<34} {'ours':>10} {'reference':>10} {'ratio':>7}  target"]
+    """A fixed-width table: metric, ours, reference, ours/reference (ours - reference for a rate, a
+    metric named "... rate") and the target."""
+    lines = [f"{'metric':<38} {'ours':>10} {'reference':>10} {'ours/ref':>9}  target"]
     for name, ours, ref, target in rows:
-        ratio = ours / ref if ref else float("nan")
-        lines.append(f"{name:<34} {ours:>10.4f} {ref:>10.4f} {ratio:>6.3f}x  {target}")
+        if name.endswith("rate"):
+            versus = f"{ours - ref:>+9.3f}"
+        else:
+            versus = f"{ours / ref:>8.3f}x" if ref else f"{'-':>9}"
+        lines.append(f"{name:<38} {ours:>10.4f} {ref:>10.4f} {versus}  {target}")
     return "\n".join(lines)
