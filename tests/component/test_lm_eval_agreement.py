@@ -39,8 +39,7 @@ assert one_torch_thread  # imported for its autouse fixture
 
 MAX_NEW_TOKENS = 4
 MODEL_NAME = "forge-sums"
-"""No digit in it: lm-eval's chat-completions client drops `stop` and samples at temperature 1 for a
-model name containing "5", "o1", "o3" or "o4" (it takes them for OpenAI reasoning models)."""
+"""The served model name: lm-eval sends it with every request, and our server refuses any other."""
 
 
 def task_yaml(tasks_file: Path) -> dict[str, Any]:
