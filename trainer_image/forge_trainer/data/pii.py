@@ -44,7 +44,7 @@ _EXTENSION = re.compile(r"(?i) ?(?:x|ext\.?) ?\d{1,5}$")
 
 # words that say the number after them is something else (for phone and card candidates), or that it is a
 # phone number; looked for in the two words before a candidate
-_OTHER_NUMBER_WORD = re.compile(r"(?i)(?:\b(?:order|invoice|po|p/n|part|no|sku|isbn|tracking|parcel|ts|timestamp|id|"
+_OTHER_NUMBER_WORD = re.compile(r"(?i)(?:\b(?:order|invoice|po|p/n|part|sku|isbn|tracking|parcel|ts|timestamp|id|"
                           r"total|usd|eur|version|release|build|firmware|zip|ref|serial|ticket|case|account|clause|section|"
                           r"article|art|sec)\b"
                           r"(?:\W+\w+)?|#)\W*$")
@@ -197,9 +197,9 @@ def _phone_ok(text: str, m: re.Match[str]) -> bool:
     if not _phone_shape_ok(match):
         return False
     before = _before(text, m)
-    if _OTHER_NUMBER_WORD.search(before):
+    context = _PHONE_WORD.search(before) is not None  # "phone no." is a phone number, "order no." is not
+    if not context and _OTHER_NUMBER_WORD.search(before):
         return False
-    context = _PHONE_WORD.search(before) is not None
     if not context:
         # a bare run of digits is more often an id, an amount or a timestamp than a phone number, and a
         # national number with its area code has at least nine digits almost everywhere (years, counts
