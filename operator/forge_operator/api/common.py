@@ -9,7 +9,9 @@ from typing import Annotated
 from pydantic import ConfigDict, Field
 
 from forge_trainer.config import WireModel
-from forge_trainer.config.wire import rfc3339 as rfc3339  # re-exported: status times are written as the contract writes them
+from forge_trainer.config.wire import (
+    rfc3339 as rfc3339,  # re-exported: status times are written as the contract writes them
+)
 
 GROUP = "forge.ai"
 VERSION = "v1alpha1"
