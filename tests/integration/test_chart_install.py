@@ -106,6 +106,9 @@ def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any,
     for var in c["env"]:
         if "value" in var:
             env[var["name"]] = var["value"]
+        elif "fieldRef" in var["valueFrom"]:  # the downward API, as the kubelet fills it in for this pod
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", var
+            env[var["name"]] = "forge-operator-test-pod"
         else:
             ref = var["valueFrom"]["secretKeyRef"]
             data = client.CoreV1Api(api).read_namespaced_secret(ref["name"], ns).data
