@@ -48,9 +48,9 @@ MODEL = ref.TINY.model_copy(update={"hidden_size": 128, "num_layers": 4, "interm
 SFT_STEPS = 300
 
 
-def rl_hyperparameters(steps: int, seed: int) -> Hyperparameters:
+def rl_hyperparameters(steps: int, seed: int, lr: float) -> Hyperparameters:
     """One micro-batch per step: all GROUP x PROMPTS_PER_STEP completions."""
-    return Hyperparameters(learning_rate=LR, min_learning_rate=LR / 10, warmup_steps=2, max_steps=steps,
+    return Hyperparameters(learning_rate=lr, min_learning_rate=lr / 10, warmup_steps=2, max_steps=steps,
                            global_batch_size=GROUP * PROMPTS_PER_STEP, micro_batch_size=GROUP * PROMPTS_PER_STEP,
                            sequence_length=64, eval_interval=0, eval_batches=1, seed=seed)
 
@@ -116,7 +116,7 @@ def run_trl(work: Path, start: Path, train_tasks: list[dict[str, Any]], hp: Hype
     return trainer.model, time.perf_counter() - began
 
 
-def one_seed(seed: int, steps: int) -> dict[str, float]:
+def one_seed(seed: int, steps: int, lr: float) -> dict[str, float]:
     """SFT, then both RL trainers from it: held-out greedy pass rates and wall times."""
     from transformers import AutoModelForCausalLM
 
@@ -128,15 +128,18 @@ def one_seed(seed: int, steps: int) -> dict[str, float]:
         train_pairs, held_pairs = ref.split_pairs()
         start = sft_model(work, tok, seed, train_pairs)
         train_tasks, held = ref.tasks(train_pairs), ref.tasks(held_pairs)
+        seen = train_tasks[:len(held)]  # as many trained-on sums, to tell learning from generalising
         data = ref.write_records_dataset(work / "rl-data", DatasetPurpose.RL, train_tasks, [], tok)
-        hp = rl_hyperparameters(steps, seed)
+        hp = rl_hyperparameters(steps, seed, lr)
         ours, ours_wall = run_ours(work, start, data, hp)
         theirs, trl_wall = run_trl(work, start, train_tasks, hp)
 
-        def rate(model: Any) -> float:
-            return ref.greedy_pass_rate(model, chat, held, MAX_NEW_TOKENS, eos)
+        def rate(model: Any, on: list[dict[str, Any]]) -> float:
+            return ref.greedy_pass_rate(model, chat, on, MAX_NEW_TOKENS, eos)
 
-        return {"sft": rate(AutoModelForCausalLM.from_pretrained(start)), "ours": rate(ours), "trl": rate(theirs),
+        sft = AutoModelForCausalLM.from_pretrained(start)
+        return {"sft": rate(sft, held), "ours": rate(ours, held), "trl": rate(theirs, held),
+                "sft_seen": rate(sft, seen), "ours_seen": rate(ours, seen), "trl_seen": rate(theirs, seen),
                 "ours_wall": ours_wall, "trl_wall": trl_wall}
 
 
@@ -146,18 +149,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, 15 steps")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=LR, help="peak learning rate of both trainers")
     args = parser.parse_args()
     seeds, steps = (1, 15) if args.quick else (args.seeds, args.steps)
     ref.quiet()
     torch.set_num_threads(1)  # tiny models: one thread each is fastest on shared cores, and the same for both
-    per_seed = [one_seed(seed, steps) for seed in range(seeds)]
-    for seed, r in enumerate(per_seed):
-        print(f"seed {seed}: held-out greedy pass rate SFT {r['sft']:.3f} ours {r['ours']:.3f} TRL {r['trl']:.3f}"
-              f"  wall ours {r['ours_wall']:.1f}s TRL {r['trl_wall']:.1f}s")
+    per_seed = []
+    for seed in range(seeds):
+        r = one_seed(seed, steps, args.lr)
+        per_seed.append(r)
+        print(f"seed {seed}: greedy pass rate held-out SFT {r['sft']:.3f} ours {r['ours']:.3f} TRL {r['trl']:.3f};"
+              f" trained-on SFT {r['sft_seen']:.3f} ours {r['ours_seen']:.3f} TRL {r['trl_seen']:.3f};"
+              f" wall ours {r['ours_wall']:.1f}s TRL {r['trl_wall']:.1f}s", flush=True)
     med = {k: ref.median([r[k] for r in per_seed]) for k in per_seed[0]}
     print(f"\nGRPO: {steps} steps x {PROMPTS_PER_STEP} prompts x {GROUP} completions, <= {MAX_NEW_TOKENS} new tokens, "
-          f"KL {KL}; median of {seeds} seed(s); SFT start {med['sft']:.3f}")
+          f"KL {KL}, lr {args.lr}; median of {seeds} seed(s); SFT start {med['sft']:.3f} held-out, "
+          f"{med['sft_seen']:.3f} trained-on")
     print(ref.table([("held-out greedy pass rate", med["ours"], med["trl"], ">= TRL - 0.02"),
+                     ("trained-on sums greedy pass rate", med["ours_seen"], med["trl_seen"], "(diagnostic)"),
                      ("wall seconds (lower is better)", med["ours_wall"], med["trl_wall"], "<= 1.0x")]))
 
 

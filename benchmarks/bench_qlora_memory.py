@@ -136,9 +136,11 @@ def main() -> None:
                      ("quantized layers MiB (NF4 vs bf16)", mem["quantized_nf4"] / 2**20,
                       mem["quantized_bf16"] / 2**20, "~0.28x (4.5 of 16 bits)"),
                      ("rest: embeddings, head, norms MiB", rest_held / 2**20, rest_bf16 / 2**20, "1.0x if kept in bf16")]))
-    per_seed = [one_seed(seed, steps) for seed in range(seeds)]
-    for seed, r in enumerate(per_seed):
-        print(f"seed {seed}: held-out loss LoRA {r['lora']:.4f} QLoRA {r['qlora']:.4f}")
+    per_seed = []
+    for seed in range(seeds):
+        r = one_seed(seed, steps)
+        per_seed.append(r)
+        print(f"seed {seed}: held-out loss LoRA {r['lora']:.4f} QLoRA {r['qlora']:.4f}", flush=True)
     med = {k: ref.median([r[k] for r in per_seed]) for k in per_seed[0]}
     print(f"\nQLoRA vs LoRA (reference): {steps} steps x 8 conversations, rank 8, median of {seeds} seed(s)")
     print(ref.table([("held-out loss (lower is better)", med["qlora"], med["lora"], "<= 1.05x")]))

@@ -151,10 +151,12 @@ def main() -> None:
     for name in args.methods.split(","):
         method = SftMethod(name)
         one_seed(method, 99, 4)  # untimed warm-up: first imports and allocations count for neither side
-        per_seed = [one_seed(method, seed, steps) for seed in range(seeds)]
-        for seed, r in enumerate(per_seed):
+        per_seed = []
+        for seed in range(seeds):
+            r = one_seed(method, seed, steps)
+            per_seed.append(r)
             print(f"{name} seed {seed}: initial {r['initial_loss']:.4f}  ours {r['ours_loss']:.4f} "
-                  f"trl {r['trl_loss']:.4f}  tok/s ours {r['ours_tps']:.0f} trl {r['trl_tps']:.0f}")
+                  f"trl {r['trl_loss']:.4f}  tok/s ours {r['ours_tps']:.0f} trl {r['trl_tps']:.0f}", flush=True)
         med = {k: ref.median([r[k] for r in per_seed]) for k in per_seed[0]}
         print(f"\nSFT {name}: {steps} steps x {BATCH} conversations, median of {seeds} seed(s)")
         print(ref.table([("held-out loss (lower is better)", med["ours_loss"], med["trl_loss"], "<= 1.02x"),
