@@ -1,7 +1,7 @@
 """Loading an open-weights base sharded: peak host memory per worker vs the whole model, and load time vs
 transformers' `from_pretrained`.
 
-    .venv/bin/python benchmarks/bench_load_base.py            # ~1.1B Llama (2.2 GB bf16 on disk, 4.4 GB fp32)
+    .venv/bin/python benchmarks/bench_load_base.py            # 1.1B Llama (2.2 GB bf16 on disk, 4.4 GB fp32)
     .venv/bin/python benchmarks/bench_load_base.py --quick    # ~0.3B, for a busy machine
 
 A random Llama checkpoint is written by transformers itself (`save_pretrained(max_shard_size=...)`, bf16,
@@ -29,8 +29,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 SIZES: dict[str, dict[str, Any]] = {
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=32000, max_position_embeddings=2048),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+               num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),  # TinyLlama's shape
     "quick": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16, num_attention_heads=16,
                   num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
 }

@@ -8,8 +8,8 @@ whose maths our model cannot reproduce exactly is refused with a message naming 
 
 `load_weights` fills a model built on the meta device and materialised, sharded or not: each parameter
 reads only the rows of its local shard (FSDP2 shards dim 0) through safetensors' `get_slice`, one
-tensor at a time with the file closed after each read, so a worker's peak host memory stays near its
-shard plus one slice.
+few MiB of rows at a time with the file closed after each read, so a worker's peak host memory stays near
+its shard.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ _HARMLESS = {
     "forge", "generation_config", "chat_template", "output_attentions", "output_hidden_states",
     "return_dict", "is_decoder", "use_return_dict", "id2label", "label2id", "problem_type",
 }
+
+
+READ_BYTES = 16 << 20
+"""About how many bytes of a parameter are read from the files at a time (host memory beyond the shards)."""
 
 
 class HFImportError(ValueError):
@@ -301,8 +305,11 @@ def load_weights(model: Transformer, directory: Path) -> None:
             local, start = _local_rows(p)
             if local.numel() == 0:
                 continue
-            rows = ckpt.read_rows(src, start, start + local.shape[0], p.shape)
-            local.copy_(rows.to(device=local.device, dtype=local.dtype))
+            # a few MiB of rows at a time, copied (and converted) straight into the parameter's storage
+            step = max(1, READ_BYTES // max(1, local[0].numel() * local.element_size()))
+            for lo in range(0, local.shape[0], step):
+                hi = min(lo + step, local.shape[0])
+                local[lo:hi].copy_(ckpt.read_rows(src, start + lo, start + hi, p.shape))
         inv_freq = model.model.rotary_emb.inv_freq
         if not inv_freq.is_meta:
             inv_freq.copy_(rope_inv_freq(model.args))
