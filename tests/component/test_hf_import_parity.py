@@ -188,7 +188,9 @@ def test_two_fsdp_workers_each_read_their_half_and_compute_transformers_logits(f
 
 
 MISTRAL_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+                    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
+                    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+                    "{% endfor %}")
 
 
 def test_continued_pretraining_starts_from_the_base_and_exports_its_model_type(tmp_path: Path) -> None:
@@ -260,6 +262,9 @@ def test_the_base_chat_template_renders_as_transformers_and_trains_only_the_answ
     assert chat.im_end == chat.tok.token_to_id("<|endoftext|>")
     assert chat.prompt_ids(convo[:1]) == chat.encode(hf.apply_chat_template(convo[:1], tokenize=False,
                                                                              add_generation_prompt=True))
+    # a template that refuses system turns gets the system text at the start of the first user turn
+    with_system = chat.render([{"role": "system", "content": "Be brief."}, *convo[:2]])
+    assert chat.tok.decode(with_system.ids, skip_special_tokens=False).startswith("<|endoftext|>[INST] Be brief.")
 
 
 @pytest.mark.parametrize("method", [SftMethod.FULL, SftMethod.LORA])

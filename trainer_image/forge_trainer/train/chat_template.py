@@ -69,12 +69,22 @@ class TemplateChatTokenizer(ChatTokenizer):
         self.im_end = self._stop_id()
 
     def text(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        """The template's rendering of `messages` (ChatFormatError when the template refuses them)."""
+        """The template's rendering of `messages`; a template that refuses system turns (Mistral's) gets the
+        system content at the start of the first user turn instead. ChatFormatError when it still refuses."""
         try:
-            return str(self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                            **self.specials))
+            return self._render(messages, add_generation_prompt)
         except TemplateError as exc:  # raise_exception(...) of the template, or a sandbox violation
+            merged = _system_into_user(messages)
+            if merged is not None:
+                try:
+                    return self._render(merged, add_generation_prompt)
+                except TemplateError:
+                    pass
             raise ChatFormatError(f"the base's chat template refused the conversation: {exc}") from None
+
+    def _render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
+        return str(self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                        **self.specials))
 
     def _stop_id(self) -> int:
         convo = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": PROBE}]
@@ -119,6 +129,18 @@ class TemplateChatTokenizer(ChatTokenizer):
     def header(self, role: str) -> list[int]:
         """Not defined for a base's template (turns are rendered whole)."""
         raise NotImplementedError("a base's chat template renders whole conversations")
+
+
+def _system_into_user(messages: Sequence[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The conversation with its leading system turn folded into the first user turn; None without one."""
+    if not messages or messages[0].get("role") != "system":
+        return None
+    rest = [dict(m) for m in messages[1:]]
+    for m in rest:
+        if m.get("role") == "user":
+            m["content"] = f"{messages[0].get('content', '')}\n\n{m.get('content', '')}"
+            return rest
+    return None
 
 
 def _token_text(value: Any) -> str | None:
