@@ -47,10 +47,13 @@ def _solver(phase: str = "Succeeded") -> dict[str, object]:
 
 
 def test_a_finished_rl_run_shows_its_curve_and_the_held_out_change() -> None:
-    steps = [{"step": i + 1, "mean_reward": r, "success_rate": r} for i, r in enumerate([0.25, 0.5, 0.75, 1.0])]
+    steps = [{"step": i + 1, "mean_reward": r, "success_rate": r / 2} for i, r in enumerate([0.25, 0.5, 0.75, 1.0])]
     lines = rl_summary(_solver(), steps)
     assert lines[0] == "  reward (sampled)    ▃▅▆█  0.25 -> 1.00 over 4 steps"
+    assert lines[1] == "  pass rate (sampled) ▂▃▄▅  0.12 -> 0.50 over 4 steps"
     assert lines[2] == "  pass rate (greedy, 24 eval tasks): 0.38 before -> 0.88 after (+0.50, 95% CI 0.69-0.96)"
+    same = [{**s, "success_rate": s["mean_reward"]} for s in steps]  # a 0/1 verifier: one curve, not two
+    assert [line.split()[0] for line in rl_summary(_solver(), same)] == ["reward", "pass"]
     assert rl_summary(_solver("Running"), steps) == []
 
 

@@ -104,10 +104,11 @@ def rl_summary(record: dict[str, Any], steps: list[dict[str, Any]] | None = None
         return []
     if steps is None:
         steps = read_rl_steps(str(st.get("outputUri") or ""))
-    lines = []
+    lines, shown = [], []
     for key, label in (("mean_reward", "reward (sampled)   "), ("success_rate", "pass rate (sampled)")):
         values = [float(s[key]) for s in steps if isinstance(s.get(key), int | float)]
-        if values:
+        if values and values not in shown:  # a pass/fail verifier's reward is its pass rate: one line
+            shown.append(values)
             lines.append(f"  {label} {sparkline(values)}  {values[0]:.2f} -> {values[-1]:.2f} over {len(values)} steps")
     initial, final = st.get("initialEvalMetrics") or {}, st.get("evalMetrics") or {}
     if "pass_rate" in final:
