@@ -169,8 +169,17 @@ def _sharded_worker(rank: int, rendezvous: str, directory: str, out: str) -> Non
         ids = torch.arange(16).reshape(1, 16) % VOCAB
         with torch.no_grad():
             logits = model.eval()(ids)
+        # and it trains: one optimizer step changes the embedding (tied to the head for qwen2)
+        model.reshard()  # type: ignore[operator]  (the root keeps its parameters gathered after a forward)
+        before = model.model.embed_tokens.weight.full_tensor().clone()  # type: ignore[union-attr, operator]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        F.cross_entropy(model.train()(ids)[0, :-1], ids[0, 1:]).backward()
+        optimizer.step()
+        model.reshard()  # type: ignore[operator]
+        after = model.model.embed_tokens.weight.full_tensor()  # type: ignore[union-attr, operator]
+        moved = (after - before).abs().max().item()
         if rank == 0:
-            torch.save({"local": local, "logits": logits}, out)
+            torch.save({"local": local, "logits": logits, "moved": moved}, out)
     finally:
         dist.destroy_process_group()
 
@@ -185,6 +194,7 @@ def test_two_fsdp_workers_each_read_their_half_and_compute_transformers_logits(f
     assert saved["local"] <= whole.num_parameters() / 2 + 100  # a worker holds only its half
     expected = hf_logits(directory, torch.arange(16).reshape(1, 16) % VOCAB)
     torch.testing.assert_close(saved["logits"], expected, rtol=0, atol=TOLERANCE)
+    assert saved["moved"] > 1e-4
 
 
 MISTRAL_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
@@ -193,10 +203,11 @@ MISTRAL_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'u
                     "{% endfor %}")
 
 
-def test_continued_pretraining_starts_from_the_base_and_exports_its_model_type(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["mistral", "llama"])  # llama: tied embeddings, llama3 rope, head_dim
+def test_continued_pretraining_starts_from_the_base_and_exports_its_model_type(family: str, tmp_path: Path) -> None:
     dataset = write_dataset(LocalStore(tmp_path / "ds"), "", real_corpus(120), vocab_size=256)
     # the base's embedding table has more rows than the dataset's tokenizer has tokens, as Qwen2's does
-    base = write_hf_model("mistral", tmp_path / "base", torch.bfloat16, "30KB", vocab=260,
+    base = write_hf_model(family, tmp_path / "base", torch.bfloat16, "30KB", vocab=260,
                           max_position_embeddings=128)
     # the dataset was tokenized with the base's own tokenizer, whose config carries a chat template
     shutil.copy(tmp_path / "ds" / "tokenizer.json", base / "tokenizer.json")
@@ -215,7 +226,9 @@ def test_continued_pretraining_starts_from_the_base_and_exports_its_model_type(t
     expected = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).item()
     assert result.losses[1] == pytest.approx(expected, rel=1e-4)
     export = tmp_path / "run" / "model"
-    assert json.loads((export / "config.json").read_text())["model_type"] == "mistral"
+    exported = json.loads((export / "config.json").read_text())
+    assert exported["model_type"] == family
+    assert exported["tie_word_embeddings"] == (family == "llama")
     ids = batch["input_ids"][:2]
     with torch.no_grad():
         ours = load_hf(export)[0].eval()(ids)
@@ -267,7 +280,7 @@ def test_the_base_chat_template_renders_as_transformers_and_trains_only_the_answ
     assert chat.tok.decode(with_system.ids, skip_special_tokens=False).startswith("<|endoftext|>[INST] Be brief.")
 
 
-@pytest.mark.parametrize("method", [SftMethod.FULL, SftMethod.LORA])
+@pytest.mark.parametrize("method", [SftMethod.FULL, SftMethod.LORA, SftMethod.QLORA])
 def test_sft_from_a_transformers_base_trains_and_exports_the_base_type(method: SftMethod, tmp_path: Path) -> None:
     config = sft_config(tmp_path, method, steps=4, lr=1e-2)
     shutil.rmtree(tmp_path / "base")
