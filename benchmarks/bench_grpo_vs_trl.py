@@ -41,7 +41,8 @@ PROMPTS_PER_STEP = 4
 MAX_NEW_TOKENS = 4
 KL = 0.04
 CLIP = 0.2
-LR = 1e-3
+LR = 3e-4
+"""At 1e-3 both trainers lose held-out pass rate from the SFT start (median 0.100 ours, 0.133 TRL, 3 seeds)."""
 MODEL = ref.TINY.model_copy(update={"hidden_size": 128, "num_layers": 4, "intermediate_size": 256,
                                     "max_seq_len": 128})
 """Big enough that SFT generalises to some held-out sums (2 layers of 64 barely does)."""

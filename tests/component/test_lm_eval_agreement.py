@@ -94,6 +94,7 @@ def our_outcomes(out: Path, tasks: list[dict[str, Any]]) -> list[bool]:
     return [score_tasks(ctx, model, [task], rewards)["pass_rate"] == 1.0 for task in tasks]
 
 
+@pytest.mark.slow
 def test_lm_eval_against_our_server_agrees_with_eval_json(
         trained: tuple[Path, list[dict[str, Any]], dict[str, Any]], tmp_path: Path) -> None:
     from lm_eval import simple_evaluate
