@@ -295,3 +295,10 @@ def test_sft_from_a_transformers_base_trains_and_exports_the_base_type(method: S
         ours = load_hf(export)[0].eval()(ids)
     torch.testing.assert_close(ours, hf_logits(export, ids), rtol=0, atol=TOLERANCE)
     assert (export / "tokenizer_config.json").read_bytes() == (base / "tokenizer_config.json").read_bytes()
+    if method is SftMethod.LORA:  # the PEFT adapter loads onto the transformers base: the merged export's logits
+        import peft
+
+        hf_base = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        adapted = peft.PeftModel.from_pretrained(hf_base, tmp_path / "out" / "adapter").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(adapted(ids).logits, ours, rtol=1e-4, atol=1e-4)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +171,16 @@ def chat_template(tokenizer: dict[str, Any]) -> str:
 def write_hf_dir(state: Mapping[str, Tensor], args: ModelArgs, tokenizer_json: bytes | None,
                  directory: Path, *, eos_token_id: int, bos_token_id: int | None = None,
                  pad_token_id: int | None = None, dtype: torch.dtype = torch.float32) -> list[str]:
-    """Write the export files into a local directory; return their names."""
+    """Write the export files into a local directory; return their names.
+
+    A tied model whose head no longer equals its embedding (a LoRA adapter on `lm_head` merged into it) is
+    written untied, with both tensors."""
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.to(dtype) for k, v in clean_state_dict(state).items()
+    cleaned = clean_state_dict(state)
+    head, embed = cleaned.get("lm_head.weight"), cleaned.get("model.embed_tokens.weight")
+    if args.tie_embeddings and head is not None and embed is not None and not torch.equal(head, embed):
+        args = replace(args, tie_embeddings=False)
+    weights = {k: v.to(dtype) for k, v in cleaned.items()
                if not (args.tie_embeddings and k == "lm_head.weight")}  # tied: the embedding is the head
     save_file(weights, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     config = hf_config(args, eos_token_id, bos_token_id, pad_token_id, dtype)
