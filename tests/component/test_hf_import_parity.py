@@ -31,13 +31,14 @@ from transformers import (
     Qwen2Config,
 )
 
-from forge_trainer.config import SftMethod
+from forge_trainer.config import PrepareConfig, SftMethod
 from forge_trainer.data.manifest import Split
+from forge_trainer.data.prepare import run_prepare
 from forge_trainer.data.shards import load_manifest
-from forge_trainer.errors import ConfigError
+from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.hf_export import load_hf
 from forge_trainer.model.hf_import import HFImportError, load_pretrained, load_weights, read_config
-from forge_trainer.store import LocalStore
+from forge_trainer.store import LocalStore, sha256_file
 from forge_trainer.train.batches import TokenSequences
 from forge_trainer.train.chat_template import TemplateChatTokenizer
 from forge_trainer.train.parallel import build_model, wrap_model
@@ -302,3 +303,22 @@ def test_sft_from_a_transformers_base_trains_and_exports_the_base_type(method: S
         adapted = peft.PeftModel.from_pretrained(hf_base, tmp_path / "out" / "adapter").eval()
         with torch.no_grad():
             torch.testing.assert_close(adapted(ids).logits, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_a_dataset_tokenizes_with_a_model_directory_tokenizer(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in real_corpus(40)))
+    base = write_hf_model("llama", tmp_path / "base", vocab=300)
+    make_tokenizer().save(str(base / "tokenizer.json"))
+
+    def prepare(out: str) -> Any:
+        return run_prepare(PrepareConfig.model_validate({
+            "source": str(source), "output": str(tmp_path / out), "tokenizer": {"uri": str(base)},
+            "split": {"validationFraction": 0.2}}))
+
+    manifest = prepare("a")
+    assert manifest.tokenizer.sha256 == sha256_file(base / "tokenizer.json")
+    (base / "tokenizer.json").rename(base / "tokenizer.model")
+    with pytest.raises(WorkloadError, match=r"has no tokenizer.json \(it has only a SentencePiece tokenizer.model\)"):
+        prepare("b")

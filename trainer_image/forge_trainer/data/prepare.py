@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from forge_trainer.config import DatasetPurpose, PrepareConfig
+from forge_trainer.config import DatasetPurpose, PrepareConfig, StoreConfig
 from forge_trainer.config.wire import rfc3339
 from forge_trainer.data import ingest
 from forge_trainer.data.clean import Cleaner
@@ -218,17 +218,34 @@ def _tokenizer(run: _Preparation, spill: Path, kept_bytes: int) -> tuple[Path, T
 
 
 def _fetch_reused_tokenizer(run: _Preparation, uri: str, dest: Path) -> None:
-    """Copy a reused tokenizer to `dest`: a tokenizer.json URI, or a dataset (prefix or manifest)."""
+    """Copy a reused tokenizer to `dest`: a tokenizer.json URI, a Hugging Face model directory (its
+    tokenizer.json), or a dataset (prefix or manifest)."""
     store_cfg = run.config.store
     try:
+        model_dir = None if uri.rstrip("/").endswith(".json") else _model_dir_tokenizer(uri, store_cfg)
         if uri.rstrip("/").endswith(".json") and not uri.endswith(MANIFEST_NAME):
             st, key = open_tokenizer_uri(uri, store_cfg)
             st.get_file(key, dest)
+        elif model_dir is not None:
+            model_dir[0].get_file(model_dir[1], dest)
         else:
             fetch_tokenizer(uri, store_cfg, dest=dest)
     except StoreError as exc:
         raise WorkloadError(f"cannot fetch tokenizer {uri}: {exc}") from exc
     run.report.audit("read", uri, sha256_file(dest), dest.stat().st_size)
+
+
+def _model_dir_tokenizer(uri: str, store_cfg: StoreConfig | None) -> tuple[ObjectStore, str] | None:
+    """The store and key of the tokenizer.json of a model directory (one with a config.json); None when `uri`
+    is not a model directory. WorkloadError for a model with only a SentencePiece tokenizer.model."""
+    st, prefix = open_uri(uri, store_cfg)
+    if not st.exists(join_key(prefix, "config.json")):
+        return None
+    if st.exists(join_key(prefix, "tokenizer.json")):
+        return st, join_key(prefix, "tokenizer.json")
+    only = " (it has only a SentencePiece tokenizer.model)" if st.exists(join_key(prefix, "tokenizer.model")) else ""
+    raise WorkloadError(f"tokenizer {uri}: the model directory has no tokenizer.json{only}; save one next to it "
+                        "with transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) before mirroring")
 
 
 def _publisher(run: _Preparation) -> Publish:
