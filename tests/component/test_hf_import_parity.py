@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from forge_trainer.data.shards import load_manifest
 from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.hf_export import load_hf
 from forge_trainer.model.hf_import import HFImportError, load_pretrained, load_weights, read_config
-from forge_trainer.store import LocalStore, sha256_file
+from forge_trainer.store import LocalStore, open_uri, sha256_file
 from forge_trainer.train.batches import TokenSequences
 from forge_trainer.train.chat_template import TemplateChatTokenizer
 from forge_trainer.train.parallel import build_model, wrap_model
@@ -46,6 +47,7 @@ from forge_trainer.train.pretrain import run_pretrain
 from forge_trainer.train.runtime import Runtime
 from forge_trainer.train.sft import run_sft
 from tests.support.posttrain import make_tokenizer, sft_config
+from tests.support.s3 import S3Server
 from tests.support.training import one_thread, pretrain_config, real_corpus, write_dataset
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -322,3 +324,24 @@ def test_a_dataset_tokenizes_with_a_model_directory_tokenizer(tmp_path: Path) ->
     (base / "tokenizer.json").rename(base / "tokenizer.model")
     with pytest.raises(WorkloadError, match=r"has no tokenizer.json \(it has only a SentencePiece tokenizer.model\)"):
         prepare("b")
+
+
+def test_continued_pretraining_from_a_base_in_the_object_store(s3: S3Server, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base mirrored into S3 (as `aws s3 sync` leaves it) trains as the local directory does, and the
+    node's copy of it is gone once loaded."""
+    (tmp_path / "node-tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))  # the node's temporary directory
+    store, _ = open_uri(s3.uri(), s3.config)
+    dataset = write_dataset(store, "datasets/docs", real_corpus(120), vocab_size=256)
+    base = write_hf_model("qwen2", tmp_path / "base", torch.bfloat16, "30KB", vocab=260, max_position_embeddings=128)
+    for path in base.iterdir():
+        store.put_file(f"models/qwen2/{path.name}", path)
+    store.put_bytes("models/qwen2/pytorch_model.bin", b"not read: pickles are never opened")
+    hp = {"maxSteps": 2, "evalInterval": 0, "sequenceLength": 32}
+    remote = run_pretrain(pretrain_config(dataset, s3.uri("runs/remote"), model=None, store=s3.config.to_wire(),
+                                          initModel=s3.uri("models/qwen2"), hyperparameters=hp))
+    local = run_pretrain(pretrain_config(dataset, s3.uri("runs/local"), model=None, store=s3.config.to_wire(),
+                                         initModel=str(base), hyperparameters=hp))
+    assert remote.losses == local.losses
+    assert list((tmp_path / "node-tmp").glob("forge-base-*")) == []
