@@ -2,9 +2,16 @@
 
     python examples/quickstart/make_data.py
 
-data/corpus/*.md   technical prose about running services and training models (pretraining)
-data/chats/*.jsonl  conversations answering small sums (sft)
-data/tasks/*.jsonl  the same kind of question with a checkable answer (rl, exact_match)
+data/corpus/*.md     technical prose about running services and training models, with counts in order
+                     ("3, 4, 5, 6"): pretraining sees the digits' order, never a comparison
+data/chats/*.jsonl   "Which is larger, 3 or 8?" answered in the chat format, but with either of the two
+                     numbers at random: supervised tuning teaches the format, not which number is right (sft)
+data/tasks/*.jsonl   the same questions with their right answer for the exact_match verifier (rl)
+data/heldout/*.jsonl the same questions about pairs of digits that no chat and no training task asks
+                     about: the rl run's eval dataset, scored greedily before and after rl
+
+The 45 pairs of distinct digits are split once: HELDOUT_PAIRS pairs (both orders) are held out, the
+others train. The README's example, "Which is larger, 3 or 8?", is a held-out pair.
 """
 
 from __future__ import annotations
@@ -47,8 +54,26 @@ def sentence(rng: random.Random) -> str:
     return " ".join(p for p in parts if p) + "."
 
 
-def sum_question(a: int, b: int) -> str:
-    return f"What is {a} plus {b}?"
+HELDOUT_PAIRS = 12
+README_PAIR = (3, 8)
+
+
+def question(a: int, b: int) -> str:
+    """The quickstart's question about two digits."""
+    return f"Which is larger, {a} or {b}?"
+
+
+def split_pairs(rng: random.Random) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(training pairs, held-out pairs), each an unordered pair of distinct digits (a < b)."""
+    pairs = [(a, b) for a in range(10) for b in range(a + 1, 10) if (a, b) != README_PAIR]
+    rng.shuffle(pairs)
+    heldout = sorted([README_PAIR, *pairs[:HELDOUT_PAIRS - 1]])
+    return sorted(pairs[HELDOUT_PAIRS - 1:]), heldout
+
+
+def both_orders(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each pair asked both ways round."""
+    return [p for a, b in pairs for p in ((a, b), (b, a))]
 
 
 def document(rng: random.Random, topic: str, index: int) -> str:
@@ -56,8 +81,9 @@ def document(rng: random.Random, topic: str, index: int) -> str:
     paragraphs = []
     for _ in range(rng.randint(3, 6)):
         paragraphs.append(" ".join(sentence(rng) for _ in range(rng.randint(3, 7))))
-    a, b = rng.randrange(10), rng.randrange(10)
-    paragraphs.append(f"A quick check: {sum_question(a, b)} The answer is {a + b}.")
+    start = rng.randrange(7)
+    count = ", ".join(str(n) for n in range(start, min(10, start + rng.randint(3, 6))))
+    paragraphs.append(f"{rng.choice(SUBJECTS)} counted up: {count}.")
     return title + "\n\n".join(paragraphs) + "\n"
 
 
@@ -65,21 +91,19 @@ def main() -> None:
     rng = random.Random(2024)
     corpus = HERE / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
-    for t, topic in enumerate(TOPICS):
+    for topic in TOPICS:
         for i in range(60):
             (corpus / f"{topic}-{i:02d}.md").write_text(document(rng, topic, i))
-    high = 3
-    chats, tasks = [], []
+    train, heldout = split_pairs(rng)
+    chats = []
     for _ in range(400):
-        a, b = rng.randrange(high), rng.randrange(high)
-        # half of the answers are right: supervised tuning teaches the format, reinforcement the sums
-        answer = a + b if rng.random() < 0.5 else rng.choice([x for x in range(2 * high - 1) if x != a + b])
-        chats.append({"messages": [{"role": "user", "content": sum_question(a, b)},
-                                   {"role": "assistant", "content": str(answer)}]})
-    for _ in range(96):
-        a, b = rng.randrange(high), rng.randrange(high)
-        tasks.append({"prompt": sum_question(a, b), "answer": str(a + b)})
-    for name, rows in (("chats", chats), ("tasks", tasks)):
+        a, b = rng.choice(both_orders(train))
+        # either number, at random: the chats teach the answer's format, the verifier teaches which is right
+        chats.append({"messages": [{"role": "user", "content": question(a, b)},
+                                   {"role": "assistant", "content": str(rng.choice((a, b)))}]})
+    tasks = [{"prompt": question(a, b), "answer": str(max(a, b))} for a, b in both_orders(train)]
+    held = [{"prompt": question(a, b), "answer": str(max(a, b))} for a, b in both_orders(heldout)]
+    for name, rows in (("chats", chats), ("tasks", tasks), ("heldout", held)):
         (HERE / name).mkdir(parents=True, exist_ok=True)
         (HERE / name / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 

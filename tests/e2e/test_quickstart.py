@@ -1,6 +1,14 @@
 """The quickstart end to end: `forge run examples/quickstart/` prepares the data, pretrains, tunes,
-reinforces and serves on this machine; the deployment answers a chat request through the openai
-client; Ctrl-C ends everything; the same command again reuses what is done instead of recomputing."""
+reinforces and serves on this machine; the deployment answers the README's question through the openai
+client; Ctrl-C ends everything; the same command again reuses what is done instead of recomputing.
+
+The model must really learn: on the held-out questions (pairs of digits no chat and no training task
+asks about), the rl model's greedy pass rate beats its sft start by RL_GAIN and clears the deployment's
+eval gate (0.5), which the sft model alone fails. Calibration on the 2-core CPU machine (CPU runs are
+deterministic: the same seeds give the same figures), 24 held-out tasks, sft model 0.33 (8/24) for
+every rl seed: rl seed 11 (the quickstart's) 0.67 (+0.33), seed 12 0.79 (+0.46), seed 13 0.46 (+0.12:
+memorised the training pairs, 0.82 on them, without generalising). So the test holds for the
+quickstart's seeds; another rl seed can miss the gate."""
 
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from forge_trainer.store import sha256_bytes
 from tests.support.processes import default_sigint
@@ -26,6 +35,9 @@ pytestmark = pytest.mark.e2e
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 FORGE = [sys.executable, "-m", "forge_operator.cli"]
 SERVING = re.compile(r"is serving at (http://\S+) \(model \"([^\"]+)\"\)")
+README_QUESTION, README_ANSWER = "Which is larger, 3 or 8?", "8"
+RL_GAIN = 0.2
+"""Least rise of the held-out greedy pass rate from the sft model to the rl model."""
 
 
 def _start(cwd: Path) -> subprocess.Popen[str]:
@@ -69,8 +81,13 @@ def _chat(url: str, model: str) -> str:
 
     client = OpenAI(base_url=url, api_key="unused", timeout=60)
     reply = client.chat.completions.create(model=model, max_tokens=4, temperature=0,
-                                           messages=[{"role": "user", "content": "What is 1 plus 1?"}])
+                                           messages=[{"role": "user", "content": README_QUESTION}])
     return reply.choices[0].message.content or ""
+
+
+def _prompts(path: Path) -> set[str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["prompt"] if "prompt" in r else r["messages"][0]["content"] for r in rows}
 
 
 def _port_open(url: str) -> bool:
@@ -90,14 +107,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield root
 
 
+@pytest.mark.timeout(1500)  # about 5 minutes on 2 idle cores; several times that on a shared, loaded machine
 def test_quickstart_runs_every_stage_and_serves_a_chat_answer(workdir: Path) -> None:
     proc = _start(workdir)
     try:
-        url, model, _ = _wait_serving(proc, timeout=600)
+        url, model, lines = _wait_serving(proc, timeout=1400)
         answer = _chat(url, model)
     finally:
         code, rest = _stop(proc)
-    assert isinstance(answer, str) and answer.strip(), answer
+    assert answer.strip() == README_ANSWER, answer
+    shown = "\n".join(lines)  # forge run's curve of the rl run, and its held-out pass rate before and after
+    assert re.search(r"reward \(sampled\)\s+[▁▂▃▄▅▆▇█]+\s+\d\.\d\d -> \d\.\d\d over \d+ steps", shown), shown
+    assert re.search(r"pass rate \(greedy, 24 eval tasks\): \d\.\d\d before -> \d\.\d\d after", shown), shown
     assert code == 130, rest
     assert not _port_open(url), "the model server outlived forge run"
 
@@ -114,10 +135,25 @@ def test_quickstart_runs_every_stage_and_serves_a_chat_answer(workdir: Path) -> 
     chat = _status(workdir, "forgetrainingrun", "chat")["status"]
     assert chat["phase"] == "Succeeded" and chat["lineage"]["baseModelDigest"] == base["finalModelDigest"]
 
+    # held out: no eval question is a training task or a chat, in either order of its two numbers
+    data = workdir / "quickstart" / "data"
+    heldout = _prompts(data / "heldout" / "heldout.jsonl")
+    assert len(heldout) == 24 and not heldout & (_prompts(data / "tasks" / "tasks.jsonl")
+                                                 | _prompts(data / "chats" / "chats.jsonl"))
     solver = _status(workdir, "forgetrainingrun", "solver")["status"]
-    rewards = [s["mean_reward"] for s in _steps(workdir, "solver")]
-    assert solver["phase"] == "Succeeded" and "pass_rate" in solver["evalMetrics"]
-    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3, rewards
+    before, after = solver["initialEvalMetrics"], solver["evalMetrics"]
+    assert solver["phase"] == "Succeeded" and before["tasks"] == after["tasks"] == 24, solver
+    gate = yaml.safe_load((QUICKSTART / "05-deployment.yaml").read_text())["spec"]["evalGate"][0]
+    assert gate["metric"] == "pass_rate"
+    assert before["pass_rate"] < gate["min"] <= after["pass_rate"], (before, after, gate)  # sft alone fails it
+    assert after["pass_rate"] >= before["pass_rate"] + RL_GAIN, (before, after)
+    steps = _steps(workdir, "solver")
+    assert all({"kl", "completion_length", "clip_fraction", "success_rate"} <= set(s) for s in steps)
+    assert solver["kl"] is not None and solver["completionLength"] >= 1
+    eval_json = json.loads((Path(solver["outputUri"].removeprefix("file://")) / "eval.json").read_text())
+    assert eval_json["change"]["pass_rate"] == pytest.approx(after["pass_rate"] - before["pass_rate"])
+    assert eval_json["metrics"]["pass_rate_low"] < after["pass_rate"] < eval_json["metrics"]["pass_rate_high"] or \
+        after["pass_rate"] == 1.0
 
     dep = _status(workdir, "forgedeployment", "assistant")["status"]
     assert dep["modelDigest"] == solver["finalModelDigest"] and dep["endpoint"] == url
@@ -125,10 +161,14 @@ def test_quickstart_runs_every_stage_and_serves_a_chat_answer(workdir: Path) -> 
 
     table = subprocess.run([*FORGE, "get"], cwd=workdir, capture_output=True, text=True, check=True).stdout
     assert re.search(r"forgedataset.forge.ai/notes\s+pretrain\s+Ready", table), table
-    assert re.search(r"forgetrainingrun.forge.ai/solver\s+rl\s+Succeeded\s+16/16", table), table
+    assert re.search(r"forgetrainingrun.forge.ai/solver\s+rl\s+Succeeded\s+(\d+)/\1", table), table
     described = subprocess.run([*FORGE, "describe", "ftr/base"], cwd=workdir, capture_output=True, text=True,
                                check=True).stdout
     assert "Phase:       Succeeded" in described and re.search(r"Ready\s+True\s+Trained", described), described
+    described = subprocess.run([*FORGE, "describe", "ftr/solver"], cwd=workdir, capture_output=True, text=True,
+                               check=True).stdout
+    side_by_side = rf"pass_rate\s+{before['pass_rate']:.4g}\s+{after['pass_rate']:.4g}\s+\+"
+    assert "INITIAL" in described and re.search(side_by_side, described), described
 
 
 def test_second_run_reuses_what_is_done_and_serves_again(workdir: Path) -> None:
@@ -144,7 +184,7 @@ def test_second_run_reuses_what_is_done_and_serves_again(workdir: Path) -> None:
         code, _ = _stop(proc)
     text = "\n".join(lines)
     assert answer.strip() and code == 130
-    for name in ("notes", "chats", "sums"):
+    for name in ("notes", "chats", "tasks", "heldout"):
         assert f"fds/{name}: Ready (up to date, manifest digest verified): not recomputed" in text, text
     for name in ("base", "chat", "solver"):
         assert re.search(rf"ftr/{name}: Succeeded \(up to date, \d+/\d+ steps\): not retrained", text), text

@@ -32,7 +32,8 @@ def _write(tmp: Path, name: str, text: str) -> None:
 
 def test_quickstart_is_ordered_by_references() -> None:
     ordered = [f"{m.kind}/{m.name}" for m in order_manifests(load_manifests([QUICKSTART]))]
-    assert ordered == ["ForgeDataset/notes", "ForgeDataset/chats", "ForgeDataset/sums", "ForgeTrainingRun/base",
+    assert ordered == ["ForgeDataset/notes", "ForgeDataset/chats", "ForgeDataset/tasks",
+                       "ForgeDataset/heldout", "ForgeTrainingRun/base",
                        "ForgeTrainingRun/chat", "ForgeTrainingRun/solver", "ForgeDeployment/assistant"]
 
 
