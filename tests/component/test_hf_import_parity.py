@@ -99,8 +99,8 @@ FAMILIES = ("llama", "mistral", "qwen2", "mixtral")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize(("dtype", "shard"), [(torch.float32, None), (torch.bfloat16, "20KB")],
-                         ids=["fp32-single", "bf16-sharded"])
+@pytest.mark.parametrize(("dtype", "shard"), [(torch.float32, None), (torch.bfloat16, "20KB"), (torch.float16, None)],
+                         ids=["fp32-single", "bf16-sharded", "fp16-single"])
 def test_logits_equal_transformers(family: str, dtype: torch.dtype, shard: str | None, tmp_path: Path) -> None:
     directory = write_hf_model(family, tmp_path / family, dtype, shard)
     assert (directory / "model.safetensors.index.json").exists() == (shard is not None)

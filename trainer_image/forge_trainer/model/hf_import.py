@@ -49,8 +49,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "mixtral": {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096 * 32},
 }
 
-# Keys that do not change the forward pass (token ids, bookkeeping, inference switches).
-_HARMLESS = {
+# Keys the importer reads, checks or knows not to change the forward pass (token ids, bookkeeping).
+_KNOWN_KEYS = {
     "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "bos_token_id",
     "eos_token_id", "pad_token_id", "use_cache", "initializer_range", "pretraining_tp", "output_router_logits",
     "router_aux_loss_coef", "_name_or_path", "max_window_layers", "tie_word_embeddings", "vocab_size",
@@ -86,9 +86,9 @@ def args_from_hf_config(config: dict[str, Any], where: str = CONFIG_NAME) -> Mod
         raise HFImportError(f"{where}: model_type {model_type!r} is not supported; supported: "
                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (and Forge's own exports)")
     _refuse_unrepresentable(config, model_type, where)
-    unknown = sorted(k for k in config if k not in _HARMLESS)
+    unknown = sorted(k for k in config if k not in _KNOWN_KEYS)
     if unknown:
-        log.warning("%s: ignoring keys %s (not read by transformers' %s either)", where, unknown, model_type)
+        log.warning("%s: ignoring keys the importer does not know for model_type %s: %s", where, model_type, unknown)
     defaults = _DEFAULTS[model_type]
 
     def get(key: str, kind: type, default: Any = None) -> Any:
