@@ -81,13 +81,22 @@ def test_grpo_raises_mean_reward_over_step_zero(sft_model: Path, tmp_path: Path)
     assert progress["meanReward"] == pytest.approx(result.rewards[30])
     assert 0 <= progress["successRate"] <= 1 and progress["kl"] > 0
     steps = [json.loads(line) for line in (tmp_path / "rl_out" / "logs" / "steps-00000000.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == list(range(1, 31)) and all("kl" in s and "mean_reward" in s for s in steps)
+    assert [s["step"] for s in steps] == list(range(1, 31))
+    assert all({"kl", "mean_reward", "success_rate", "completion_length", "clip_fraction"} <= set(s) for s in steps)
+    assert all(1 <= s["completion_length"] <= 4 and 0 <= s["clip_fraction"] <= 1 for s in steps), steps
+    assert progress["completionLength"] == pytest.approx(steps[-1]["completion_length"])
 
     eval_json = json.loads((tmp_path / "rl_out" / "eval.json").read_text())
     metrics = eval_json["metrics"]
     assert eval_json["final"] and metrics["tasks"] == 32 and metrics["verifier_errors"] == 0
     assert metrics["pass_rate/exact_match"] == metrics["pass_rate"] >= eval_json["history"][0]["metrics"]["pass_rate"]
     assert eval_json["history"][0]["step"] == 0
+    initial = eval_json["initial"]["metrics"]
+    assert eval_json["initial"]["step"] == 0 and initial == eval_json["history"][0]["metrics"]
+    assert eval_json["change"]["pass_rate"] == pytest.approx(metrics["pass_rate"] - initial["pass_rate"])
+    assert metrics["pass_rate_low"] <= metrics["pass_rate"] <= metrics["pass_rate_high"]
+    assert metrics["tasks/exact_match"] == 32 and metrics["pass_rate_high"] - metrics["pass_rate_low"] > 0.1
+    assert progress["initialEvalMetrics"] == initial
     assert progress["evalMetrics"]["pass_rate"] == metrics["pass_rate"]
 
 
