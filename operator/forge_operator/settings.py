@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from forge_operator.api.network import checked_cidr
 from forge_trainer.config import StoreConfig
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/forge-ai/forge-trainer:0.1.0"
@@ -88,14 +88,7 @@ class OperatorSettings(BaseModel):
     @field_validator("store_peer_cidrs", "dns_peer_cidrs")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/8") from None
-            if "/" not in cidr:
-                raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/8 (the prefix length is missing)")
-        return value
+        return [checked_cidr(cidr) for cidr in value]
 
     @property
     def has_store_peer(self) -> bool:

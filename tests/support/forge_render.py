@@ -13,6 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+ACME_PIPELINE = sorted((EXAMPLES / "pipeline").glob("*.yaml"))
+"""The acme chain of examples/pipeline/ (its sub-folders hold other chains, e.g. from-mistral/)."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from forge_operator.preview import PLACEHOLDER_DIGEST, PLACEHOLDER_UID
-from tests.support.forge_render import EXAMPLES, Rendered, forge_render
+from tests.support.forge_render import ACME_PIPELINE, EXAMPLES, Rendered, forge_render
 
 SETTINGS = {"FORGE_STORE_PEER_CIDRS": "10.20.30.40/32", "FORGE_STORE_BUCKET": "acme-forge",
             "FORGE_TRAINER_IMAGE": "registry.acme/forge-trainer:1.2.3"}
@@ -19,7 +19,7 @@ SETTINGS = {"FORGE_STORE_PEER_CIDRS": "10.20.30.40/32", "FORGE_STORE_BUCKET": "a
 
 @pytest.fixture(scope="module")
 def pipeline() -> Rendered:
-    out = forge_render(EXAMPLES / "pipeline", settings=SETTINGS, namespace="ml")
+    out = forge_render(*ACME_PIPELINE, settings=SETTINGS, namespace="ml")
     assert out.returncode == 0, out.stderr
     return out
 

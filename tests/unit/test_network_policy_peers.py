@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.support.forge_render import EXAMPLES, Rendered, forge_render
+from tests.support.forge_render import ACME_PIPELINE, EXAMPLES, Rendered, forge_render
 
 PIPELINE = EXAMPLES / "pipeline"
 STORE_CIDR = "10.20.30.40/32"
@@ -36,14 +36,14 @@ def _pod_labels(policy: dict[str, Any]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def configured() -> Rendered:
-    out = forge_render(PIPELINE, settings=CONFIGURED, namespace="ml")
+    out = forge_render(*ACME_PIPELINE, settings=CONFIGURED, namespace="ml")
     assert out.returncode == 0, out.stderr
     return out
 
 
 @pytest.fixture(scope="module")
 def unconfigured() -> Rendered:
-    out = forge_render(PIPELINE, namespace="ml")
+    out = forge_render(*ACME_PIPELINE, namespace="ml")
     assert out.returncode == 0, out.stderr
     return out
 
@@ -108,7 +108,7 @@ def test_dns_peers_are_configurable() -> None:
 
 
 def test_a_bad_store_peer_setting_is_refused_by_name() -> None:
-    out = forge_render(PIPELINE, settings={"FORGE_STORE_PEER_CIDRS": "10.0.0.1"})
+    out = forge_render(*ACME_PIPELINE, settings={"FORGE_STORE_PEER_CIDRS": "10.0.0.1"})
     assert out.returncode == 2 and out.objects == []
     assert "store_peer_cidrs" in out.stderr and "'10.0.0.1' is not a CIDR" in out.stderr
 
@@ -140,7 +140,9 @@ ALLOW_FROM = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.nam
 def _widened(tmp_path: Path, network: dict[str, Any]) -> Path:
     """A copy of the pipeline whose every resource carries `network` (the deployment also allowFrom)."""
     out = tmp_path / "pipeline"
-    shutil.copytree(PIPELINE, out)
+    out.mkdir()
+    for source in ACME_PIPELINE:
+        shutil.copy(source, out)
     for path in out.glob("*.yaml"):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         for doc in docs:

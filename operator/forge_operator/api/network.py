@@ -17,6 +17,17 @@ from forge_trainer.config import WireModel
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+
+def checked_cidr(value: str) -> str:
+    """`value` if it is a CIDR with its prefix length (10.0.0.0/8, 2001:db8::/32); a ValueError naming it else."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8") from None
+    if "/" not in value:
+        raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8 (the prefix length is missing)")
+    return value
+
 class NetworkProtocol(StrEnum):
     """Transport protocol of a port."""
 
@@ -67,13 +78,7 @@ class IpBlock(WireModel):
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, value: str) -> str:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8") from None
-        if "/" not in value:
-            raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8 (the prefix length is missing)")
-        return value
+        return checked_cidr(value)
 
     @model_validator(mode="after")
     def _excepts(self) -> Self:
