@@ -12,24 +12,25 @@ from typing import Any
 import kopf
 
 from forge_operator import metrics
-from forge_operator.api import DATASET, DEPLOYMENT, TRAINING_RUN
+from forge_operator.api import kind_info
 from forge_operator.api.common import API_VERSION, Condition, ConditionStatus, RetentionPolicy, now_rfc3339
 from forge_operator.handlers.indexes import cluster_lookup
 from forge_operator.handlers.runtime import log, post_event, runtime
 from forge_operator.plan.naming import audit_uri, output_uri
 from forge_operator.resolve.usage import usage
 from forge_operator.status.conditions import DELETION_BLOCKED, set_condition
+from forge_operator.status.deletion import (
+    ABANDON_ANNOTATION,
+    abandonment_approver,
+    abandonment_reason,
+    store_blocked,
+)
 from forge_operator.store import StoreError
 from forge_operator.store.connection import StoreTimeouts, endpoint_of, open_store, scrub
 from forge_operator.store.deletion import DeletionJournal, DeletionReport, delete_artifacts
 
-ABANDON_ANNOTATION = "forge.ai/abandon-artifacts"
 SLICE_BATCHES = 50
 """Batches (of 1000 objects) one finalizer call deletes before it hands back to Kopf and continues."""
-MAX_RETRY_DELAY = 60.0
-"""The longest pause between deletion attempts while the store is down (the abandonment annotation is
-seen at the next attempt, so this is also how long it may take to act)."""
-_PLURALS = {info.kind: info.plural for info in (DATASET, TRAINING_RUN, DEPLOYMENT)}
 # recording an abandonment must not hold the finalizer long when the store is the reason for it
 _ABANDON_TIMEOUTS = StoreTimeouts(connect=3.0, read=5.0, retries=0)
 
@@ -71,7 +72,7 @@ def abandon_artifacts(body: dict[str, Any], kind: str, default_policy: str, reas
     """Let the resource go without deleting its artifacts, as the abandonment annotation approves: recorded
     in the audit log, or, when the store cannot take the record, in a Warning Event and the operator log."""
     report = _report(body, kind, default_policy)
-    record = {"reason": reason, "approvedBy": _annotation_manager(body), "artifactsLeftAt": report.output_uri}
+    record = {"reason": reason, "approvedBy": abandonment_approver(body), "artifactsLeftAt": report.output_uri}
     try:
         journal = _journal(report, _ABANDON_TIMEOUTS)
         journal.resume()
@@ -99,20 +100,16 @@ def finalize(body: kopf.Body, kind: str, default_policy: str, handler_kwargs: Ma
         message = f"still used by {', '.join(users)}; deletion waits until it is gone"
         _block(dict(body), kind, "InUse", message)
         raise kopf.TemporaryError(message, delay=interval)
-    reason = str((meta.get("annotations") or {}).get(ABANDON_ANNOTATION) or "").strip()
+    reason = abandonment_reason(dict(body))
     if reason:
         abandon_artifacts(dict(body), kind, default_policy, reason)
         return
     try:
         report = release_artifacts(dict(body), kind, default_policy)
     except StoreError as exc:
-        retry = int(handler_kwargs.get("retry") or 0)
-        delay = min(interval * 2 ** retry, max(MAX_RETRY_DELAY, interval))
-        endpoint = endpoint_of(runtime().settings.store)
-        message = (f"cannot delete the artifacts: object store {endpoint}: {scrub(str(exc))}; attempt {retry + 1}, "
-                   f"next in {delay:.0f}s. To let it go and leave the artifacts in place: kubectl annotate "
-                   f"{_PLURALS.get(kind, kind.lower())}/{meta['name']} -n {meta['namespace']} "
-                   f"{ABANDON_ANNOTATION}='<reason>'")
+        message, delay = store_blocked(kind_info(kind).plural, meta["name"], meta["namespace"],
+                                       endpoint_of(runtime().settings.store), scrub(str(exc)),
+                                       int(handler_kwargs.get("retry") or 0), interval)
         _block(dict(body), kind, "StoreUnavailable", message)
         raise kopf.TemporaryError(message, delay=delay) from exc
     if report is None:
@@ -134,11 +131,3 @@ def _block(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
                                 {"conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True)
                                                 for c in updated]})
 
-
-def _annotation_manager(body: dict[str, Any]) -> str:
-    """Who set the abandonment annotation, as the API server's managedFields say (e.g. kubectl-annotate)."""
-    for entry in body["metadata"].get("managedFields") or []:
-        annotations = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {}
-        if f"f:{ABANDON_ANNOTATION}" in annotations:
-            return f"{entry.get('manager', 'unknown')} ({entry.get('operation', '?')} at {entry.get('time', '?')})"
-    return "unknown"
