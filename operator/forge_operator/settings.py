@@ -30,6 +30,11 @@ class OperatorSettings(BaseModel):
     you control: image@sha256:...)."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of workload images."""
+    sandbox_seccomp_profile: str = ""
+    """Localhost seccomp profile (path under the kubelet's seccomp root) for the trainer container of rl runs
+    whose verifier runs model-written code (python_tests, custom): RuntimeDefault plus `unshare`, `mount`,
+    `umount2`, `pivot_root` and `mount_setattr`, which the verifier sandbox needs for its namespaces. Empty:
+    RuntimeDefault, under which the sandbox uses its fallback layers (see README, Security)."""
     store_endpoint: str | None = None
     """S3 endpoint host[:port] of the company's object store."""
     store_secure: bool = True

@@ -123,3 +123,30 @@ def test_custom_verifier_source_is_mounted_from_its_configmap() -> None:
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["FORGE_CUSTOM_VERIFIER"] == "/etc/forge/verifier/verifier.py"
     assert {"name": "verifier", "mountPath": "/etc/forge/verifier", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+
+@pytest.mark.parametrize(("stage", "verifier", "profile"), [
+    ("rl", "python_tests", "profiles/forge-sandbox.json"),
+    ("rl", "custom", "profiles/forge-sandbox.json"),
+    ("rl", "exact_match", None),  # no model-written code runs: nothing beyond RuntimeDefault
+    ("sft", None, None),
+])
+def test_only_pods_that_run_model_code_get_the_sandbox_seccomp_profile(stage: str, verifier: str | None,
+                                                                        profile: str | None) -> None:
+    settings = SETTINGS.model_copy(update={"sandbox_seccomp_profile": "profiles/forge-sandbox.json"})
+    spec: dict[str, Any] = {"stage": stage, "datasetRef": "tasks", "init": {"baseRun": "tuned"}, "model": None}
+    if verifier:
+        reward: dict[str, Any] = {"verifier": verifier}
+        if verifier == "custom":
+            reward["customSource"] = {"name": "my-verifier", "key": "check.py"}
+        spec["rl"] = {"reward": reward}
+    refs = ResolvedRefs(dataset_manifest="s3://b/tasks/manifest.json", init_model_uri="s3://b/tuned/model")
+    for with_setting, expected in ((settings, profile), (SETTINGS, None)):
+        job = next(m for m in render_training(plan_training_run(_run(**spec), with_setting, refs)) if m["kind"] == "Job")
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]["securityContext"]
+        assert container.get("seccompProfile") == (
+            {"type": "Localhost", "localhostProfile": expected} if expected else None), (stage, verifier)
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["capabilities"] == {"drop": ["ALL"]} and container["allowPrivilegeEscalation"] is False
+        kubernetes_validate.validate(job, "1.30.0", strict=True)

@@ -31,7 +31,7 @@ from forge_operator.plan.workload import (
     config_hash,
 )
 from forge_operator.settings import OperatorSettings
-from forge_trainer.config import ModelConfig, TrainConfig
+from forge_trainer.config import ModelConfig, TrainConfig, VerifierKind
 
 KIND = TRAINING_RUN.kind
 RDZV_PORT = 29400
@@ -95,6 +95,8 @@ class TrainingPlan:
     scratch_size: str = DEFAULT_SCRATCH_SIZE
     """sizeLimit of the pods' /tmp."""
     fence: NetworkFence = field(default_factory=NetworkFence)
+    sandbox_seccomp_profile: str | None = None
+    """The Localhost seccomp profile of the trainer container, when its verifier sandbox needs one."""
     """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
 
     @property
@@ -242,4 +244,11 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         shm_size=shm_size,
         scratch_size=scratch_size,
         fence=NetworkFence.of(settings),
+        sandbox_seccomp_profile=(settings.sandbox_seccomp_profile or None) if runs_model_code(config) else None,
     )
+
+
+def runs_model_code(config: TrainConfig) -> bool:
+    """Whether the run executes model-written code in the verifier sandbox (rl with python_tests or custom)."""
+    reward = config.rl.reward if config.stage.value == "rl" else None
+    return reward is not None and reward.verifier in (VerifierKind.PYTHON_TESTS, VerifierKind.CUSTOM)

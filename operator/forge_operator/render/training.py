@@ -74,6 +74,9 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
     }
+    if plan.sandbox_seccomp_profile:  # what the verifier sandbox needs for its namespaces, and only then
+        container["securityContext"]["seccompProfile"] = {"type": "Localhost",
+                                                          "localhostProfile": plan.sandbox_seccomp_profile}
     reward = plan.config.rl.reward if plan.config.stage.value == "rl" else None
     if reward is not None and reward.custom_source is not None:
         # the custom verifier's source, from a ConfigMap in the run's namespace, read-only
