@@ -16,7 +16,7 @@ from forge_operator.api import kind_info
 from forge_operator.api.common import API_VERSION, Condition, ConditionStatus, RetentionPolicy, now_rfc3339
 from forge_operator.handlers.indexes import cluster_lookup
 from forge_operator.handlers.runtime import log, post_event, runtime
-from forge_operator.plan.naming import audit_uri, output_uri
+from forge_operator.plan.naming import audit_uri
 from forge_operator.resolve.usage import usage
 from forge_operator.status.conditions import DELETION_BLOCKED, set_condition
 from forge_operator.status.deletion import (
@@ -35,15 +35,6 @@ SLICE_BATCHES = 50
 _ABANDON_TIMEOUTS = StoreTimeouts(connect=3.0, read=5.0, retries=0)
 
 
-def _report(body: dict[str, Any], kind: str, default_policy: str) -> DeletionReport:
-    meta = body["metadata"]
-    raw_policy = ((body.get("spec") or {}).get("retention") or {}).get("onDelete", default_policy)
-    policy = RetentionPolicy(raw_policy)
-    out = output_uri(runtime().settings.store_bucket, meta["namespace"], kind, meta["name"], meta["uid"])
-    return DeletionReport(kind=kind, namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
-                          policy=policy.value, output_uri=out)
-
-
 def _journal(report: DeletionReport, timeouts: StoreTimeouts | None = None) -> DeletionJournal:
     settings = runtime().settings
     store, key = open_store(audit_uri(settings.store_bucket, report.namespace), settings.store, timeouts)
@@ -54,7 +45,7 @@ def release_artifacts(body: dict[str, Any], kind: str, default_policy: str) -> D
     """Delete (part of) the resource's store prefix as spec.retention.onDelete says, recording every batch
     in the audit log before deleting it. Returns the report once the prefix is done (summary written,
     Event posted), None when more is left for the next call."""
-    report = _report(body, kind, default_policy)
+    report = DeletionReport.of(body, kind, default_policy, runtime().settings.store_bucket)
     journal = _journal(report)
     journal.resume()  # what an earlier pass (before a restart or an error) already recorded
     store, prefix = open_store(report.output_uri, runtime().settings.store)
@@ -71,7 +62,7 @@ def release_artifacts(body: dict[str, Any], kind: str, default_policy: str) -> D
 def abandon_artifacts(body: dict[str, Any], kind: str, default_policy: str, reason: str) -> None:
     """Let the resource go without deleting its artifacts, as the abandonment annotation approves: recorded
     in the audit log, or, when the store cannot take the record, in a Warning Event and the operator log."""
-    report = _report(body, kind, default_policy)
+    report = DeletionReport.of(body, kind, default_policy, runtime().settings.store_bucket)
     record = {"reason": reason, "approvedBy": abandonment_approver(body), "artifactsLeftAt": report.output_uri}
     try:
         journal = _journal(report, _ABANDON_TIMEOUTS)

@@ -21,6 +21,7 @@ from typing import Any
 from minio.deleteobjects import DeleteObject
 
 from forge_operator.api.common import RetentionPolicy, now_rfc3339
+from forge_operator.plan.naming import output_uri
 from forge_trainer.store import ObjectInfo, ObjectStore, S3Store, StoreError, join_key, write_json_atomic
 
 BATCH = 1000
@@ -46,6 +47,15 @@ class DeletionReport:
     kept_bytes: int = 0
     parts: list[str] = field(default_factory=list)
     time: str = field(default_factory=now_rfc3339)
+
+    @classmethod
+    def of(cls, body: dict[str, Any], kind: str, default_policy: str, bucket: str) -> DeletionReport:
+        """The (empty) report of deleting the resource `body` of `kind`: its prefix in `bucket` and the retention
+        its spec.retention.onDelete asks for (`default_policy` when unset)."""
+        meta = body["metadata"]
+        policy = RetentionPolicy(((body.get("spec") or {}).get("retention") or {}).get("onDelete", default_policy))
+        return cls(kind=kind, namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], policy=policy.value,
+                   output_uri=output_uri(bucket, meta["namespace"], kind, meta["name"], meta["uid"]))
 
     def to_dict(self, event: str = "deleted", **extra: Any) -> dict[str, Any]:
         """JSON form of the summary written to the audit log (`extra`: e.g. an abandonment's reason)."""
