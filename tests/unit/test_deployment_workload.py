@@ -49,6 +49,33 @@ def test_vllm_runtime_fetches_the_model_first_and_requests_a_gpu() -> None:
     assert "replicas" not in objs["Deployment"]["spec"]
 
 
+def _server(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return dict(objs["Deployment"]["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_without_resources_the_builtin_server_fits_a_small_node() -> None:
+    """Issue 20 item 6: the default once asked for 2 CPUs and 8Gi, and never scheduled on a small node."""
+    res = _server(_objs())["resources"]
+    assert res["requests"] == {"cpu": "500m", "memory": "1Gi"}
+    # it may burst to load a model of up to ~0.5B parameters in float32, but never beyond the limit
+    assert res["limits"] == {"memory": "4Gi"}
+
+
+def test_resources_set_in_the_spec_are_requested_and_memory_is_also_the_limit() -> None:
+    res = _server(_objs(resources={"cpu": "3", "memory": "12Gi"}))["resources"]
+    assert res == {"requests": {"cpu": "3", "memory": "12Gi"}, "limits": {"memory": "12Gi"}}
+    res = _server(_objs(resources={"memory": "6Gi"}))["resources"]
+    assert res == {"requests": {"cpu": "500m", "memory": "6Gi"}, "limits": {"memory": "6Gi"}}
+
+
+def test_vllm_without_cpu_or_memory_keeps_its_larger_default_and_shm() -> None:
+    pod = _objs(runtime="vllm", resources={"gpus": 1})["Deployment"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+                                                 "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}}
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["sizeLimit"] == "4Gi"  # half of the memory limit
+
+
 def test_manifests_validate_against_current_kubernetes() -> None:
     for spec in ({}, {"runtime": "vllm", "resources": {"gpus": 1}, "autoscaling": {"maxReplicas": 2}}):
         for obj in _objs(**spec).values():

@@ -101,7 +101,7 @@ def test_vllm_runs_read_only_with_a_home_and_a_user_it_can_write_and_name() -> N
 @pytest.mark.parametrize(("resources", "shm"), [
     ({"gpus": 1, "memory": "64Gi"}, "16Gi"),   # half of the memory, at most 16Gi
     ({"gpus": 1, "memory": "8Gi"}, "4Gi"),     # half of a small memory limit
-    ({"gpus": 1, "memory": None}, "16Gi"),     # no memory limit: the 16Gi bound
+    ({"gpus": 1}, "4Gi"),                      # memory unset: half of vLLM's default 8Gi
 ])
 def test_vllm_shared_memory_is_bounded_by_the_pods_memory(resources: dict[str, Any], shm: str) -> None:
     pod = _serve_pod(runtime="vllm", resources=resources)

@@ -48,10 +48,12 @@ class AutoscalingSpec(WireModel):
 class ServingResources(WireModel):
     """Resources of each serving replica."""
 
-    cpu: str | None = "2"
-    """CPU request (Kubernetes quantity)."""
-    memory: str | None = "8Gi"
-    """Memory request and limit (Kubernetes quantity)."""
+    cpu: str | None = None
+    """CPU request (Kubernetes quantity). Unset: 500m for the builtin server, 2 for vLLM."""
+    memory: str | None = None
+    """Memory request and limit (Kubernetes quantity). Unset: the builtin server requests 1Gi and may use up
+    to 4Gi (enough for models up to about 0.5B parameters, which it holds in float32 on a CPU); vLLM gets
+    8Gi. Set it for larger models."""
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
     """GPUs per replica (vllm needs at least 1)."""
 

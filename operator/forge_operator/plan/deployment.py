@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from forge_operator.api import DEPLOYMENT
-from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, GateRule
+from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, GateRule, ServingRuntime
 from forge_operator.plan.naming import child_name, common_labels
 from forge_operator.plan.quantity import plan_shm_size
 from forge_operator.plan.workload import InvalidSpecError, NetworkFence, OwnerRef, StoreAccess, WorkloadMeta
@@ -15,6 +15,36 @@ KIND = DEPLOYMENT.kind
 SERVING_PORT = 8000
 DEFAULT_SHM_SIZE = "16Gi"
 """/dev/shm of a vLLM pod without a memory limit (vLLM's workers and NCCL share tensors through it)."""
+
+
+@dataclass(frozen=True)
+class ServingSize:
+    """CPU and memory of each serving replica."""
+
+    cpu: str
+    """CPU request."""
+    memory_request: str
+    """Memory the scheduler reserves."""
+    memory_limit: str
+    """Memory the replica may use before it is OOM-killed."""
+
+
+BUILTIN_SIZE = ServingSize(cpu="500m", memory_request="1Gi", memory_limit="4Gi")
+"""The builtin server without spec.resources: it idles at ~0.4 GiB (torch and the HTTP stack) and holds the
+model in float32 on a CPU, so a small model fits the request and up to ~0.5B parameters fit the limit; a
+small node (1 CPU, 2 GiB free) can schedule it."""
+VLLM_SIZE = ServingSize(cpu="2", memory_request="8Gi", memory_limit="8Gi")
+"""vLLM without spec.resources (its weights live on the GPU; host memory holds the loader and the
+shared-memory buffers)."""
+
+
+def plan_serving_size(spec: ForgeDeploymentSpec) -> ServingSize:
+    """What each replica requests: spec.resources where set (memory is then both request and limit), else
+    the runtime's default."""
+    default = VLLM_SIZE if spec.runtime is ServingRuntime.VLLM else BUILTIN_SIZE
+    res = spec.resources
+    return ServingSize(cpu=res.cpu or default.cpu, memory_request=res.memory or default.memory_request,
+                       memory_limit=res.memory or default.memory_limit)
 
 
 @dataclass(frozen=True)
@@ -59,8 +89,10 @@ class DeploymentPlan:
     vllm_image: str
     image_pull_policy: str
     store: StoreAccess
+    size: ServingSize = BUILTIN_SIZE
+    """CPU and memory of each replica (spec.resources, else the runtime's default)."""
     shm_size: str = DEFAULT_SHM_SIZE
-    """sizeLimit of the vLLM pods' memory-backed /dev/shm: half of spec.resources.memory, at most 16Gi."""
+    """sizeLimit of the vLLM pods' memory-backed /dev/shm: half of the replica's memory limit, at most 16Gi."""
     fence: NetworkFence = field(default_factory=NetworkFence)
     """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
 
@@ -75,8 +107,9 @@ def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri:
     """The serving workload of `dep` for a resolved model."""
     meta = dep.metadata
     name, namespace = meta["name"], meta["namespace"]
+    size = plan_serving_size(dep.spec)
     try:
-        shm_size = plan_shm_size(None, dep.spec.resources.memory, "spec.resources", DEFAULT_SHM_SIZE)
+        shm_size = plan_shm_size(None, size.memory_limit, "spec.resources", DEFAULT_SHM_SIZE)
     except ValueError as exc:
         raise InvalidSpecError(str(exc)) from exc
     return DeploymentPlan(
@@ -91,6 +124,7 @@ def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri:
         spec=dep.spec,
         trainer_image=settings.trainer_image,
         vllm_image=settings.vllm_image,
+        size=size,
         shm_size=shm_size,
         image_pull_policy=settings.image_pull_policy,
         store=StoreAccess.of(settings),

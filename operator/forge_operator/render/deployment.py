@@ -58,6 +58,14 @@ def _probes(path_ready: str, path_live: str) -> dict[str, Any]:
     }
 
 
+def _requirements(plan: DeploymentPlan, gpus: dict[str, str] | None) -> dict[str, Any]:
+    """The server container's requests and limits: the planned size, a memory limit above the request
+    when the default lets the builtin server burst to load its model, and the GPUs."""
+    out = resource_requirements(plan.size.cpu, plan.size.memory_request, gpus)
+    out["limits"]["memory"] = plan.size.memory_limit
+    return out
+
+
 def _fetch_container(plan: DeploymentPlan) -> dict[str, Any]:
     """The init container that fetches and verifies the model into the pod's `models` volume: the only
     container that holds the store credentials, and it has exited before the server starts."""
@@ -76,8 +84,7 @@ def _builtin_container(plan: DeploymentPlan) -> dict[str, Any]:
             "--host", "0.0.0.0", "--port", str(SERVING_PORT), "--max-batch-size", str(plan.spec.max_batch_size)]
     if plan.model_digest:  # checked again on the local copy (the server hashes it for /v1/models anyway)
         args += ["--model-digest", plan.model_digest]
-    res = plan.spec.resources
-    gpus = {"nvidia.com/gpu": str(res.gpus)} if res.gpus else None
+    gpus = plan.spec.resources.gpus
     env = _api_key_env(plan, BUILTIN_API_KEY_ENV)
     return {
         "name": "server", "image": plan.trainer_image, "imagePullPolicy": plan.image_pull_policy,
@@ -85,13 +92,13 @@ def _builtin_container(plan: DeploymentPlan) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "volumeMounts": [{**_MODELS, "readOnly": True}, scratch_volume()[1]],
         "securityContext": container_security_context(),
-        "resources": resource_requirements(res.cpu, res.memory, gpus),
+        "resources": _requirements(plan, {"nvidia.com/gpu": str(gpus)} if gpus else None),
         **_probes("/readyz", "/healthz"),
     }
 
 
 def _vllm_container(plan: DeploymentPlan) -> dict[str, Any]:
-    res = plan.spec.resources
+    gpus = plan.spec.resources.gpus
     return {
         "name": "server", "image": plan.vllm_image, "imagePullPolicy": plan.image_pull_policy,
         "command": ["vllm", "serve", MODEL_DIR, "--served-model-name", plan.model_name, "--host", "0.0.0.0",
@@ -100,7 +107,7 @@ def _vllm_container(plan: DeploymentPlan) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "volumeMounts": [{**_MODELS, "readOnly": True}, scratch_volume()[1], shm_volume(plan.shm_size)[1]],
         "securityContext": container_security_context(),
-        "resources": resource_requirements(res.cpu, res.memory, {"nvidia.com/gpu": str(max(1, res.gpus))}),
+        "resources": _requirements(plan, {"nvidia.com/gpu": str(max(1, gpus))}),
         **_probes("/health", "/health"),
     }
 
