@@ -96,3 +96,67 @@ class Cleaner:
         if len(text) > self.processing.quality.max_chars:
             return ingest.Rejected(item.source, quality.TOO_LONG, text)
         return text, record
+
+
+@dataclass
+class Candidate:
+    """A record that passed the filters, before dedup decides on it (the parallel scan stage's output).
+
+    `exact_key` and `band_keys` are the keys the one-process dedup indexes would record for it; the text
+    and record are already redacted (`redactions` counts what was replaced), `original` is the unredacted
+    text when redaction changed it, and `error` says why redaction failed (the record is then dropped as
+    `clean_error` unless it turns out to be a duplicate, as in the one-process chain)."""
+
+    text: str
+    record: dict[str, Any] | None
+    digest: bytes
+    exact_key: int | None
+    band_keys: list[int]
+    redactions: dict[str, int]
+    original: str | None = None
+    error: str | None = None
+
+
+class Scanner:
+    """The cleaning chain without its dedup decisions: normalise, filter, hash, MinHash and redact one
+    record on its own, so any worker can do it for any record (`Cleaner` decides dedup in reading order)."""
+
+    def __init__(self, processing: ProcessingConfig, purpose: DatasetPurpose, seed: int) -> None:
+        self.chain = Cleaner(processing, purpose, seed)
+
+    def process(self, item: ingest.RawRecord) -> Candidate | ingest.Rejected:
+        """The candidate, or why the record is dropped before dedup (a failure is `clean_error`)."""
+        try:
+            first = self.chain._normalize_and_filter(item)
+            if isinstance(first, ingest.Rejected):
+                return first
+            text, record = first
+            digest = content_hash(text if record is None else json.dumps(record, sort_keys=True))
+            exact_key = (int.from_bytes(digest[:8], "little") or 1) if self.chain.exact is not None else None
+            bands: list[int] = []
+            if self.chain.near is not None:
+                shingles = self.chain.near.hasher.shingles(text)
+                if len(shingles):
+                    sig = self.chain.near.hasher.signature(shingles)
+                    bands = [k or 1 for k in self.chain.near.band_keys(sig)]  # U64Set stores 0 as 1
+        except Exception as exc:
+            return ingest.Rejected(item.source, CLEAN_ERROR, f"{item.source}: {type(exc).__name__}: {exc}")
+        candidate = Candidate(text, record, digest, exact_key, bands, {})
+        redactor = self.chain.redactor
+        if redactor is None:
+            return candidate
+        before = dict(redactor.counts)
+        try:
+            if record is None:
+                candidate.text = redactor.redact(text)
+            else:
+                candidate.record = map_texts(record, self.chain.purpose, redactor.redact)
+                candidate.text = record_text(candidate.record, self.chain.purpose)
+        except Exception as exc:
+            candidate.text, candidate.record = text, record
+            candidate.error = f"{item.source}: {type(exc).__name__}: {exc}"
+        candidate.redactions = {k: v - before.get(k, 0) for k, v in redactor.counts.items()
+                                if v != before.get(k, 0)}
+        if candidate.text != text:
+            candidate.original = text
+        return candidate

@@ -239,3 +239,20 @@ class NearDedup:
             if self.index.add(key):
                 duplicate = True
         return duplicate
+
+
+def later_positions(keys: U64, positions: U64) -> U64:
+    """The positions (sorted, unique) that share a key with an earlier position: the documents the
+    streaming indexes above call duplicates, computed for one hash partition of the keys at once.
+
+    A document is a duplicate when one of its keys was indexed by an earlier document, which is the same
+    as: its position is above the smallest position holding that key. The rule depends only on the
+    global order, so any partition of the keys across workers gives the same answer."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    order = np.lexsort((positions, keys))
+    k, p = keys[order], positions[order]
+    first = np.ones(len(k), dtype=bool)
+    first[1:] = k[1:] != k[:-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(k)), 0))
+    return np.unique(p[p > p[group_start]])

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +51,7 @@ ENCODE_BATCH = 1024
 
 
 @dataclass
-class _Preparation:
+class Preparation:
     """What one prepare run works with."""
 
     config: PrepareConfig
@@ -72,18 +73,19 @@ def run_prepare(config: PrepareConfig, progress_interval: float = 5.0) -> Manife
     report = Reporter(out, prefix, progress_interval, Redactor(pii.types).redact if pii.enabled else None)
     try:
         with tempfile.TemporaryDirectory(prefix="forge-prepare-") as tmp:
-            return _prepare(_Preparation(config, out, prefix, report, Path(tmp)))
+            return _prepare(Preparation(config, out, prefix, report, Path(tmp)))
     except (WorkloadError, StoreError) as exc:
-        _record_failure(report, str(exc))
+        record_failure(report, str(exc))
         if isinstance(exc, WorkloadError):
             raise
         raise WorkloadError(str(exc)) from exc
     except BaseException as exc:
-        _record_failure(report, f"{type(exc).__name__}: {exc}")
+        record_failure(report, f"{type(exc).__name__}: {exc}")
         raise
 
 
-def _record_failure(report: Reporter, message: str) -> None:
+def record_failure(report: Reporter, message: str) -> None:
+    """Say in progress.json that the workload failed, and why (one line)."""
     report.progress.stage = "failed"
     report.progress.error = message.splitlines()[0][:1000] if message else "failed"
     try:
@@ -92,7 +94,7 @@ def _record_failure(report: Reporter, message: str) -> None:
         log.warning("could not write progress.json: %s", exc)
 
 
-def _prepare(run: _Preparation) -> Manifest:
+def _prepare(run: Preparation) -> Manifest:
     cfg = run.config
     if cfg.tokenizer.vocab_size is None and cfg.tokenizer.uri is None:
         raise WorkloadError("tokenizer.datasetRef must be resolved to tokenizer.uri before the workload runs")
@@ -119,13 +121,14 @@ def _prepare(run: _Preparation) -> Manifest:
                             f"({counts.documents_read} read, dropped: {json.dumps(counts.dropped)})")
 
     run.report.stage("tokenizer")
-    tokenizer_path, info = _tokenizer(run, spill, kept_bytes)
+    texts = (line["t"] for line in _spill_lines(spill))
+    tokenizer_path, info = prepare_tokenizer(run, sample_texts(texts, kept_bytes))
     run.report.stage("packing")
     shards = _pack(run, spill, tokenizer_path, info)
-    return _write_manifest(run, shards, info)
+    return write_manifest(run, shards, info)
 
 
-def _clean(run: _Preparation, src: ObjectStore, objects: list[Any], out: IO[bytes]) -> int:
+def _clean(run: Preparation, src: ObjectStore, objects: list[Any], out: IO[bytes]) -> int:
     """Pass 1: read, clean, dedup and redact every record into the spill file; cleaned bytes kept."""
     cfg, report = run.config, run.report
     structured = cfg.purpose is not DatasetPurpose.PRETRAIN
@@ -175,24 +178,25 @@ def _spill_lines(spill: Path) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def _sample(spill: Path, kept_bytes: int) -> Iterator[str]:
-    """An even sample of the spill's texts of about TOKENIZER_SAMPLE_BYTES."""
+def sample_texts(texts: Iterable[str], kept_bytes: int) -> Iterator[str]:
+    """An even sample of about TOKENIZER_SAMPLE_BYTES of the kept texts (in reading order)."""
     rate = min(1.0, TOKENIZER_SAMPLE_BYTES / max(kept_bytes, 1))
     taken = 0.0
-    for line in _spill_lines(spill):
+    for text in texts:
         taken += rate
         if taken >= 1.0:
             taken -= 1.0
-            yield line["t"]
+            yield text
 
 
-def _tokenizer(run: _Preparation, spill: Path, kept_bytes: int) -> tuple[Path, TokenizerInfo]:
-    """Pass 2: train the tokenizer, or fetch the reused one; both are then uploaded with the dataset."""
+def prepare_tokenizer(run: Preparation, sample: Iterator[str]) -> tuple[Path, TokenizerInfo]:
+    """Pass 2: train the tokenizer on `sample` (read only when training), or fetch the reused one; both are
+    then uploaded with the dataset."""
     tcfg = run.config.tokenizer
     path = run.tmp / TOKENIZER_NAME
     origin: str | None = None
     if tcfg.vocab_size is not None:
-        tok = train_tokenizer(_sample(spill, kept_bytes), tcfg.vocab_size)
+        tok = train_tokenizer(sample, tcfg.vocab_size)
         tok.save(str(path))
     elif tcfg.uri is not None:
         origin = tcfg.uri
@@ -217,7 +221,7 @@ def _tokenizer(run: _Preparation, spill: Path, kept_bytes: int) -> tuple[Path, T
     return path, info
 
 
-def _fetch_reused_tokenizer(run: _Preparation, uri: str, dest: Path) -> None:
+def _fetch_reused_tokenizer(run: Preparation, uri: str, dest: Path) -> None:
     """Copy a reused tokenizer to `dest`: a tokenizer.json URI, a Hugging Face model directory (its
     tokenizer.json), or a dataset (prefix or manifest)."""
     store_cfg = run.config.store
@@ -248,7 +252,7 @@ def _model_dir_tokenizer(uri: str, store_cfg: StoreConfig | None) -> tuple[Objec
                         "with transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) before mirroring")
 
 
-def _publisher(run: _Preparation) -> Publish:
+def publisher(run: Preparation) -> Publish:
     """Uploads a finished shard under the dataset prefix and audits it."""
     def publish(path: Path, info: ShardInfo) -> None:
         key = join_key(run.prefix, info.path)
@@ -271,10 +275,10 @@ def spill_batches(spill: Path, with_record: bool) -> Iterator[list[Any]]:
         yield batch
 
 
-def _pack(run: _Preparation, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> list[ShardInfo]:
+def _pack(run: Preparation, spill: Path, tokenizer_path: Path, info: TokenizerInfo) -> list[ShardInfo]:
     """Pass 3: tokenize and pack the spill into shards, uploading each as it fills."""
     tok = load_tokenizer(tokenizer_path)
-    publish = _publisher(run)
+    publish = publisher(run)
     if run.purpose is DatasetPurpose.PRETRAIN:
         shards, tokens = pack_token_shards(spill_batches(spill, False), tok, info.eos_token_id,
                                            token_dtype(info.vocab_size), run.config.sharding.tokens_per_shard,
@@ -287,12 +291,25 @@ def _pack(run: _Preparation, spill: Path, tokenizer_path: Path, info: TokenizerI
     return shards
 
 
-def _write_manifest(run: _Preparation, shards: list[ShardInfo], info: TokenizerInfo) -> Manifest:
+def manifest_time() -> datetime:
+    """When the manifest says it was made: now, or $SOURCE_DATE_EPOCH when set (the reproducible-builds
+    convention), so two preparations of the same content can give the same manifest digest."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch:
+        try:
+            return datetime.fromtimestamp(int(epoch), UTC)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise WorkloadError(f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds") from exc
+    return datetime.now(UTC)
+
+
+def write_manifest(run: Preparation, shards: list[ShardInfo], info: TokenizerInfo) -> Manifest:
+    """Write manifest.json (last: the dataset is complete once it exists) from the report's counts."""
     manifest = Manifest(
         purpose=run.purpose,
         dtype=token_dtype(info.vocab_size) if run.purpose is DatasetPurpose.PRETRAIN else None,
         tokenizer=info, shards=shards, counts=run.report.counts, examples=run.report.examples,
-        spec=run.config.to_wire(), created_at=rfc3339(datetime.now(UTC)))
+        spec=run.config.to_wire(), created_at=rfc3339(manifest_time()))
     data = json.dumps(manifest.to_wire(), indent=2, sort_keys=True).encode()
     key = join_key(run.prefix, MANIFEST_NAME)
     run.out.put_bytes(key, data, content_type="application/json")

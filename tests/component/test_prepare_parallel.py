@@ -1,0 +1,166 @@
+"""A preparation split across workers gives the dataset one process gives: the same kept documents,
+redactions, drop counts, tokens, shards and manifest digest at parallelism 1, 2 and 4, on a corpus whose
+planted duplicates sit in files that different workers read."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forge_trainer.config import PrepareConfig
+from forge_trainer.data.ingest import list_source, open_source
+from forge_trainer.data.prepare import run_prepare
+from forge_trainer.data.shards import load_manifest
+from forge_trainer.data.stages import run_prepare_parallel, run_stage
+from forge_trainer.data.work import partition
+from forge_trainer.errors import WorkloadError
+from tests.support.raw_corpus import sentence_doc, write_jsonl
+
+EPOCH = "1767225600"  # SOURCE_DATE_EPOCH: the manifest's created_at, so digests can be compared
+
+
+def _config(source: Path, output: Path, **extra: Any) -> PrepareConfig:
+    wire: dict[str, Any] = {"source": str(source), "output": str(output), "tokenizer": {"vocabSize": 400},
+                            "sharding": {"tokensPerShard": 1024}, "split": {"validationFraction": 0.2}}
+    wire.update(extra)
+    return PrepareConfig.model_validate(wire)
+
+
+def _near(text: str, at: int) -> str:
+    words = text.split()
+    words[at] = "different"
+    return " ".join(words)
+
+
+def _corpus(src: Path) -> dict[str, str]:
+    """Eight files; the planted duplicates' originals are in the first files, their copies in the last."""
+    src.mkdir()
+    base, chain, pii = sentence_doc(101, 200), sentence_doc(102, 200), sentence_doc(103, 60)
+    planted = {"base": base, "chain": chain}
+    for f in range(8):
+        rows: list[dict[str, Any]] = [{"text": sentence_doc(f * 100 + i, 60 + i)} for i in range(12)]
+        if f == 0:
+            rows += [{"text": base}, {"text": chain}, {"text": pii + " Mail ann@example.com or call +1 415 555 2671."}]
+        if f == 1:
+            rows += [{"text": "tiny"}, {"text": "to zed@example.com"}]
+        if f == 6:
+            rows += [{"text": base + "  "}, {"text": _near(chain, 20)}]  # exact (after normalising) and near
+        if f == 7:
+            rows += [{"text": _near(base, 150)}, {"text": _near(_near(chain, 20), 120)},  # near, and a chain
+                     {"text": "$$$ ### %%% &&& *** @@@ !!! ??? ~~~ ^^^ letters"},
+                     {"text": pii + " Mail ann@example.com or call +1 415 555 2671."}]  # exact, with PII
+        write_jsonl(src / f"part-{f}.jsonl", rows)
+    (src / "part-3.jsonl").write_text((src / "part-3.jsonl").read_text() + "{not json\n")
+    (src / "notes.txt").write_text(sentence_doc(900, 120) + "\nCard 4242 4242 4242 4242, IBAN GB82WEST12345698765432.")
+    return planted
+
+
+def _result(out: Path) -> dict[str, bytes]:
+    """Every file the dataset consists of (progress and audit carry times: left out)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in ("progress.json", "audit.jsonl")}
+
+
+def test_parallelism_1_2_4_give_the_one_process_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    src, out = tmp_path / "src", tmp_path / "out"
+    _corpus(src)
+    objects = list_source(*open_source(str(src)))
+    keys = [o.key for o in objects]
+    for workers in (2, 4):  # the originals and their copies are read by different workers
+        bounds = partition(objects, workers)
+        owner = {k: next(w for w in range(workers) if bounds[w] <= i < bounds[w + 1]) for i, k in enumerate(keys)}
+        assert owner["part-0.jsonl"] != owner["part-7.jsonl"] and owner["part-0.jsonl"] != owner["part-6.jsonl"]
+
+    reference = run_prepare(_config(src, out))
+    expected = _result(out)
+    c = reference.counts
+    assert (c.exact_duplicates, c.near_duplicates) == (2, 3)  # the planted copies are gone
+    assert c.dropped == {"exact_duplicate": 2, "near_duplicate": 3, "too_short": 2, "low_alpha_ratio": 1,
+                         "invalid_json": 1}
+    assert c.redactions == {"credit_card": 1, "email": 1, "iban": 1, "phone": 1}
+    _, reference_digest = load_manifest(str(out))
+
+    for workers in (1, 2, 4):
+        shutil.rmtree(out)
+        manifest = run_prepare_parallel(_config(src, out), workers)
+        assert manifest.counts == reference.counts, workers
+        assert manifest.examples == reference.examples, workers
+        assert _result(out) == expected, f"parallelism {workers}: the dataset's files differ"
+        assert load_manifest(str(out))[1] == reference_digest
+        leftovers = [p for p in (out / "_work").rglob("*") if p.is_file()]
+        assert leftovers == [], "the working area is deleted once the manifest is written"
+        audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+        assert sorted(r["uri"] for r in audit if r["event"] == "read") == sorted((src / k).as_uri() for k in keys)
+
+
+def test_sft_records_are_the_same_in_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for f in range(4):
+        write_jsonl(src / f"chat-{f}.jsonl", [
+            {"prompt": f"Question {f}.{i}: {sentence_doc(f * 10 + i, 30)}", "response": sentence_doc(i, 20)}
+            for i in range(6)] + ([{"prompt": "Question 0.0: " + sentence_doc(0, 30), "response": sentence_doc(0, 20)},
+                                   {"prompt": "mail me at bo@example.com", "response": "sure"}] if f == 3 else []))
+    config = _config(src, out, purpose="sft")
+    run_prepare(config)
+    expected = _result(out)
+    shutil.rmtree(out)
+    run_prepare_parallel(config, 3)
+    assert _result(out) == expected
+
+
+def test_a_retried_worker_skips_committed_work_and_stages_wait(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    _corpus(src)
+    config = _config(src, out)
+    run_stage(config, "scan", 0, 2)
+    with pytest.raises(WorkloadError, match="stage scan is not finished: worker 1 has not committed"):
+        run_stage(config, "dedup", 0, 2)
+    assert "worker 1 has not committed" in json.loads((out / "progress.json").read_text())["error"]
+    run_stage(config, "scan", 1, 2)
+    docs = out / "_work" / "scan" / "00001" / "docs.jsonl"
+    docs.write_bytes(b"")  # a retried worker whose commit exists does not redo its work
+    run_stage(config, "scan", 1, 2)
+    assert docs.read_bytes() == b""
+    with pytest.raises(WorkloadError, match="scan"):  # another parallelism never reuses these outputs
+        run_stage(config, "dedup", 0, 3)
+    with pytest.raises(WorkloadError, match="--worker 1 is out of range"):
+        run_stage(config, "tokenizer", 1, 2)
+    with pytest.raises(WorkloadError, match="--workers 0 must be between 1 and 256"):
+        run_stage(config, "scan", 0, 0)
+
+
+def test_workers_as_processes_through_the_cli(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    _corpus(src)
+    cfg = tmp_path / "prepare.json"
+    cfg.write_text(json.dumps(_config(src, out).to_wire()))
+    env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH}
+    for stage, count in (("scan", 2), ("dedup", 2), ("tokenizer", 1), ("pack", 2), ("manifest", 1)):
+        procs = [subprocess.Popen([sys.executable, "-m", "forge_trainer.cli", "prepare", "--config", str(cfg),
+                                   "--stage", stage, "--worker", str(w), "--workers", "2"], env=env,
+                                  stderr=subprocess.PIPE, text=True) for w in range(count)]
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+    parallel = _result(out)
+    shutil.rmtree(out)
+    env_before = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = EPOCH
+    try:
+        run_prepare(_config(src, out))
+    finally:
+        if env_before is None:
+            del os.environ["SOURCE_DATE_EPOCH"]
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = env_before
+    assert parallel == _result(out)

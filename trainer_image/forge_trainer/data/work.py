@@ -1,0 +1,138 @@
+"""The working area of a dataset prepared by several workers: where each stage's worker writes, how it
+commits, and how records are placed in the one global order every worker agrees on.
+
+Under the dataset's prefix (deleted once manifest.json is written):
+
+    _work/<stage>/<worker:05d>/...          what one worker of one stage wrote
+    _work/<stage>/<worker:05d>/_done.json   written last: the worker's commit (a retried worker that
+                                            finds it skips its work)
+    _work/progress/<stage>-<worker:05d>/    that worker's progress.json and audit.jsonl
+
+A record's position is (index of its object in the sorted source listing, index of the record in the
+object), packed into one uint64 (object << 32 | record): the order the one-process `prepare` reads in.
+Workers own contiguous runs of the listing (`partition`), so concatenating the workers' outputs in
+worker order gives the global order without a sort.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from forge_trainer.config import PrepareConfig
+from forge_trainer.errors import WorkloadError
+from forge_trainer.store import ObjectInfo, ObjectStore, StoreError, join_key, read_json
+
+WORK_DIR = "_work"
+"""The working area under the dataset prefix."""
+DONE_NAME = "_done.json"
+"""A worker's commit marker."""
+STAGES = ("scan", "dedup", "tokenizer", "pack", "manifest")
+"""The stages in the order they run; each starts once every worker of the one before has committed."""
+SINGLE_WORKER_STAGES = frozenset({"tokenizer", "manifest"})
+"""Stages that one worker (index 0) runs whatever the parallelism."""
+MAX_WORKERS = 256
+"""Most workers one dataset may use."""
+MAX_OBJECTS = 1 << 31
+MAX_RECORDS_PER_OBJECT = 1 << 32
+
+
+def position(obj: int, record: int) -> int:
+    """The global position of record `record` of object `obj` (its index in the listing)."""
+    if record >= MAX_RECORDS_PER_OBJECT:
+        raise WorkloadError(f"object #{obj} holds more than {MAX_RECORDS_PER_OBJECT:,} records; split the file")
+    return obj << 32 | record
+
+
+def object_of(pos: int) -> int:
+    """The listing index of the object a position lies in."""
+    return pos >> 32
+
+
+def partition(objects: Sequence[ObjectInfo], workers: int) -> list[int]:
+    """Bounds (workers + 1 listing indexes) of the contiguous runs of objects each worker reads: balanced
+    by bytes, so worker i reads objects bounds[i]..bounds[i+1]-1."""
+    if len(objects) >= MAX_OBJECTS:
+        raise WorkloadError(f"the source holds {len(objects):,} objects; at most {MAX_OBJECTS - 1:,} are supported")
+    total = sum(max(o.size, 1) for o in objects)
+    bounds = [0] * (workers + 1)
+    start = 0
+    owner = 0
+    for index, obj in enumerate(objects):
+        mine = min(workers - 1, start * workers // max(total, 1))  # who owns the object's first byte
+        while owner < mine:
+            owner += 1
+            bounds[owner] = index
+        start += max(obj.size, 1)
+    for w in range(owner + 1, workers + 1):
+        bounds[w] = len(objects)
+    return bounds
+
+
+def listing_digest(objects: Sequence[ObjectInfo]) -> str:
+    """A digest of the listing (keys and sizes): every worker must have seen the same source."""
+    h = hashlib.sha256()
+    for o in objects:
+        h.update(f"{o.key}\t{o.size}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def config_digest(config: PrepareConfig) -> str:
+    """A digest of what the workload was told: outputs of another config are never mixed in."""
+    return "sha256:" + hashlib.sha256(json.dumps(config.to_wire(), sort_keys=True).encode()).hexdigest()
+
+
+class WorkArea:
+    """The `_work/` keys of one dataset, and the commit markers in it."""
+
+    def __init__(self, store: ObjectStore, prefix: str, config: PrepareConfig, workers: int) -> None:
+        self.store, self.prefix, self.workers = store, prefix, workers
+        self.config_digest = config_digest(config)
+
+    def key(self, stage: str, worker: int, name: str) -> str:
+        """The key of `name` written by `worker` of `stage`."""
+        return join_key(self.prefix, WORK_DIR, stage, f"{worker:05d}", name)
+
+    def progress_prefix(self, stage: str, worker: int) -> str:
+        """Where one worker's progress.json and audit.jsonl go."""
+        return join_key(self.prefix, WORK_DIR, "progress", f"{stage}-{worker:05d}")
+
+    def done(self, stage: str, worker: int) -> dict[str, Any] | None:
+        """The commit of a worker when it committed this config at this parallelism, else None."""
+        key = self.key(stage, worker, DONE_NAME)
+        if not self.store.exists(key):
+            return None
+        summary = read_json(self.store, key)
+        if summary.get("config") != self.config_digest or summary.get("workers") != self.workers:
+            return None  # left by a run with another spec or parallelism: redone
+        return dict(summary)
+
+    def commit(self, stage: str, worker: int, summary: dict[str, Any]) -> None:
+        """Commit a worker's outputs: written after all of them, in one atomic put."""
+        body = {**summary, "config": self.config_digest, "workers": self.workers}
+        self.store.put_bytes(self.key(stage, worker, DONE_NAME), json.dumps(body, sort_keys=True).encode(),
+                             content_type="application/json")
+
+    def committed(self, stage: str) -> list[dict[str, Any]]:
+        """Every worker's commit of `stage`; WorkloadError naming the first worker that has not committed."""
+        count = 1 if stage in SINGLE_WORKER_STAGES else self.workers
+        out = []
+        for worker in range(count):
+            summary = self.done(stage, worker)
+            if summary is None:
+                raise WorkloadError(f"stage {stage} is not finished: worker {worker} has not committed "
+                                    f"{self.store.uri(self.key(stage, worker, DONE_NAME))}")
+            out.append(summary)
+        return out
+
+    def clear(self) -> int:
+        """Delete the whole working area; the number of objects deleted."""
+        keys = [o.key for o in self.store.list(join_key(self.prefix, WORK_DIR) + "/")]
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except StoreError as exc:
+                raise WorkloadError(f"cannot delete {self.store.uri(key)}: {exc}") from exc
+        return len(keys)
