@@ -1,6 +1,7 @@
 """`forge-trainer`: the workloads' entry point, the same in a pod and on one machine.
 
     forge-trainer prepare --config prepare.yaml   # ForgeDataset workload (PrepareConfig)
+    forge-trainer prepare --config prepare.yaml --stage scan --worker 3 --workers 8   # one worker of one stage
     forge-trainer train   --config train.yaml     # ForgeTrainingRun workload (TrainConfig), under torchrun
     forge-trainer serve   --model URI [...]       # ForgeDeployment workload
     forge-trainer fetch   --uri URI --dest DIR    # download a model for another runtime (vLLM)
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 
 from forge_trainer.config import PrepareConfig, StoreConfig, TrainConfig
 from forge_trainer.config_file import load_config
+from forge_trainer.data.work import STAGES
 from forge_trainer.errors import WorkloadError
 from forge_trainer.store import StoreError
 
@@ -31,9 +33,18 @@ from forge_trainer.store import StoreError
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from forge_trainer.data.prepare import run_prepare
+    config = load_config(args.config, PrepareConfig)
+    if args.stage is None and args.workers == 1:
+        from forge_trainer.data.prepare import run_prepare
 
-    run_prepare(load_config(args.config, PrepareConfig))
+        run_prepare(config)
+        return
+    from forge_trainer.data.stages import run_prepare_parallel, run_stage
+
+    if args.stage is None:
+        run_prepare_parallel(config, args.workers)
+    else:
+        run_stage(config, args.stage, args.worker, args.workers)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -79,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="turn a raw corpus into clean, tokenized shards")
     p.add_argument("--config", type=Path, required=True, help="PrepareConfig as YAML or JSON")
+    p.add_argument("--stage", choices=STAGES,
+                   help="run one stage of a preparation split across --workers (default: the whole preparation)")
+    p.add_argument("--worker", type=int, default=0, help="this worker's index, 0..workers-1 (with --stage)")
+    p.add_argument("--workers", type=int, default=1, help="workers the preparation is split across (default 1)")
     p.set_defaults(func=_prepare)
     t = sub.add_parser("train", help="run one training stage (pretrain, sft, rl)")
     t.add_argument("--config", type=Path, required=True, help="TrainConfig as YAML or JSON")
