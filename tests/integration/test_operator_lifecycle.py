@@ -71,5 +71,5 @@ def test_operator_restart_mid_run_creates_no_duplicates_and_converges(
     jobs = cluster.batch.list_namespaced_job(cluster.ns, label_selector="forge.ai/forgetrainingrun=steady").items
     assert [j.metadata.name for j in jobs] == ["steady-train-0"]
     services = cluster.core.list_namespaced_service(cluster.ns, label_selector="forge.ai/forgetrainingrun=steady")
-    assert [s.metadata.name for s in services.items] == ["steady-rdzv"]
+    assert [s.metadata.name for s in services.items] == ["steady-rendezvous"]
     assert cluster.status("forgetrainingruns", "steady")["phase"] == "Running"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 from minio import Minio
 
@@ -81,7 +82,10 @@ def test_whole_chain_applied_at_once_converges_in_order(
 
     job = wait_for("base training job", lambda: cluster.job("base-train-0"), timeout=60)
     assert job.metadata.owner_references[0].name == "base"
-    assert cluster.core.read_namespaced_service("base-rdzv", cluster.ns).spec.cluster_ip == "None"
+    # the run's rendezvous store: a Deployment behind a ClusterIP Service, applied with the Job
+    assert cluster.core.read_namespaced_service("base-rendezvous", cluster.ns).spec.cluster_ip not in (None, "None")
+    apps = kubernetes.client.AppsV1Api(cluster.core.api_client)
+    assert apps.read_namespaced_deployment("base-rendezvous", cluster.ns).spec.replicas == 1
     run_like_the_pod(cluster, "base-train-config", "train", _moto_endpoint, tmp_path)
     finish_job(cluster, "base-train-0")
     wait_for("base Succeeded", lambda: phase(cluster, "forgetrainingruns", "base") == "Succeeded", timeout=60)

@@ -26,16 +26,19 @@ def pipeline() -> Rendered:
 
 def test_every_resource_becomes_the_objects_the_operator_applies(pipeline: Rendered) -> None:
     kinds = [(o["kind"], o["metadata"]["name"]) for o in pipeline.objects]
-    # a dataset: fence, config, Job; a run: fence, rendezvous Service, config, Job; a deployment: fence,
+    # a dataset: fence, config, Job; a run: fences, its rendezvous store (Service, Deployment), config, Job; a deployment: fence,
     # Service, Deployment and (autoscaling) an HPA; each fence before the pods it fences
     assert kinds[:3] == [("NetworkPolicy", "handbook-corpus-prepare"), ("ConfigMap", "handbook-corpus-prepare-config"),
                          ("Job", "handbook-corpus-prepare")]
     assert [(k, n) for k, n in kinds if n.startswith("acme-1b-base")] == [
-        ("NetworkPolicy", "acme-1b-base-train"), ("Service", "acme-1b-base-rdzv"),
+        ("NetworkPolicy", "acme-1b-base-train"), ("NetworkPolicy", "acme-1b-base-rendezvous"),
+        ("Service", "acme-1b-base-rendezvous"), ("Deployment", "acme-1b-base-rendezvous"),
         ("ConfigMap", "acme-1b-base-train-config"), ("Job", "acme-1b-base-train-0")]
     assert [k for k, n in kinds if n.startswith("acme-router")] == [
         "NetworkPolicy", "Service", "Deployment", "HorizontalPodAutoscaler"]
-    assert len(pipeline.of_kind("Job")) == 6 and len(pipeline.of_kind("NetworkPolicy")) == 7
+    runs = [j for j in pipeline.of_kind("Job") if j["metadata"]["name"].endswith("-train-0")]
+    # one fence per workload, one more per run for its rendezvous store
+    assert len(pipeline.of_kind("Job")) == 6 and len(pipeline.of_kind("NetworkPolicy")) == 7 + len(runs)
     for obj in pipeline.objects:
         assert obj["metadata"]["namespace"] == "ml"
         assert obj["metadata"]["ownerReferences"][0]["uid"] == PLACEHOLDER_UID
@@ -48,7 +51,8 @@ def test_references_are_taken_as_ready_with_placeholder_uris_and_digests(pipelin
     text = yaml.safe_dump(sft)
     assert f"s3://acme-forge/forge/ml/forgedataset/support-chats/{PLACEHOLDER_UID}/manifest.json" in text
     assert f"s3://acme-forge/forge/ml/forgetrainingrun/acme-1b-base/{PLACEHOLDER_UID}/model" in text
-    (serving,) = pipeline.of_kind("Deployment")
+    (serving,) = [d for d in pipeline.of_kind("Deployment")
+                  if d["metadata"]["labels"]["app.kubernetes.io/component"] != "rendezvous"]
     fetch = serving["spec"]["template"]["spec"]["initContainers"][0]["command"]
     assert f"s3://acme-forge/forge/ml/forgetrainingrun/acme-1b-router/{PLACEHOLDER_UID}/model" in fetch
     assert PLACEHOLDER_DIGEST in fetch
@@ -76,7 +80,8 @@ def test_what_the_operator_would_refuse_is_named_and_the_rest_still_printed(tmp_
     out = forge_render(tmp_path, settings=SETTINGS)
     assert out.returncode == 1
     assert "a.yaml (document 1): ForgeDataset notes: spec.source.uri: 'data/corpus/' must be an s3://" in out.stderr
-    assert [o["kind"] for o in out.objects] == ["NetworkPolicy", "Service", "ConfigMap", "Job"]
+    assert [o["kind"] for o in out.objects] == ["NetworkPolicy", "NetworkPolicy", "Service", "Deployment",
+                                                 "ConfigMap", "Job"]
     assert out.objects[-1]["metadata"]["name"] == "base-train-0"
 
 

@@ -27,6 +27,8 @@ OWN_NAMESPACE = {"podSelector": {}}
 PROMETHEUS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 DATASETS = ["handbook-corpus-prepare", "support-chats-prepare", "ticket-routing-tasks-prepare"]
 RUNS = ["acme-1b-base-train", "acme-1b-support-train", "acme-1b-router-train"]
+STORES = [run.removesuffix("-train") + "-rendezvous" for run in RUNS]
+"""The policies of the runs' rendezvous store pods."""
 SERVING = "acme-router-serve"
 
 
@@ -55,7 +57,7 @@ def _opens_everything(peer: dict[str, Any]) -> bool:
 
 def test_every_egress_rule_names_its_peers(configured: Rendered) -> None:
     policies = configured.of_kind("NetworkPolicy")
-    assert sorted(p["metadata"]["name"] for p in policies) == sorted([*DATASETS, *RUNS, SERVING])
+    assert sorted(p["metadata"]["name"] for p in policies) == sorted([*DATASETS, *RUNS, *STORES, SERVING])
     for policy in policies:
         name, egress = policy["metadata"]["name"], policy["spec"]["egress"]
         assert all(rule.get("to") for rule in egress), f"{name}: a rule without peers allows any address"
@@ -69,9 +71,11 @@ def test_dns_goes_to_kube_dns_and_the_store_to_its_cidr_only(configured: Rendere
     store = {"to": [{"ipBlock": {"cidr": STORE_CIDR}}], "ports": [{"protocol": "TCP", "port": 443}]}
     assert KUBE_DNS in egress and store in egress
     others = [r for r in egress if r not in (KUBE_DNS, store)]
-    if name in RUNS:  # the rendezvous and NCCL: the run's own pods, by label, nothing else
+    if name in RUNS:  # NCCL and the workers' store: the run's own pods; the rendezvous: the run's store pod
         labels = _pod_labels(configured.policy(name))
-        assert others == [{"to": [{"podSelector": {"matchLabels": labels}}]}]
+        store = _pod_labels(configured.policy(name.removesuffix("-train") + "-rendezvous"))
+        assert others == [{"to": [{"podSelector": {"matchLabels": labels}}]},
+                          {"to": [{"podSelector": {"matchLabels": store}}], "ports": [{"protocol": "TCP", "port": 29400}]}]
     else:
         assert others == []
 
@@ -88,9 +92,22 @@ def test_an_in_cluster_store_is_reached_by_its_namespace_and_pod_labels_on_its_p
                                  "ports": [{"protocol": "TCP", "port": 9000}]}]
 
 
+@pytest.mark.parametrize("rendered", ["configured", "unconfigured"])
+def test_a_rendezvous_store_answers_its_runs_pods_on_its_port_and_reaches_nothing(rendered: str,
+                                                                                 request: pytest.FixtureRequest) -> None:
+    out: Rendered = request.getfixturevalue(rendered)
+    for run, name in zip(RUNS, STORES, strict=True):
+        spec = out.policy(name)["spec"]
+        assert spec["egress"] == [] and spec["policyTypes"] == ["Ingress", "Egress"]
+        assert spec["ingress"] == [{"from": [{"podSelector": {"matchLabels": _pod_labels(out.policy(run))}}],
+                                    "ports": [{"protocol": "TCP", "port": 29400}]}]
+
+
 def test_without_a_store_peer_nothing_reaches_the_store_and_it_says_so(unconfigured: Rendered) -> None:
     assert "no store peer is configured" in unconfigured.stderr
     for policy in unconfigured.of_kind("NetworkPolicy"):
+        if policy["metadata"]["name"] in STORES:  # no egress at all (the test above)
+            continue
         egress = policy["spec"]["egress"]
         assert all(rule.get("to") for rule in egress)
         assert not any("ipBlock" in p for rule in egress for p in rule["to"]), "no address outside the cluster"

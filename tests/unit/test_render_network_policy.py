@@ -70,7 +70,9 @@ RENDERERS = {"dataset": _dataset_objs, "training": _training_objs, "deployment":
 
 
 def _policy(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    (policy,) = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    """The policy fencing the workload's own pods (a training run's store pod has a second one)."""
+    (policy,) = [o for o in objs if o["kind"] == "NetworkPolicy"
+                 and o["metadata"]["labels"]["app.kubernetes.io/component"] != "rendezvous"]
     return policy
 
 
@@ -84,7 +86,8 @@ def test_every_workload_is_fenced_to_dns_and_the_store(kind: str) -> None:
     assert DNS in spec["egress"] and STORE in spec["egress"]
     # every rule names its destination: no rule means "any address"
     assert all(r.get("to") for r in spec["egress"])
-    workload = next(o for o in objs if o["kind"] in ("Job", "Deployment"))
+    workload = next(o for o in objs if o["kind"] in ("Job", "Deployment")
+                    and o["metadata"]["labels"]["app.kubernetes.io/component"] != "rendezvous")
     pod_labels = workload["spec"]["template"]["metadata"]["labels"]
     assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items(), "the policy selects the pods"
     kubernetes_validate.validate(policy, "1.30.0", strict=True)

@@ -32,7 +32,13 @@ def _run(**spec: Any) -> ForgeTrainingRun:
 
 
 def _objs(run: ForgeTrainingRun, attempt: int = 0) -> dict[str, dict[str, Any]]:
-    return {m["kind"]: m for m in render_training(plan_training_run(run, SETTINGS, REFS, attempt=attempt))}
+    """The rendered objects by kind (the training pods' NetworkPolicy as `NetworkPolicy`, the rendezvous
+    store's as `NetworkPolicy/rendezvous`)."""
+    objs: dict[str, dict[str, Any]] = {}
+    for m in render_training(plan_training_run(run, SETTINGS, REFS, attempt=attempt)):
+        component = m["metadata"]["labels"]["app.kubernetes.io/component"]
+        objs[m["kind"] if m["kind"] != "NetworkPolicy" or component == "train" else f"{m['kind']}/{component}"] = m
+    return objs
 
 
 def test_app_def_has_the_ddp_shape() -> None:
@@ -44,20 +50,63 @@ def test_app_def_has_the_ddp_shape() -> None:
     assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
 
 
-def test_job_runs_torchrun_elastic_against_pod_zero() -> None:
+def test_job_runs_torchrun_elastic_as_clients_of_the_run_store() -> None:
     job = _objs(_run())["Job"]
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 4
     pod = spec["template"]["spec"]
-    assert pod["subdomain"] == "base-rdzv"
+    assert "subdomain" not in pod  # no pod's hostname is part of the rendezvous
     cmd = pod["containers"][0]["command"][2]
+    assert cmd.startswith("forge-trainer torchrun -- ")
     for part in ("--nnodes=2:4", "--nproc-per-node=8", "--rdzv-backend=c10d",
-                 "--rdzv-endpoint=${FORGE_RANK0_HOST:=localhost}:${FORGE_RDZV_PORT:-29400}", "--rdzv-id=run-uid",
-                 "last_call_timeout=5", "keep_alive_interval=1", "--max-restarts=3",
+                 "--rdzv-endpoint=${FORGE_RDZV_HOST:=localhost}:${FORGE_RDZV_PORT:-29400}", "--rdzv-id=run-uid",
+                 "last_call_timeout=5", "keep_alive_interval=1",
+                 "${FORGE_RDZV_IS_HOST:+,is_host=$FORGE_RDZV_IS_HOST}", "--max-restarts=3",
                  "-m forge_trainer.cli train --config /etc/forge/config.yaml"):
         assert part in cmd
-    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["FORGE_RANK0_HOST"] == "base-train-0-0.base-rdzv"
+    env = {e["name"]: e.get("value") or e.get("valueFrom") for e in pod["containers"][0]["env"]}
+    assert env["FORGE_RDZV_HOST"] == "base-rendezvous.ml.svc" and env["FORGE_RDZV_IS_HOST"] == "false"
+    # the address other nodes reach rank 0's workers at: the pod IP, never a hostname
+    assert env["PET_LOCAL_ADDR"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_the_rendered_command_is_a_store_client_in_a_pod_and_hosts_the_store_alone() -> None:
+    import subprocess
+
+    cmd = _objs(_run())["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    echo = [cmd[0], cmd[1], "echo " + cmd[2].split(" -- ")[1].split(" --max-restarts")[0]]
+    pod_env = {"FORGE_RDZV_HOST": "base-rendezvous.ml.svc", "FORGE_RDZV_IS_HOST": "false", "PATH": "/usr/bin:/bin"}
+    in_pod = subprocess.run(echo, env=pod_env, capture_output=True, text=True, check=True).stdout
+    assert "--rdzv-endpoint=base-rendezvous.ml.svc:29400 " in in_pod
+    assert in_pod.strip().endswith("--rdzv-conf=last_call_timeout=5,keep_alive_interval=1,join_timeout=600,is_host=false")
+    alone = subprocess.run(echo, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout
+    assert "--rdzv-endpoint=localhost:29400 " in alone and "is_host" not in alone
+
+
+def test_rendezvous_store_is_one_locked_down_pod_per_attempt_behind_a_cluster_ip() -> None:
+    objs = _objs(_run(), attempt=2)
+    dep, svc = objs["Deployment"], objs["Service"]
+    assert dep["metadata"]["name"] == svc["metadata"]["name"] == "base-rendezvous"
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "ForgeTrainingRun"
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    # the Service reaches only this attempt's store; the Deployment's (immutable) selector any attempt's
+    assert svc["spec"]["selector"] == pod_labels and pod_labels["forge.ai/attempt"] == "2"
+    assert "forge.ai/attempt" not in dep["spec"]["selector"]["matchLabels"]
+    assert set(dep["spec"]["selector"]["matchLabels"].items()) <= set(pod_labels.items())
+    assert svc["spec"]["type"] == "ClusterIP" and "clusterIP" not in svc["spec"]
+    assert svc["spec"]["ports"] == [{"name": "c10d", "port": 29400, "targetPort": 29400, "protocol": "TCP"}]
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["forge-trainer", "rendezvous-store", "--port", "29400"]
+    assert container["readinessProbe"]["tcpSocket"] == {"port": 29400}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert pod["priorityClassName"] == "training" and "nodeSelector" not in pod and "tolerations" not in pod
+    assert container["resources"]["limits"] == {"memory": "512Mi"} and "nvidia.com/gpu" not in container["resources"]
+    # the store pod is not a training pod: a selector for the run's trainers does not match it
+    train_labels = objs["Job"]["spec"]["template"]["metadata"]["labels"]
+    assert train_labels["app.kubernetes.io/component"] == "train" != pod_labels["app.kubernetes.io/component"]
 
 
 def test_gpu_node_pool_tolerations_priority_and_shm() -> None:
@@ -71,14 +120,33 @@ def test_gpu_node_pool_tolerations_priority_and_shm() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
-def test_headless_service_and_network_policy_fence_the_run() -> None:
+def test_network_policies_fence_the_run_and_its_store() -> None:
     objs = _objs(_run())
-    svc = objs["Service"]
-    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     np = objs["NetworkPolicy"]
     egress_ports = [p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])]
     assert 53 in egress_ports and 9000 in egress_ports
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    store_pods = objs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    trainer_pods = objs["Job"]["spec"]["template"]["metadata"]["labels"]
+
+    def selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
+        """Whether a same-namespace pod peer (or a policy's podSelector) matches pods with `labels`."""
+        if "podSelector" not in peer or "namespaceSelector" in peer:
+            return False
+        return set(peer["podSelector"].get("matchLabels", {}).items()) <= set(labels.items())
+
+    # the trainers reach their store on the rendezvous port, and only there
+    (to_store,) = [r for r in np["spec"]["egress"] if any(selects(p, store_pods) for p in r.get("to", []))]
+    assert to_store["ports"] == [{"protocol": "TCP", "port": 29400}]
+    # the store answers the run's trainers on that port, and connects nowhere
+    sealed = objs["NetworkPolicy/rendezvous"]
+    assert sealed["metadata"]["name"] == "base-rendezvous"
+    assert set(sealed["spec"]["podSelector"]["matchLabels"].items()) <= set(store_pods.items())
+    assert not selects(sealed["spec"], trainer_pods)
+    (ingress,) = sealed["spec"]["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 29400}]
+    assert [selects(p, trainer_pods) for p in ingress["from"]] == [True]
+    assert sealed["spec"]["egress"] == [] and sealed["spec"]["policyTypes"] == ["Ingress", "Egress"]
 
 
 def test_config_map_holds_the_resolved_trainer_config() -> None:
@@ -96,10 +164,12 @@ def test_queue_label_and_suspend() -> None:
     assert _objs(_run())["Job"]["spec"]["suspend"] is False
 
 
-def test_attempts_get_new_job_names_and_same_service() -> None:
+def test_attempts_get_new_job_names_and_same_store_names() -> None:
     a0, a1 = _objs(_run(), 0), _objs(_run(), 1)
     assert (a0["Job"]["metadata"]["name"], a1["Job"]["metadata"]["name"]) == ("base-train-0", "base-train-1")
-    assert a0["Service"]["metadata"]["name"] == a1["Service"]["metadata"]["name"]
+    for kind in ("Service", "Deployment", "NetworkPolicy/rendezvous"):
+        assert a0[kind]["metadata"]["name"] == a1[kind]["metadata"]["name"]
+    assert a0["Deployment"]["spec"]["selector"] == a1["Deployment"]["spec"]["selector"]
 
 
 def test_manifests_validate_against_current_kubernetes() -> None:

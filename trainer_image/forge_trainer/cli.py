@@ -5,6 +5,8 @@
     forge-trainer train   --config train.yaml     # ForgeTrainingRun workload (TrainConfig), under torchrun
     forge-trainer serve   --model URI [...]       # ForgeDeployment workload
     forge-trainer fetch   --uri URI --dest DIR    # download a model for another runtime (vLLM)
+    forge-trainer rendezvous-store --port 29400   # a training run's c10d rendezvous store
+    forge-trainer torchrun -- TORCHRUN-ARGS       # torchrun that leaves a rendezvous at once on SIGTERM
 
 Bad configuration exits with status 2 and one line naming the field; a failed workload exits 1 with
 one line giving the reason. Neither prints a traceback.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -78,6 +81,22 @@ def _fetch(args: argparse.Namespace) -> None:
         raise WorkloadError(str(exc)) from exc
 
 
+def _rendezvous_store(args: argparse.Namespace) -> None:
+    from forge_trainer.train.rendezvous import serve_store
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_store(args.port, host=args.host)
+
+
+def _torchrun(args: argparse.Namespace) -> None:
+    from forge_trainer.train.rendezvous import run_torchrun
+
+    code = run_torchrun(args.torchrun_args)
+    if code:
+        raise SystemExit(code)
+
+
 def _schema(args: argparse.Namespace) -> None:
     models: dict[str, type[BaseModel]] = {"prepare": PrepareConfig, "train": TrainConfig}
     model = models[args.which]
@@ -109,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--store-insecure", action="store_true", help="talk plain HTTP to the S3 endpoint")
     f.add_argument("--store-region", help="S3 region, if the endpoint needs one")
     f.set_defaults(func=_fetch)
+    r = sub.add_parser("rendezvous-store", help="serve a training run's c10d rendezvous store until SIGTERM")
+    r.add_argument("--port", type=int, default=29400, help="TCP port to listen on (default 29400)")
+    r.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every address)")
+    r.set_defaults(func=_rendezvous_store)
+    # everything after `--` is torchrun's own command line
+    tr = sub.add_parser("torchrun", help="torchrun, leaving the rendezvous at once on SIGTERM")
+    tr.add_argument("torchrun_args", nargs="*", metavar="-- TORCHRUN-ARGS")
+    tr.set_defaults(func=_torchrun)
     c = sub.add_parser("schema", help="print the JSON schema of a workload config")
     c.add_argument("which", choices=["prepare", "train"])
     c.set_defaults(func=_schema)

@@ -3,6 +3,11 @@
 The AppDef has the shape of TorchX's `dist.ddp` component (one role, `bash -c "torchrun ..."`, a
 c10d rendezvous port, min/max replicas). `render/training.py` turns it into Kubernetes objects, and
 the local runner hands the very same AppDef to TorchX's local scheduler.
+
+In a cluster no agent hosts the c10d rendezvous store: each run has its own store pod
+(`forge-trainer rendezvous-store`) behind a Service, and every agent is its client (`is_host=false`).
+Losing any training pod then costs the others a re-rendezvous, never the store, and no agent needs
+another pod's hostname. On one machine (`forge run`) the first agent hosts it, as torchrun does.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ from forge_trainer.config import ModelConfig, TrainConfig, VerifierKind
 KIND = TRAINING_RUN.kind
 RDZV_PORT = 29400
 RDZV_PORT_ENV = "FORGE_RDZV_PORT"
+RDZV_HOST_ENV = "FORGE_RDZV_HOST"
+"""The rendezvous store's host (TorchX's rank0_env); unset on one machine: localhost."""
+RDZV_IS_HOST_ENV = "FORGE_RDZV_IS_HOST"
+"""`false` in a cluster: the agent is a client of the run's store pod; unset: torchrun's own guess."""
 METRICS_PORT = 9400
 CONFIG_PATH = "/etc/forge/config.yaml"
 # Rendezvous settings learned the hard way: a short last call so a re-forming group does not wait
@@ -75,9 +84,12 @@ class TrainingPlan:
     meta: WorkloadMeta
     attempt: int
     job_name: str
-    service_name: str
     config_name: str
     network_policy_name: str
+    rdzv_name: str
+    """Name of the rendezvous store's Deployment, Service and NetworkPolicy."""
+    rdzv_meta: WorkloadMeta
+    """Identity of the rendezvous store: the run's owner, its own component label."""
     output_uri: str
     config: TrainConfig
     config_hash: str
@@ -105,15 +117,18 @@ class TrainingPlan:
         return job_shape(self.resources)
 
     @property
-    def rank0_host(self) -> str:
-        """DNS name of the rendezvous host: pod 0 of the indexed job, under the headless Service."""
-        return f"{self.job_name}-0.{self.service_name}"
+    def rdzv_host(self) -> str:
+        """DNS name of the rendezvous store: its Service (cluster domain left to the pods' DNS search)."""
+        return f"{self.rdzv_name}.{self.meta.namespace}.svc"
 
 
 def torchrun_command(min_nodes: int, max_nodes: int, nproc: int, max_restarts: int, config_path: str) -> str:
-    """The torchrun command line of every node, with TorchX macros for the rendezvous host and id."""
+    """The torchrun command line of every node, with TorchX macros for the rendezvous host and id.
+
+    `forge-trainer torchrun` is torchrun that leaves the rendezvous at once on SIGTERM (as a
+    container's process 1, torchrun ignores SIGTERM until its workers start)."""
     return " ".join([
-        "torchrun",
+        "forge-trainer", "torchrun", "--",
         f"--nnodes={min_nodes}:{max_nodes}",
         f"--nproc-per-node={nproc}",
         "--rdzv-backend=c10d",
@@ -121,7 +136,8 @@ def torchrun_command(min_nodes: int, max_nodes: int, nproc: int, max_restarts: i
         # the port: 29400 in a pod; `forge run` sets FORGE_RDZV_PORT to a free one, so two local runs coexist
         f"--rdzv-endpoint=$${{{macros.rank0_env}:=localhost}}:$${{{RDZV_PORT_ENV}:-{RDZV_PORT}}}",
         f"--rdzv-id={macros.app_id}",
-        f"--rdzv-conf={RDZV_CONF}",
+        # `,is_host=false` where the environment says so: a cluster's agents are clients of the store pod
+        f"--rdzv-conf={RDZV_CONF}$${{{RDZV_IS_HOST_ENV}:+,is_host=$${RDZV_IS_HOST_ENV}}}",
         f"--max-restarts={max_restarts}",
         "-m", "forge_trainer.cli", "train", "--config", config_path,
     ])
@@ -226,9 +242,12 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
                           labels=common_labels(KIND, name, "train")),
         attempt=attempt,
         job_name=job_name,
-        service_name=child_name(name, "rdzv"),
         config_name=child_name(name, "train-config"),
         network_policy_name=child_name(name, "train"),
+        # not `<run>-rdzv`: runs started before the store pod have a headless Service of that name
+        rdzv_name=child_name(name, "rendezvous"),
+        rdzv_meta=WorkloadMeta(namespace=namespace, owner=OwnerRef.of(run.model_dump(by_alias=True)),
+                               labels=common_labels(KIND, name, "rendezvous")),
         output_uri=out,
         config=config,
         config_hash=config_hash(config),

@@ -1,7 +1,8 @@
 """The NetworkPolicy that fences a workload's pods: every rule names its peers, so nothing in it means
 "any address". Egress goes to DNS (kube-dns only), the object store (the peers the installation
-configured; none configured: no store egress at all) and, for training, the workload's own pods; then
-the spec's `network.extraEgress`, appended. Ingress on a port comes only from the resource's namespace
+configured; none configured: no store egress at all) and, for training, the workload's own pods and its
+rendezvous store; then the spec's `network.extraEgress`, appended. A training run's rendezvous store
+answers only the run's pods and connects nowhere. Ingress on a port comes only from the resource's namespace
 and the configured Prometheus namespace (a deployment adds its `network.allowFrom`)."""
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def port_ingress(port: int, peers: list[dict[str, Any]]) -> dict[str, Any]:
     return {"from": peers, "ports": [{"protocol": "TCP", "port": port}]}
 
 
+def port_egress(port: int, peers: list[dict[str, Any]]) -> dict[str, Any]:
+    """An egress rule: the pods may reach `peers` on TCP `port`."""
+    return {"to": peers, "ports": [{"protocol": "TCP", "port": port}]}
+
+
 def default_egress(meta: WorkloadMeta, store: StoreAccess, fence: NetworkFence, *, peers: bool) -> list[dict[str, Any]]:
     """The egress rules every workload gets: its own pods (with `peers`), DNS, the store."""
     egress: list[dict[str, Any]] = []
@@ -78,5 +84,21 @@ def network_policy(name: str, meta: WorkloadMeta, store: StoreAccess, fence: Net
             "policyTypes": ["Ingress", "Egress"],
             "ingress": ingress,
             "egress": default_egress(meta, store, fence, peers=peers) + list(extra_egress or []),
+        },
+    }
+
+
+def sealed_network_policy(name: str, meta: WorkloadMeta, *, ingress: list[dict[str, Any]]) -> dict[str, Any]:
+    """A NetworkPolicy for pods that only answer (a training run's rendezvous store): ingress only as
+    `ingress` says, no egress at all, not even DNS."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_meta(name, meta),
+        "spec": {
+            "podSelector": {"matchLabels": dict(meta.labels)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": [],
         },
     }

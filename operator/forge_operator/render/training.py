@@ -1,5 +1,6 @@
-"""Render a training run's attempt: a headless Service for the rendezvous, a ConfigMap with the
-trainer config, an Indexed Job whose pods run torchrun, and a NetworkPolicy fencing the pods in."""
+"""Render a training run's attempt: the run's rendezvous store (a Deployment of one pod behind a
+ClusterIP Service), a ConfigMap with the trainer config, an Indexed Job whose pods run torchrun as the
+store's clients, and NetworkPolicies fencing the pods and the store in."""
 
 from __future__ import annotations
 
@@ -8,9 +9,21 @@ from typing import Any
 
 from torchx.specs import macros
 
-from forge_operator.plan.training import METRICS_PORT, RDZV_PORT, TrainingPlan
+from forge_operator.plan.training import (
+    METRICS_PORT,
+    RDZV_HOST_ENV,
+    RDZV_IS_HOST_ENV,
+    RDZV_PORT,
+    TrainingPlan,
+)
 from forge_operator.render.config_map import config_map
-from forge_operator.render.network_policy import network_policy, port_ingress, scrapers
+from forge_operator.render.network_policy import (
+    network_policy,
+    port_egress,
+    port_ingress,
+    scrapers,
+    sealed_network_policy,
+)
 from forge_operator.render.pod import (
     config_volume,
     container_security_context,
@@ -22,28 +35,82 @@ from forge_operator.render.pod import (
     store_env,
 )
 
-RANK0_ENV = "FORGE_RANK0_HOST"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ATTEMPT_LABEL = "forge.ai/attempt"
 SHAPE_ANNOTATION = "forge.ai/job-shape"
 GPU_RESOURCE = "nvidia.com/gpu"
 VERIFIER_DIR = "/etc/forge/verifier"
+LOCAL_ADDR_ENV = "PET_LOCAL_ADDR"
+"""torchrun's --local-addr: the address the other nodes reach this one at (the pod IP, not a hostname)."""
+RDZV_RESOURCES = ("100m", "512Mi")
+"""cpu and memory of the rendezvous store pod (a Python process with torch loaded: about 230 MiB)."""
 
 
-def render_training_service(plan: TrainingPlan) -> dict[str, Any]:
-    """Headless Service giving pod 0 a stable DNS name for the c10d rendezvous."""
+def _rdzv_pod_labels(plan: TrainingPlan) -> dict[str, str]:
+    """Labels of the attempt's store pod: the attempt label lets its Service reach only this attempt's store,
+    and lets a new attempt wait for the old store to go (as for the old attempt's training pods)."""
+    return {**plan.rdzv_meta.labels, ATTEMPT_LABEL: str(plan.attempt)}
+
+
+def render_rendezvous_deployment(plan: TrainingPlan) -> dict[str, Any]:
+    """The run's c10d rendezvous store: one pod running `forge-trainer rendezvous-store`, replaced with a
+    fresh one (empty store) for each attempt."""
+    tmp_vol, tmp_mount = scratch_volume("64Mi")
+    container = {
+        "name": "rendezvous",
+        "image": plan.image,
+        "imagePullPolicy": plan.image_pull_policy,
+        "command": ["forge-trainer", "rendezvous-store", "--port", str(RDZV_PORT)],
+        "ports": [{"name": "c10d", "containerPort": RDZV_PORT, "protocol": "TCP"}],
+        # ready once the store accepts connections; agents retry their connection until then
+        "readinessProbe": {"tcpSocket": {"port": RDZV_PORT}, "periodSeconds": 2},
+        "livenessProbe": {"tcpSocket": {"port": RDZV_PORT}, "initialDelaySeconds": 30, "periodSeconds": 10},
+        "volumeMounts": [tmp_mount],
+        "securityContext": container_security_context(),
+        "resources": resource_requirements(*RDZV_RESOURCES),
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": 10,  # nothing to save: it exits on SIGTERM at once
+        "containers": [container],
+        "volumes": [tmp_vol],
+    }
+    if plan.resources.priority_class_name:  # preempted before the training pods, it would stall them
+        pod_spec["priorityClassName"] = plan.resources.priority_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(plan.rdzv_name, plan.rdzv_meta),
+        "spec": {
+            "replicas": 1,
+            # never two stores at once: agents of one attempt must all meet in the same one
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": dict(plan.rdzv_meta.labels)},
+            "template": {"metadata": {"labels": _rdzv_pod_labels(plan)}, "spec": pod_spec},
+        },
+    }
+
+
+def render_rendezvous_service(plan: TrainingPlan) -> dict[str, Any]:
+    """ClusterIP Service in front of the attempt's store pod: the agents' --rdzv-endpoint."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_meta(plan.service_name, plan.meta),
+        "metadata": object_meta(plan.rdzv_name, plan.rdzv_meta),
         "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,  # the rendezvous happens before any pod is ready
-            "selector": dict(plan.meta.labels),
-            "ports": [{"name": "c10d", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"},
-                      {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"}],
+            "type": "ClusterIP",
+            "selector": _rdzv_pod_labels(plan),
+            "ports": [{"name": "c10d", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}],
         },
     }
+
+
+def render_rendezvous_network_policy(plan: TrainingPlan) -> dict[str, Any]:
+    """The store pod answers only the run's training pods, on the rendezvous port, and connects nowhere."""
+    trainers = {"podSelector": {"matchLabels": dict(plan.meta.labels)}}
+    return sealed_network_policy(plan.rdzv_name, plan.rdzv_meta, ingress=[port_ingress(RDZV_PORT, [trainers])])
 
 
 def render_training_config(plan: TrainingPlan) -> dict[str, Any]:
@@ -54,13 +121,14 @@ def render_training_config(plan: TrainingPlan) -> dict[str, Any]:
 def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
     """The Indexed Job: one pod per node (completions = parallelism = max nodes), torchrun in each."""
     role = macros.Values(img_root="", app_id=plan.rdzv_id, replica_id="$(JOB_COMPLETION_INDEX)",
-                         rank0_env=RANK0_ENV).apply(plan.app.roles[0])
+                         rank0_env=RDZV_HOST_ENV).apply(plan.app.roles[0])
     res = plan.resources
     config_vol, config_mount = config_volume(plan.config_name)
     tmp_vol, tmp_mount = scratch_volume(plan.scratch_size)
     shm_vol, shm_mount = shm_volume(plan.shm_size)
     env = [{"name": k, "value": v} for k, v in sorted(role.env.items())]
-    env.append({"name": RANK0_ENV, "value": plan.rank0_host})
+    env += [{"name": RDZV_HOST_ENV, "value": plan.rdzv_host}, {"name": RDZV_IS_HOST_ENV, "value": "false"},
+            {"name": LOCAL_ADDR_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     env += store_env(plan.store)
     gpus = {GPU_RESOURCE: str(res.gpus_per_node)} if res.gpus_per_node else None
     container = {
@@ -69,7 +137,7 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         "imagePullPolicy": plan.image_pull_policy,
         "command": [role.entrypoint, *role.args],
         "env": env,
-        "ports": [{"name": "c10d", "containerPort": RDZV_PORT, "protocol": "TCP"}, {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "volumeMounts": [config_mount, tmp_mount, shm_mount],
         "securityContext": container_security_context(),
         "resources": resource_requirements(res.cpu, res.memory, gpus),
@@ -88,7 +156,6 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         extra_volumes = []
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "subdomain": plan.service_name,
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": 120,  # time to write the SIGTERM checkpoint
@@ -126,15 +193,19 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
 
 
 def render_training_network_policy(plan: TrainingPlan) -> dict[str, Any]:
-    """Pods talk only to their peers, kube-dns and the object store (plus spec.network.extraEgress); only
-    peers talk to them, and the metrics port answers the run's namespace and Prometheus's."""
+    """Pods talk only to their peers, their rendezvous store, kube-dns and the object store (plus
+    spec.network.extraEgress); only peers talk to them, and the metrics port answers the run's namespace
+    and Prometheus's."""
     peers = {"podSelector": {"matchLabels": dict(plan.meta.labels)}}
+    rdzv = port_egress(RDZV_PORT, [{"podSelector": {"matchLabels": dict(plan.rdzv_meta.labels)}}])
     return network_policy(plan.network_policy_name, plan.meta, plan.store, plan.fence, peers=True,
                           ingress=[{"from": [peers]}, port_ingress(METRICS_PORT, scrapers(plan.fence))],
-                          extra_egress=plan.network.egress_rules())
+                          extra_egress=[rdzv, *plan.network.egress_rules()])
 
 
 def render_training(plan: TrainingPlan) -> list[dict[str, Any]]:
-    """Every object of the attempt, in apply order (the Job last, once what it mounts exists)."""
-    return [render_training_network_policy(plan), render_training_service(plan), render_training_config(plan),
+    """Every object of the attempt, in apply order (the Job last, once what it mounts and the store it
+    meets in exist)."""
+    return [render_training_network_policy(plan), render_rendezvous_network_policy(plan),
+            render_rendezvous_service(plan), render_rendezvous_deployment(plan), render_training_config(plan),
             render_training_job(plan)]
