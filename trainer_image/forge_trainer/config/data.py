@@ -10,6 +10,14 @@ from pydantic import Field, model_validator
 from forge_trainer.config.store import StoreConfig
 from forge_trainer.config.wire import WireModel
 
+PREPARE_STAGES = ("scan", "dedup", "tokenizer", "pack", "manifest")
+"""The stages of a preparation split across workers (`forge-trainer prepare --stage`), in the order they run;
+each starts once every worker of the one before has committed."""
+PREPARE_SINGLE_WORKER_STAGES = frozenset({"tokenizer", "manifest"})
+"""Stages that one worker (index 0) runs whatever the parallelism."""
+MAX_PREPARE_WORKERS = 256
+"""Most workers one preparation may be split across."""
+
 
 class DatasetFormat(StrEnum):
     """How to read the source files; `auto` picks by file extension."""

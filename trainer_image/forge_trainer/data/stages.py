@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import tempfile
+import time
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +103,35 @@ def run_stage(config: PrepareConfig, stage: str, worker: int, workers: int, prog
         if isinstance(exc, WorkloadError):
             raise
         raise WorkloadError(message) from exc
+
+
+def run_worker(config: PrepareConfig, worker: int, workers: int, poll_seconds: float = 5.0,
+               progress_interval: float = 5.0) -> None:
+    """Every stage of one worker (one pod per worker on Kubernetes), each started once every worker of the
+    stage before has committed; worker 0 also runs the single-worker stages. A retried worker skips what it
+    committed. Returns once this worker's last stage is committed."""
+    out, prefix = open_uri(config.output, config.store)
+    area = WorkArea(out, prefix, config, workers)
+    for before, stage in zip((None, *STAGES), STAGES, strict=False):
+        if stage in SINGLE_WORKER_STAGES and worker != 0:
+            continue
+        if before is not None:
+            _wait_for(area, before, poll_seconds)
+        run_stage(config, stage, worker, workers, progress_interval)
+
+
+def _wait_for(area: WorkArea, stage: str, poll_seconds: float) -> None:
+    """Wait until every worker of `stage` has committed (a failed worker is retried by its own Job)."""
+    said = False
+    while True:
+        try:
+            area.committed(stage)
+            return
+        except WorkloadError as exc:
+            if not said:
+                log.info("prepare: waiting: %s", exc)
+                said = True
+        time.sleep(poll_seconds)
 
 
 def run_prepare_parallel(config: PrepareConfig, workers: int, progress_interval: float = 5.0) -> Manifest:

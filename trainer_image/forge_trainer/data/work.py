@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from forge_trainer.config import PrepareConfig
+from forge_trainer.config.data import MAX_PREPARE_WORKERS, PREPARE_SINGLE_WORKER_STAGES, PREPARE_STAGES
 from forge_trainer.errors import WorkloadError
 from forge_trainer.store import ObjectInfo, ObjectStore, StoreError, join_key, read_json
 
@@ -29,12 +30,9 @@ WORK_DIR = "_work"
 """The working area under the dataset prefix."""
 DONE_NAME = "_done.json"
 """A worker's commit marker."""
-STAGES = ("scan", "dedup", "tokenizer", "pack", "manifest")
-"""The stages in the order they run; each starts once every worker of the one before has committed."""
-SINGLE_WORKER_STAGES = frozenset({"tokenizer", "manifest"})
-"""Stages that one worker (index 0) runs whatever the parallelism."""
-MAX_WORKERS = 256
-"""Most workers one dataset may use."""
+STAGES = PREPARE_STAGES
+SINGLE_WORKER_STAGES = PREPARE_SINGLE_WORKER_STAGES
+MAX_WORKERS = MAX_PREPARE_WORKERS
 MAX_OBJECTS = 1 << 31
 MAX_RECORDS_PER_OBJECT = 1 << 32
 
