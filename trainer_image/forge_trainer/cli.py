@@ -42,10 +42,12 @@ def _prepare(args: argparse.Namespace) -> None:
 
         run_prepare(config)
         return
-    from forge_trainer.data.stages import run_prepare_parallel, run_stage
+    from forge_trainer.data.stages import run_prepare_parallel, run_stage, run_worker
 
     if args.stage is None:
         run_prepare_parallel(config, args.workers)
+    elif args.stage == "all":
+        run_worker(config, args.worker, args.workers, poll_seconds=args.poll_seconds)
     else:
         run_stage(config, args.stage, args.worker, args.workers)
 
@@ -109,10 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="turn a raw corpus into clean, tokenized shards")
     p.add_argument("--config", type=Path, required=True, help="PrepareConfig as YAML or JSON")
-    p.add_argument("--stage", choices=STAGES,
-                   help="run one stage of a preparation split across --workers (default: the whole preparation)")
+    p.add_argument("--stage", choices=[*STAGES, "all"],
+                   help="run one stage of a preparation split across --workers, or `all` of this worker's stages, "
+                        "each once the stage before is committed (default: the whole preparation here)")
     p.add_argument("--worker", type=int, default=0, help="this worker's index, 0..workers-1 (with --stage)")
     p.add_argument("--workers", type=int, default=1, help="workers the preparation is split across (default 1)")
+    p.add_argument("--poll-seconds", type=float, default=5.0,
+                   help="with --stage all: how often to look whether the other workers committed (default 5)")
     p.set_defaults(func=_prepare)
     t = sub.add_parser("train", help="run one training stage (pretrain, sft, rl)")
     t.add_argument("--config", type=Path, required=True, help="TrainConfig as YAML or JSON")
