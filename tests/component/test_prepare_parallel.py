@@ -157,3 +157,42 @@ def test_workers_as_processes_through_the_cli(tmp_path: Path) -> None:
     shutil.rmtree(out)
     subprocess.run([sys.executable, "-m", "forge_trainer.cli", "prepare", "--config", str(cfg)], env=env, check=True)
     assert parallel == _result(out)
+
+
+def test_forge_run_prepares_with_worker_processes(tmp_path: Path) -> None:
+    """`forge run` honours spec.parallelism (worker processes, stage by stage) and gets the same shards,
+    tokenizer and counts as a dataset prepared in one process."""
+    from forge_operator.local.command import run_local
+    from forge_operator.local.runner import RunOptions
+
+    _corpus(tmp_path / "src")
+    docs = []
+    for name, parallelism in (("one", 1), ("three", 3)):
+        docs.append(f"""apiVersion: forge.ai/v1alpha1
+kind: ForgeDataset
+metadata:
+  name: {name}
+spec:
+  source:
+    uri: src/
+  parallelism: {parallelism}
+  tokenizer:
+    vocabSize: 400
+  sharding:
+    tokensPerShard: 1024
+  split:
+    validationFraction: 0.2
+""")
+    (tmp_path / "datasets.yaml").write_text("---\n".join(docs))
+    root = tmp_path / ".forge"
+    assert run_local([tmp_path / "datasets.yaml"], RunOptions(root=root, serve=False), plain=True) == 0
+    found = {}
+    for name in ("one", "three"):
+        [manifest_file] = [p for p in root.rglob("manifest.json") if f"/{name}/" in p.as_posix()]
+        manifest = json.loads(manifest_file.read_text())
+        found[name] = (manifest["shards"], manifest["tokenizer"], manifest["counts"], manifest["examples"])
+        work = manifest_file.parent / "_work"
+        assert work.is_dir() == (name == "three"), "only a split preparation has a working area (emptied)"
+        assert not [p for p in work.rglob("*") if p.is_file()]
+    assert found["one"] == found["three"]
+    assert found["three"][2]["nearDuplicates"] == 3

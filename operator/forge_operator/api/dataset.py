@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -70,9 +70,12 @@ class ForgeDatasetSpec(WireModel):
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
     """What deleting the dataset removes from the object store."""
     resources: ComputeResources = Field(default_factory=ComputeResources)
-    """CPU and memory for the preparation job."""
+    """CPU and memory for the preparation job (each worker's, when parallelism is above 1)."""
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     """Extra egress for the preparation pod; by default it reaches only DNS and the object store."""
+    parallelism: Annotated[int, Field(ge=1, le=256)] = 1
+    """Workers the preparation is split across (pods on Kubernetes, processes under `forge run`). The
+    dataset is the same whatever the number: the same documents, tokens, shards and digest."""
 
     @model_validator(mode="after")
     def _tokenizer_ref(self) -> Self:

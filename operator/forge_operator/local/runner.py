@@ -4,6 +4,7 @@ status derived by the operator's own status functions and saved under the state 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -26,10 +27,11 @@ from forge_operator.api.training import ForgeTrainingRun, ForgeTrainingRunStatus
 from forge_operator.local.display import Display
 from forge_operator.local.lookup import RecordLookup
 from forge_operator.local.processes import end_tree, log_tail, new_token, start_process
+from forge_operator.local.staged import StagedProcesses
 from forge_operator.local.state import ResourceDir
 from forge_operator.local.torchx_launch import LocalApp
 from forge_operator.manifests import LoadedManifest
-from forge_operator.plan.dataset import plan_dataset
+from forge_operator.plan.dataset import plan_dataset, prepare_stage_args
 from forge_operator.plan.deployment import plan_deployment
 from forge_operator.plan.naming import output_uri
 from forge_operator.plan.training import RDZV_PORT_ENV, plan_training_run
@@ -212,8 +214,10 @@ class LocalRunner:
         config_file.write_text(yaml.safe_dump(plan.config.to_wire(), sort_keys=False))
         log = rd.path / "logs" / "prepare.log"
         token = new_token()
-        proc = start_process([sys.executable, "-m", "forge_trainer.cli", "prepare", "--config", str(config_file)],
-                             token, log)
+        command = [sys.executable, "-m", "forge_trainer.cli", "prepare", "--config", str(config_file)]
+        # a split preparation runs its stages as processes, min(parallelism, cores) at a time
+        proc = StagedProcesses([[command + args for args in stage] for stage in prepare_stage_args(plan.parallelism)],
+                               min(plan.parallelism, os.cpu_count() or 1), token, log)
         status = ForgeDatasetStatus()
         extra = {"configHash": digest, "log": str(log)}
         try:
@@ -230,7 +234,7 @@ class LocalRunner:
                     break
                 self._wait()
         except BaseException:
-            end_tree(token, proc)
+            end_tree(token)
             status, _ = derive_dataset_status(status, DatasetObservation(
                 1, job_name=plan.job_name, output_uri=plan.output_uri,
                 job=JobObservation(failed_final=True, message="interrupted (Ctrl-C); the next `forge run` "

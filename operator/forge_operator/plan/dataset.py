@@ -19,6 +19,7 @@ from forge_operator.plan.workload import (
 )
 from forge_operator.settings import OperatorSettings
 from forge_trainer.config import PrepareConfig, TokenizerConfig
+from forge_trainer.config.data import PREPARE_SINGLE_WORKER_STAGES, PREPARE_STAGES
 
 KIND = DATASET.kind
 
@@ -40,11 +41,33 @@ class DatasetPlan:
     network: NetworkSpec = field(default_factory=NetworkSpec)
     fence: NetworkFence = field(default_factory=NetworkFence)
     """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
+    parallelism: int = 1
+    """Workers the preparation is split across."""
+    worker_job_names: tuple[str, ...] = ()
+    """With parallelism above 1: the Job of each worker, worker 0's first (it is `job_name`: it writes the
+    manifest, so it completes last and its Job says whether the dataset is prepared)."""
 
     @property
     def network_policy_name(self) -> str:
         """The NetworkPolicy fencing the preparation pod (named like its Job)."""
         return self.job_name
+
+
+def prepare_stage_args(parallelism: int) -> list[list[list[str]]]:
+    """What follows `forge-trainer prepare --config FILE` for every process of a preparation, stage by stage
+    (each stage starts once the one before has finished): one process without arguments when it is not split."""
+    if parallelism == 1:
+        return [[[]]]
+    return [[["--stage", stage, "--worker", str(w), "--workers", str(parallelism)]
+             for w in range(1 if stage in PREPARE_SINGLE_WORKER_STAGES else parallelism)] for stage in PREPARE_STAGES]
+
+
+def prepare_worker_args(worker: int, parallelism: int) -> list[str]:
+    """What follows `forge-trainer prepare --config FILE` for one worker that runs all its stages, waiting for
+    the other workers between stages through the store (one pod per worker)."""
+    if parallelism == 1:
+        return []
+    return ["--stage", "all", "--worker", str(worker), "--workers", str(parallelism)]
 
 
 def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokenizer_uri: str | None = None,
@@ -86,4 +109,7 @@ def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokeniz
         resources=spec.resources,
         network=spec.network,
         fence=NetworkFence.of(settings),
+        parallelism=spec.parallelism,
+        worker_job_names=tuple(child_name(name, "prepare" if w == 0 else f"prepare-{w}")
+                               for w in range(spec.parallelism)) if spec.parallelism > 1 else (),
     )
