@@ -127,6 +127,10 @@ def test_a_retried_worker_skips_committed_work_and_stages_wait(tmp_path: Path) -
         run_stage(config, "dedup", 0, 2)
     assert "worker 1 has not committed" in json.loads((out / "progress.json").read_text())["error"]
     run_stage(config, "scan", 1, 2)
+    progress = json.loads((out / "progress.json").read_text())  # what the operator mirrors into status
+    assert progress["stage"] == "scan 1/5 (2/2 workers)"
+    assert progress["counts"]["documentsRead"] == 8 * 12 + 3 + 2 + 2 + 4 + 1 + 1  # the invalid JSON line too
+    assert progress["counts"]["dropped"] == {"too_short": 2, "low_alpha_ratio": 1, "invalid_json": 1}
     docs = out / "_work" / "scan" / "00001" / "docs.jsonl"
     docs.write_bytes(b"")  # a retried worker whose commit exists does not redo its work
     run_stage(config, "scan", 1, 2)

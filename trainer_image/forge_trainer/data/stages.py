@@ -27,14 +27,16 @@ import tempfile
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from forge_trainer.config import DatasetCounts, DatasetPurpose, PrepareConfig
-from forge_trainer.config.store import AUDIT_NAME, MANIFEST_NAME, TOKENIZER_NAME
+from forge_trainer.config import DatasetCounts, DatasetProgress, DatasetPurpose, PrepareConfig
+from forge_trainer.config.store import AUDIT_NAME, MANIFEST_NAME, PROGRESS_NAME, TOKENIZER_NAME
+from forge_trainer.config.wire import rfc3339
 from forge_trainer.data import ingest
 from forge_trainer.data.clean import CLEAN_ERROR, EXACT_DUPLICATE, NEAR_DUPLICATE, Candidate, Scanner
 from forge_trainer.data.dedup import later_positions
@@ -56,7 +58,7 @@ from forge_trainer.data.tokenizer import load_tokenizer, token_dtype
 from forge_trainer.data.work import MAX_WORKERS, SINGLE_WORKER_STAGES, STAGES, WorkArea, partition, position
 from forge_trainer.data.work import listing_digest as digest_listing
 from forge_trainer.errors import WorkloadError
-from forge_trainer.store import StoreError, append_jsonl, join_key, open_uri, sha256_file
+from forge_trainer.store import StoreError, append_jsonl, join_key, open_uri, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,13 @@ def run_stage(config: PrepareConfig, stage: str, worker: int, workers: int, prog
         with tempfile.TemporaryDirectory(prefix=f"forge-prepare-{stage}-") as tmp:
             run = Preparation(config, out, prefix, report, Path(tmp))
             report.stage(stage)
+            if worker == 0 and stage != "manifest":
+                _publish_progress(run, area, stage)
             summary = _STAGES[stage](run, area, worker)
             if stage != "manifest":  # the manifest stage's commit is manifest.json itself
                 report.flush()
                 area.commit(stage, worker, summary)
+                _publish_progress(run, area, stage)
     except (WorkloadError, StoreError) as exc:
         message = f"{stage} worker {worker}: {exc}"
         record_failure(report, message)
@@ -156,6 +161,25 @@ class _Drops:
         kept = self.examples.setdefault(reason, [])
         if len(kept) < MAX_EXAMPLES:  # this worker reads in position order: the first are the smallest
             kept.append([pos, (self.scrub(example[:400]) if self.scrub else example)[:200]])
+
+
+def _publish_progress(run: Preparation, area: WorkArea, stage: str) -> None:
+    """The dataset's progress.json as the committed workers make it: `stage n/m (k/N workers)` and the counts
+    of the workers that finished reading. Every worker writes it when it commits; each write is one atomic
+    put of a snapshot, so the last one wins and none is torn."""
+    count = 1 if stage in SINGLE_WORKER_STAGES else area.workers
+    summaries = {s: [area.done(s, w) for w in range(1 if s in SINGLE_WORKER_STAGES else area.workers)]
+                 for s in ("scan", "pack")}
+    done = summaries[stage] if stage in summaries else [area.done(stage, 0)]
+    progress = DatasetProgress(stage=f"{stage} {STAGES.index(stage) + 1}/{len(STAGES)} "
+                                     f"({sum(d is not None for d in done)}/{count} workers)")
+    scans = [s for s in summaries["scan"] if s is not None]
+    packs = [s for s in summaries["pack"] if s is not None]
+    progress.counts = _merged_counts(scans, packs)
+    progress.documents_done = progress.counts.documents_read
+    progress.bytes_done = sum(s["bytes"] for s in scans)
+    progress.updated_at = rfc3339(datetime.now(UTC))
+    write_json_atomic(run.out, join_key(run.prefix, PROGRESS_NAME), progress.to_wire())
 
 
 # ---- scan ---------------------------------------------------------------------------------------------------
