@@ -2,6 +2,11 @@
 
 Counters and histograms are recorded as reconciles happen; per-resource gauges are computed at scrape
 time from the operator's last view of each resource, so a deleted resource's series disappear with it.
+
+Every replica serves /metrics and exports what it knows: `forge_leader` (1 on the replica that leads, 0
+on the others), the API server's missing capabilities, and its own counters. Only the leader reconciles, so
+only the leader exports the per-resource gauges: a replica that stopped leading keeps a frozen view of the
+resources, and serving it would give one resource two different values.
 """
 
 from __future__ import annotations
@@ -39,6 +44,22 @@ ARTIFACTS_ABANDONED = Counter("forge_artifacts_abandoned_total",
 _lock = threading.Lock()
 _view: dict[tuple[str, str, str], dict[str, Any]] = {}
 _store_up: dict[str, bool] = {}
+_leading: bool | None = None
+_capabilities_missing: dict[str, bool] = {}
+
+
+def set_leading(leading: bool | None) -> None:
+    """Record whether this replica leads (None: it cannot tell, e.g. without a peering identity)."""
+    global _leading
+    with _lock:
+        _leading = leading
+
+
+def set_server_capabilities(missing: dict[str, bool]) -> None:
+    """Record, for every capability Forge uses, whether the API server lacks it."""
+    with _lock:
+        _capabilities_missing.clear()
+        _capabilities_missing.update(missing)
 
 
 def store_read(endpoint: str, reachable: bool, failure_reason: str | None) -> None:
@@ -87,10 +108,34 @@ _DATASET_GAUGES = {
 }
 
 
-class _StateCollector(Collector):
+class _ReplicaCollector(Collector):
+    """What every replica knows about itself and the API server."""
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with _lock:
-            view = dict(_view)
+            leading, missing = _leading, dict(_capabilities_missing)
+        leader = GaugeMetricFamily("forge_leader",
+                                   "1 on the operator replica that leads (reconciles and exports the resources' "
+                                   "gauges), 0 on the replicas that wait")
+        if leading is not None:
+            leader.add_metric([], 1.0 if leading else 0.0)
+        yield leader
+        lacking = GaugeMetricFamily("forge_server_capability_missing",
+                                    "1 for each Kubernetes capability Forge uses that the API server lacks "
+                                    "(the operator's start-up Event says what each means), else 0",
+                                    labels=["capability"])
+        for name, absent in sorted(missing.items()):
+            lacking.add_metric([name], 1.0 if absent else 0.0)
+        yield lacking
+
+
+class _StateCollector(Collector):
+    """The resources as the leader last saw them; empty families on a replica that does not lead."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with _lock:
+            view = dict(_view) if _leading is not False else {}
+            store_up = dict(_store_up) if _leading is not False else {}
         phases = GaugeMetricFamily("forge_resources", "Resources by kind and phase",
                                    labels=["kind", "phase"])
         counts: dict[tuple[str, str], int] = {}
@@ -114,8 +159,6 @@ class _StateCollector(Collector):
                 ready.add_metric([ns, name], float(status["readyReplicas"]))
         yield dropped
         yield ready
-        with _lock:
-            store_up = dict(_store_up)
         reachable = GaugeMetricFamily("forge_store_reachable",
                                       "1 when the object store answered the operator's latest read, else 0",
                                       labels=["endpoint"])
@@ -139,6 +182,7 @@ def _per_resource(view: dict[tuple[str, str, str], dict[str, Any]], kind: str,
     yield from families.values()
 
 
+REGISTRY.register(_ReplicaCollector())
 REGISTRY.register(_StateCollector())
 
 

@@ -24,6 +24,7 @@ from tests.support.cluster import ACCESS, ROOT, SECRET, Cluster, wait_for
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
+POD_NAME, POD_UID = "forge-operator-test-pod", "00000000-0000-0000-0000-0000000000aa"
 
 
 def _create(dyn: Any, obj: dict[str, Any]) -> None:
@@ -107,8 +108,8 @@ def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any,
         if "value" in var:
             env[var["name"]] = var["value"]
         elif "fieldRef" in var["valueFrom"]:  # the downward API, as the kubelet fills it in for this pod
-            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", var
-            env[var["name"]] = "forge-operator-test-pod"
+            pod = {"metadata.name": POD_NAME, "metadata.namespace": ns, "metadata.uid": POD_UID}
+            env[var["name"]] = pod[var["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             ref = var["valueFrom"]["secretKeyRef"]
             data = client.CoreV1Api(api).read_namespaced_secret(ref["name"], ns).data

@@ -1,5 +1,5 @@
 """The alerts and the dashboard only query metrics the operator really exports (its own registry says
-which), and the alerts the issue asks for are there."""
+which), read the resources' series of the leading replica only, and the alerts the issue asks for are there."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_the_parser_sees_metrics_and_not_functions() -> None:
 def test_every_alert_uses_only_exported_metrics() -> None:
     known = exported_metrics()
     rules = rule_exprs()
-    assert len(rules) == 7, sorted(rules)  # the loop below checks each of them
+    assert len(rules) == 9, sorted(rules)  # the loop below checks each of them
     for alert, expr in rules.items():
         used = metric_names(expr)
         assert used, alert
@@ -85,10 +85,34 @@ def test_every_dashboard_query_uses_only_exported_metrics() -> None:
     assert {n for n in known if n.startswith(("forge_run_", "forge_dataset_", "forge_deployment_"))} <= used
 
 
+LEADER_ONLY = "and on(instance) (forge_leader == 1)"
+RESOURCE_SERIES = re.compile(r"\b(forge_resources|forge_store_reachable|forge_(run|dataset|deployment)_\w+)\b")
+
+
+def test_every_read_of_a_resources_series_keeps_the_leaders_only() -> None:
+    """Issue 20 item 9: every operator replica is scraped, and a replica that stopped leading must not
+    count twice (a failed run alerting once per replica) or show a frozen value beside the leader's."""
+    exprs = list(rule_exprs().values()) + [t["expr"] for p in DASHBOARD["panels"] for t in p["targets"]]
+    checked = 0
+    for expr in exprs:
+        reads = len(RESOURCE_SERIES.findall(expr))
+        if reads:
+            assert expr.count(LEADER_ONLY) == reads, expr
+            checked += 1
+    assert checked >= 20  # the alerts on runs, datasets and deployments, and every per-resource panel
+
+
+def test_the_dashboard_shows_the_leader_and_the_missing_capabilities() -> None:
+    exprs = [t["expr"] for p in DASHBOARD["panels"] for t in p["targets"]]
+    assert "forge_leader" in exprs
+    assert any("forge_server_capability_missing" in e for e in exprs)
+
+
 def test_the_alerts_the_platform_needs_are_there() -> None:
     alerts = rule_exprs()
     assert {"ForgeTrainingRunFailed", "ForgeTrainingRunStalled", "ForgeDatasetFailed",
-            "ForgeDeploymentUnavailable", "ForgeOperatorReconcileErrors"} <= set(alerts)
+            "ForgeDeploymentUnavailable", "ForgeOperatorReconcileErrors", "ForgeOperatorNoLeader",
+            "ForgeServerCapabilityMissing"} <= set(alerts)
     for group in RULES["groups"]:
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in {"info", "warning", "critical"}

@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from forge_operator.plan.capabilities import FULLY_SUPPORTED, OLDEST, missing_capabilities
 from forge_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
 from tests.support.chart import CHART, ROOT, render
 
@@ -184,3 +185,47 @@ def test_monitoring_objects_only_when_enabled() -> None:
     dashboard = [o for o in objects if o["kind"] == "ConfigMap"]
     assert len(dashboard) == 1 and dashboard[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard[0]["data"]["forge.json"] == (CHART / "files" / "grafana-dashboard.json").read_text().rstrip("\n")
+
+
+def test_every_operator_pod_is_scraped_on_its_own() -> None:
+    """Issue 20 item 9: a load-balanced metrics Service answered with either replica's /metrics, and only
+    the leader's has the resources' series. Headless, each pod is an endpoint (and a target) of its own."""
+    objects = render(ALL_ON)
+    service = only(objects, "Service")["spec"]
+    assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is True
+    endpoint = only(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    # the series' namespace/name are the Forge resource's; without honorLabels Prometheus renames them
+    assert endpoint["honorLabels"] is True
+    pod = only(objects, "Deployment")["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"  # annotation-based scraping too
+
+
+def test_the_operator_knows_its_own_pod_for_its_start_up_event() -> None:
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container(render())["env"]
+                if "fieldRef" in e.get("valueFrom", {})}
+    assert downward == {"POD_ID": "metadata.name", "POD_NAME": "metadata.name",
+                        "POD_NAMESPACE": "metadata.namespace", "POD_UID": "metadata.uid"}
+
+
+@pytest.mark.parametrize(("kube_version", "rules"), [("v1.20.0", False), ("v1.24.17", False),
+                                                     ("v1.25.0", True), ("v1.31.2", True)])
+def test_crds_go_without_validation_rules_where_kubernetes_refuses_them(kube_version: str, rules: bool) -> None:
+    """Issue 20 item 3: before 1.25 the API server refuses x-kubernetes-validations (unknown field), so
+    the CRDs did not apply at all; the operator still checks every spec and sets InvalidSpec."""
+    crds = [o for o in render(kube_version=kube_version) if o["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == 3
+    text = yaml.safe_dump(crds)
+    assert ("x-kubernetes-validations" in text) is rules
+    assert text.count("openAPIV3Schema") == 3  # the rest of each schema is still there
+    assert "minNodes" in text and "maxNodes" in text
+
+
+def test_the_chart_and_the_operator_state_one_kubernetes_range() -> None:
+    """The chart installs from the oldest version the operator knows the degradations of (it names them at
+    start-up), and lints clean there."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST[0]}.{OLDEST[1]}.0-0"
+    assert missing_capabilities(FULLY_SUPPORTED) == [] and missing_capabilities(OLDEST)
+    for values in ({}, ALL_ON):
+        report = helm.lint(CHART, values, strict=True, kube_version="v1.20.0")
+        assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []

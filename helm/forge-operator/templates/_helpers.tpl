@@ -52,3 +52,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* Remove every x-kubernetes-validations from a CRD (a dict from fromYaml), in place, at any depth. */}}
+{{- define "forge.dropValidationRules" -}}
+{{- if kindIs "map" . }}
+{{- $_ := unset . "x-kubernetes-validations" }}
+{{- range $_, $child := . }}
+{{- include "forge.dropValidationRules" $child }}
+{{- end }}
+{{- else if kindIs "slice" . }}
+{{- range . }}
+{{- include "forge.dropValidationRules" . }}
+{{- end }}
+{{- end }}
+{{- end }}
