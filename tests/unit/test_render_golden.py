@@ -67,6 +67,8 @@ def _plans() -> dict[str, Any]:
     return {
         "dataset-pretrain": plan_dataset(_dataset("corpus", source={"uri": "s3://raw/corpus/"},
                                                   tokenizer={"vocabSize": 8000}), SETTINGS),
+        "dataset-pretrain-parallel": plan_dataset(_dataset("corpus", source={"uri": "s3://raw/corpus/"},
+                                                           tokenizer={"vocabSize": 8000}, parallelism=3), SETTINGS),
         "dataset-sft-reused-tokenizer-extra-egress": plan_dataset(
             _dataset("chats", source={"uri": "s3://raw/chats/", "credentialsSecret": {"name": "raw-reader"}},
                      purpose="sft", format="jsonl", tokenizer={"datasetRef": "corpus"},

@@ -1,11 +1,12 @@
 """Render a dataset's preparation workload: a NetworkPolicy fencing it, a ConfigMap with its config and
-a Job running it."""
+a Job running it; a preparation split across workers is one Job per worker (docs/architecture.md,
+"Dataset preparation across workers")."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from forge_operator.plan.dataset import DatasetPlan
+from forge_operator.plan.dataset import DatasetPlan, prepare_worker_args
 from forge_operator.render.config_map import config_map
 from forge_operator.render.network_policy import network_policy
 from forge_operator.render.pod import (
@@ -28,15 +29,18 @@ def render_dataset_config(plan: DatasetPlan) -> dict[str, Any]:
     return config_map(plan.config_name, plan.meta, plan.config.to_wire())
 
 
-def render_dataset_job(plan: DatasetPlan) -> dict[str, Any]:
-    """The Job that runs `forge-trainer prepare`."""
+def render_dataset_job(plan: DatasetPlan, worker: int = 0) -> dict[str, Any]:
+    """The Job that runs `forge-trainer prepare` (for one worker of a split preparation: all its stages; worker
+    0's Job, named like an unsplit one, writes the manifest and so completes last)."""
+    name = plan.worker_job_names[worker] if plan.worker_job_names else plan.job_name
     config_vol, config_mount = config_volume(plan.config_name)
     tmp_vol, tmp_mount = scratch_volume()
     container = {
         "name": "prepare",
         "image": plan.image,
         "imagePullPolicy": plan.image_pull_policy,
-        "command": ["forge-trainer", "prepare", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "command": ["forge-trainer", "prepare", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}",
+                    *prepare_worker_args(worker, plan.parallelism)],
         "env": store_env(plan.store),
         "volumeMounts": [config_mount, tmp_mount],
         "securityContext": container_security_context(),
@@ -45,7 +49,7 @@ def render_dataset_job(plan: DatasetPlan) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": object_meta(plan.job_name, plan.meta),
+        "metadata": object_meta(name, plan.meta),
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
             "template": {
@@ -71,4 +75,5 @@ def render_dataset_network_policy(plan: DatasetPlan) -> dict[str, Any]:
 
 def render_dataset(plan: DatasetPlan) -> list[dict[str, Any]]:
     """Every object the dataset's workload needs, in apply order (the fence before the pod)."""
-    return [render_dataset_network_policy(plan), render_dataset_config(plan), render_dataset_job(plan)]
+    jobs = [render_dataset_job(plan, worker) for worker in range(plan.parallelism)]
+    return [render_dataset_network_policy(plan), render_dataset_config(plan), *jobs]

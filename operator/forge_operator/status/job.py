@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -48,3 +48,21 @@ def observe_job(job: dict[str, Any] | None) -> JobObservation | None:
         suspend_supported="suspend" in (job.get("spec") or {}),
         annotations=dict((job.get("metadata") or {}).get("annotations") or {}),
     )
+
+
+def merge_worker_jobs(first: JobObservation | None,
+                      others: list[tuple[str, JobObservation | None]]) -> JobObservation | None:
+    """One observation of a preparation split across worker Jobs: worker 0's Job (it writes the manifest, so it
+    completes last), failed for good as soon as another worker's Job is (its pods would wait forever), and
+    active while any worker's pod runs. `others` pairs each other worker's Job name with its observation."""
+    if first is None:
+        return None
+    seen = [o for _, o in others if o is not None]
+    merged = replace(first, active=first.active + sum(o.active for o in seen),
+                     failed=first.failed + sum(o.failed for o in seen))
+    failed = [(name, o) for name, o in others if o is not None and o.failed_final]
+    if failed and not first.complete and not first.failed_final:
+        name, job = failed[0]
+        return replace(merged, failed_final=True,
+                       message=f"worker Job {name} failed: {job.message or 'its pods failed too often'}")
+    return merged
