@@ -19,7 +19,7 @@ from forge_operator.resolve.lookup import Lookup
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Waiting
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
-from forge_operator.status.job import observe_job
+from forge_operator.status.job import merge_worker_jobs, observe_job
 from forge_trainer.config import DatasetProgress
 
 KIND, PLURAL = DATASET.kind, DATASET.plural
@@ -52,7 +52,8 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
         job = kube.get("batch/v1", "Job", rc.namespace, plan.job_name)
         replaced = job is not None and job["metadata"].get("labels", {}).get(GENERATION_LABEL) != str(rc.generation)
         if replaced:
-            kube.delete("batch/v1", "Job", rc.namespace, plan.job_name)
+            for name in plan.worker_job_names or (plan.job_name,):  # a split preparation: every worker's Job
+                kube.delete("batch/v1", "Job", rc.namespace, name)
             log.info("dataset %s/%s: spec changed (generation %s), replacing job %s", rc.namespace, rc.name,
                      rc.generation, plan.job_name)
         if job is None or replaced:
@@ -68,8 +69,12 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
         job, replaced = applied
         progress, store = read_progress_checked(plan.output_uri, DatasetProgress, f"dataset {rc.namespace}/{rc.name}",
                                                 plan.store)
+        seen = observe_job(job)
+        if plan.worker_job_names:
+            seen = merge_worker_jobs(seen, [(name, observe_job(runtime().kube.get("batch/v1", "Job", rc.namespace, name)))
+                                            for name in plan.worker_job_names[1:]])
         return DatasetObservation(rc.generation, resolved=resolved.resolved, job_name=plan.job_name,
-                                  output_uri=plan.output_uri, job=observe_job(job), progress=progress,
+                                  output_uri=plan.output_uri, job=seen, progress=progress,
                                   replaced=replaced, store=store)
 
 
