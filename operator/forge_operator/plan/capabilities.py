@@ -36,9 +36,8 @@ CAPABILITIES = (
     Capability(
         "crd-validation-rules", (1, 25),
         "CRD validation rules (x-kubernetes-validations, CEL; on by default from 1.25)",
-        "the API server accepts Forge resources that break a cross-field rule (e.g. minNodes > maxNodes): the "
-        "chart leaves the rules out of the CRDs so that they apply, and the operator still checks every spec "
-        "and sets the resource's InvalidSpec condition instead of running it"),
+        "the API server accepts Forge resources that break a cross-field rule (e.g. minNodes > maxNodes); the "
+        "operator still checks every spec and sets InvalidSpec instead of running it"),
     Capability(
         "job-suspend", (1, 22),
         "Job spec.suspend (on by default from 1.22)",
@@ -47,8 +46,8 @@ CAPABILITIES = (
     Capability(
         "indexed-jobs", (1, 22),
         "Indexed Jobs (completionMode: Indexed; on by default from 1.22)",
-        "training Jobs are created without completion indexes: a run still trains (its pods meet at the run's "
-        "rendezvous store, not by pod name), but its pods carry no index (JOB_COMPLETION_INDEX)"),
+        "training pods carry no completion index; runs still train (their pods meet at the run's rendezvous "
+        "store, not by pod name)"),
     Capability(
         "hpa-autoscaling-v2", (1, 23),
         "HorizontalPodAutoscaler autoscaling/v2 (from 1.23)",
@@ -77,7 +76,8 @@ def missing_capabilities(version: tuple[int, int]) -> list[Capability]:
 
 
 def describe_missing(version: tuple[int, int], missing: list[Capability]) -> str:
-    """One message naming every missing capability and what it means for users (the start-up Event)."""
+    """One message naming every missing capability and what it means for users (the start-up Event; under
+    1 kB, what an Event's message may hold)."""
     head = (f"Kubernetes {version[0]}.{version[1]} is older than {FULLY_SUPPORTED[0]}.{FULLY_SUPPORTED[1]}, "
             f"from which Forge is fully supported; missing:")
     return " ".join([head, *(f"[{c.name}] {c.feature}: {c.without}." for c in missing)])
