@@ -9,6 +9,7 @@ import kubernetes_validate
 
 from forge_operator.api import ForgeDeployment
 from forge_operator.api.deployment import DeploymentPhase, ForgeDeploymentStatus, GateRule
+from forge_operator.plan.capabilities import missing_capabilities
 from forge_operator.plan.deployment import evaluate_gate, plan_deployment
 from forge_operator.render.deployment import render_deployment
 from forge_operator.settings import OperatorSettings
@@ -74,6 +75,21 @@ def test_vllm_without_cpu_or_memory_keeps_its_larger_default_and_shm() -> None:
                                                  "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}}
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["sizeLimit"] == "4Gi"  # half of the memory limit
+
+
+def test_before_kubernetes_1_23_the_autoscaler_is_created_in_v2beta2() -> None:
+    """autoscaling/v2 is served from 1.23; the chart installs from 1.20, where v2beta2 takes the same spec."""
+    dep = ForgeDeployment.model_validate({"apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDeployment",
+                                          "metadata": {"name": "chat", "namespace": "ml", "uid": "d1"},
+                                          "spec": {"modelRef": "tuned", "autoscaling": {"maxReplicas": 3}}})
+    model = "s3://forge/forge/ml/forgetrainingrun/tuned/u/model"
+    current = {m["kind"]: m for m in render_deployment(plan_deployment(dep, SETTINGS, model, None))}
+    old = {m["kind"]: m for m in render_deployment(plan_deployment(
+        dep, SETTINGS, model, None, missing=[c.name for c in missing_capabilities((1, 22))]))}
+    assert current["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
+    assert old["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2beta2"
+    assert old["HorizontalPodAutoscaler"]["spec"] == current["HorizontalPodAutoscaler"]["spec"]
+    kubernetes_validate.validate(old["HorizontalPodAutoscaler"], "1.25.0", strict=True)  # its last version
 
 
 def test_manifests_validate_against_current_kubernetes() -> None:

@@ -18,6 +18,10 @@ OLDEST = (1, 20)
 """The oldest Kubernetes version the chart installs on (helm/forge-operator/Chart.yaml kubeVersion)."""
 
 
+HPA_V2 = "hpa-autoscaling-v2"
+"""HorizontalPodAutoscaler in autoscaling/v2 (a server without it serves autoscaling/v2beta2)."""
+
+
 @dataclass(frozen=True)
 class Capability:
     """A Kubernetes feature Forge uses, from which version it is on by default, and what users see without."""
@@ -49,9 +53,9 @@ CAPABILITIES = (
         "training pods carry no completion index; runs still train (their pods meet at the run's rendezvous "
         "store, not by pod name)"),
     Capability(
-        "hpa-autoscaling-v2", (1, 23),
+        HPA_V2, (1, 23),
         "HorizontalPodAutoscaler autoscaling/v2 (from 1.23)",
-        "a ForgeDeployment with spec.autoscaling gets no autoscaler (the apply fails); use spec.replicas"),
+        "a ForgeDeployment's autoscaler (spec.autoscaling) is created in autoscaling/v2beta2, the same CPU target"),
 )
 
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from forge_operator.api import DEPLOYMENT
 from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentSpec, GateRule, ServingRuntime
+from forge_operator.plan.capabilities import HPA_V2
 from forge_operator.plan.naming import child_name, common_labels
 from forge_operator.plan.quantity import plan_shm_size
 from forge_operator.plan.workload import InvalidSpecError, NetworkFence, OwnerRef, StoreAccess, WorkloadMeta
@@ -95,6 +97,9 @@ class DeploymentPlan:
     """sizeLimit of the vLLM pods' memory-backed /dev/shm: half of the replica's memory limit, at most 16Gi."""
     fence: NetworkFence = field(default_factory=NetworkFence)
     """Where the pods may connect (the installation's store and DNS peers) and who may scrape them."""
+    hpa_api_version: str = "autoscaling/v2"
+    """The HorizontalPodAutoscaler's API: autoscaling/v2beta2 (the same fields for a CPU target) on a
+    server without autoscaling/v2 (before Kubernetes 1.23)."""
 
     @property
     def endpoint(self) -> str:
@@ -103,8 +108,9 @@ class DeploymentPlan:
 
 
 def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri: str,
-                    model_digest: str | None) -> DeploymentPlan:
-    """The serving workload of `dep` for a resolved model."""
+                    model_digest: str | None, *, missing: Collection[str] = ()) -> DeploymentPlan:
+    """The serving workload of `dep` for a resolved model; `missing`: the names of the capabilities the API
+    server lacks (plan/capabilities.py)."""
     meta = dep.metadata
     name, namespace = meta["name"], meta["namespace"]
     size = plan_serving_size(dep.spec)
@@ -129,4 +135,5 @@ def plan_deployment(dep: ForgeDeployment, settings: OperatorSettings, model_uri:
         image_pull_policy=settings.image_pull_policy,
         store=StoreAccess.of(settings),
         fence=NetworkFence.of(settings),
+        hpa_api_version="autoscaling/v2beta2" if HPA_V2 in missing else "autoscaling/v2",
     )
