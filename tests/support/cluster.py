@@ -135,7 +135,9 @@ def ready_dataset(cluster: Cluster, s3: Minio, store_bucket: str, name: str) -> 
     cluster.create("forgedatasets", {**FORGE, "kind": "ForgeDataset", "metadata": {"name": name},
                                      "spec": {"source": {"uri": "s3://raw/none/"}}})
     wait_for("dataset job", lambda: cluster.job(f"{name}-prepare"))
-    out = cluster.status("forgedatasets", name)["outputUri"].split(f"s3://{store_bucket}/", 1)[1]
+    # the Job is created before the status naming its output is published: wait for that too
+    out = wait_for("dataset outputUri", lambda: cluster.status("forgedatasets", name).get("outputUri"))
+    out = out.split(f"s3://{store_bucket}/", 1)[1]
     progress = {"stage": "done", "manifestUri": f"s3://{store_bucket}/{out}/manifest.json",
                 "manifestDigest": "sha256:00", "tokenizerUri": f"s3://{store_bucket}/{out}/tokenizer.json",
                 "counts": {"documentsRead": 1, "documentsKept": 1, "tokens": 10}}

@@ -21,12 +21,13 @@ PACKAGE = ROOT / "operator" / "forge_operator"
 
 # (apiGroup, resource) -> verbs. The one table the chart's templates/rbac.yaml must match.
 GRANTS: dict[tuple[str, str], set[str]] = {
-    **{("forge.ai", k.plural): {"list", "watch", "patch"} for k in KINDS},
+    **{("forge.ai", k.plural): {"get", "list", "watch", "patch"} for k in KINDS},
     **{("forge.ai", f"{k.plural}/status"): {"patch"} for k in KINDS},
     ("batch", "jobs"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"create", "patch"},
     ("", "services"): {"create", "patch"},
     ("", "pods"): {"list"},
+    ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
     ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
     ("apps", "deployments"): {"get", "create", "patch"},
@@ -52,10 +53,11 @@ KOPF_NEEDS: dict[tuple[str, str], set[str]] = {
 # Plural resource names of the kinds the operator touches; a kind missing here fails the test.
 PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "Secret": "secrets", "Pod": "pods",
            "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-           "NetworkPolicy": "networkpolicies", **{k.kind: k.plural for k in KINDS}}
+           "NetworkPolicy": "networkpolicies", "ClusterKopfPeering": "clusterkopfpeerings",
+           "KopfPeering": "kopfpeerings", **{k.kind: k.plural for k in KINDS}}
 FACADE_VERBS = {"get": {"get"}, "list": {"list"}, "patch": {"patch"}, "delete": {"delete"},
                 "apply": {"create", "patch"},  # server-side apply is a PATCH that may create
-                "patch_status": {"patch"}}
+                "create": {"create"}, "patch_status": {"patch"}}
 
 
 def _module_of(path: Path) -> Any:
@@ -94,6 +96,9 @@ def derive_needs() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
         tree = ast.parse(path.read_text())
         module = None
         for node in ast.walk(tree):
+            # kube/logs.py: the one read of a container's log (a failure's status quotes its last lines)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "read_pod_log":
+                add(("", "pods/log"), {"get"})
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 target = node.func.value
                 via_kube = (isinstance(target, ast.Attribute) and target.attr == "kube") or (
@@ -101,12 +106,12 @@ def derive_needs() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
                 if via_kube and node.func.attr in FACADE_VERBS:
                     module = module or _module_of(path)
                     verbs = FACADE_VERBS[node.func.attr]
-                    if node.func.attr == "apply":
-                        continue  # the applied kinds are the rendered ones, below
+                    if node.func.attr in ("apply", "create"):
+                        continue  # the applied and created kinds are the rendered ones, below
                     else:
                         api_version, kind = (_value(a, module) for a in node.args[:2])
-                        if node.func.attr == "patch_status" and kind is None and api_version == API_VERSION:
-                            continue  # the status of a Forge kind: every handled kind's, added below
+                        if node.func.attr in ("patch_status", "get") and kind is None and api_version == API_VERSION:
+                            continue  # the status of a Forge kind, or its re-read: every handled kind's, below
                         if api_version is None or kind is None:
                             unresolved.append(f"{path.name}:{node.lineno} {node.func.attr}")
                             continue
@@ -127,8 +132,9 @@ def derive_needs() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
                 kind_node, version_node = keys.get("kind"), keys.get("apiVersion")
                 if isinstance(kind_node, ast.Constant) and isinstance(version_node, ast.Constant):
                     add(_resource(str(version_node.value), str(kind_node.value)), FACADE_VERBS["apply"])
-    for plural in handled:  # publish_status patches the status of whatever kind it is handed
+    for plural in handled:  # publish_status patches the status of whatever kind it is handed; reconcile re-reads it
         add(("forge.ai", f"{plural}/status"), {"patch"})
+        add(("forge.ai", plural), {"get"})
     return needs, unresolved
 
 
@@ -188,8 +194,10 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_sc
     # a namespaced operator leads through a KopfPeering per namespace, never the cluster-wide one
     assert cluster_role_grants(objects) == {res: GRANTS[res] for res in CLUSTER_SCOPED
                                             if res != ("kopf.dev", "clusterkopfpeerings")}
-    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
-    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"
+             if o["metadata"]["namespace"] != "forge-system"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"
+                if o["metadata"]["namespace"] != "forge-system"}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for ns, role in roles.items():
         assert role_grants(role) == namespaced
@@ -202,3 +210,18 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_sc
 def test_the_operator_cannot_read_secrets() -> None:
     """Workload pods get store keys through secretKeyRef (the kubelet reads them); the operator never does."""
     assert ("", "secrets") not in cluster_role_grants(render())
+
+
+def test_the_operators_own_namespace_may_get_its_start_up_event() -> None:
+    """The start-up Event (capabilities the API server lacks) is about the operator's own Pod: where the
+    operator does not watch its own namespace, a Role there grants exactly that Event and nothing else."""
+    objects = render({"watchNamespaces": ["team-a"]}, namespace="forge-system", release="forge")
+    own = [o for o in objects if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["namespace"] == "forge-system"]
+    role = next(o for o in own if o["kind"] == "Role")
+    assert role_grants(role) == {("", "events"): {"create"}}
+    binding = next(o for o in own if o["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == "forge-forge-operator"
+    # watching its own namespace, the Role there already grants Events: no second one
+    watched = render({"watchNamespaces": ["forge-system"]}, namespace="forge-system", release="forge")
+    assert [o["metadata"]["name"] for o in watched if o["kind"] == "Role"] == ["forge-forge-operator"]

@@ -1,11 +1,18 @@
 """One reconcile for every kind: parse -> resolve -> plan -> render -> apply -> observe -> derive ->
 publish. A kind contributes a small adapter (handlers/dataset.py, training.py, deployment.py); this
-module holds the order of the steps, the waiting policy and the error policy, once."""
+module holds the order of the steps, the waiting policy and the error policy, once.
+
+One reconcile at a time per object: Kopf runs a timer concurrently with the change handlers of the same
+object, and both hand over a body whose status may predate the last one the operator wrote. Every entry
+point therefore takes the object's lock and reconciles the object as the API server holds it then."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -17,15 +24,42 @@ from forge_operator import metrics
 from forge_operator.api.errors import spec_error_message
 from forge_operator.handlers.adapter import Adapter, Pass, R, S
 from forge_operator.handlers.indexes import cluster_lookup
-from forge_operator.handlers.runtime import parse_status, publish_status
+from forge_operator.handlers.runtime import StaleStatusError, parse_status, publish_status, read_current
 from forge_operator.plan.workload import InvalidSpecError
 from forge_operator.resolve.lookup import Lookup
 from forge_operator.status.conditions import Waiting
 
+log = logging.getLogger("forge.operator")
+
+
+class _Gate:
+    """The lock of one object's reconciles (an object, so the registry can hold it weakly and forget it
+    once no reconcile of that object runs or waits)."""
+
+    __slots__ = ("__weakref__", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+_gates: weakref.WeakValueDictionary[str, _Gate] = weakref.WeakValueDictionary()
+_gates_lock = threading.Lock()
+
+
+def gate(uid: str) -> _Gate:
+    """The reconcile lock of the object with this uid (the same one for every caller while any holds it)."""
+    with _gates_lock:
+        found = _gates.get(uid)
+        if found is None:
+            found = _Gate()
+            _gates[uid] = found
+        return found
+
 
 def reconcile(adapter: Adapter[R, S], body: dict[str, Any], lookup: Lookup) -> str:
-    """One reconcile of `body`; the result as metrics count it (ok, waiting). An invalid spec is
-    published and raised as kopf.PermanentError; API and store errors propagate (Kopf retries)."""
+    """One reconcile of `body` (the object as it is now, under its lock: see on_event); the result as
+    metrics count it (ok, waiting). An invalid spec is published and raised as kopf.PermanentError; API
+    and store errors propagate (Kopf retries)."""
     meta = body["metadata"]
     generation = int(meta.get("generation") or 1)
     prev = parse_status(adapter.status_model, body)
@@ -70,21 +104,44 @@ def _fail_invalid(adapter: Adapter[R, S], body: dict[str, Any], prev: S, generat
 
 
 def on_event(adapter: Adapter[R, S], body: kopf.Body, handler_kwargs: Mapping[str, Any]) -> None:
-    """A change handler's reconcile (creation, spec change, operator start), counted and timed."""
-    started = time.monotonic()
-    result = "error"
-    try:
-        result = reconcile(adapter, dict(body), cluster_lookup(body["metadata"]["namespace"], handler_kwargs))
-    except kopf.PermanentError:
-        result = "invalid"
-        raise
-    finally:
-        metrics.RECONCILES.labels(adapter.info.kind, result).inc()
-        metrics.RECONCILE_SECONDS.labels(adapter.info.kind).observe(time.monotonic() - started)
+    """A change handler's reconcile (creation, spec change, operator start), counted and timed: it waits
+    for a reconcile of the same object that is running, then reconciles the object as it is now."""
+    _reconcile_alone(adapter, dict(body), handler_kwargs, wait=True)
 
 
 def on_tick(adapter: Adapter[R, S], body: kopf.Body, handler_kwargs: Mapping[str, Any]) -> None:
-    """A timer's reconcile, the same for every kind: an invalid spec is already in status and is not
-    retried; every other error propagates, so Kopf logs it and the next tick tries again."""
+    """A timer's reconcile, the same for every kind: skipped while another reconcile of the object runs
+    (that one sees what the tick would); an invalid spec is already in status and is not retried; every
+    other error propagates, so Kopf logs it and the next tick tries again."""
     with contextlib.suppress(kopf.PermanentError):
-        on_event(adapter, body, handler_kwargs)
+        _reconcile_alone(adapter, dict(body), handler_kwargs, wait=False)
+
+
+def _reconcile_alone(adapter: Adapter[R, S], body: dict[str, Any], handler_kwargs: Mapping[str, Any], *,
+                     wait: bool) -> None:
+    """Reconcile under the object's lock (returns at once if `wait` is false and the lock is taken), from
+    the object re-read after taking it: the body handed over may carry a status written before the last
+    reconcile's. Counted and timed; a reconcile that found its view stale (StaleStatusError) is retried."""
+    held = gate(str(body["metadata"]["uid"]))
+    if not held.lock.acquire(blocking=wait):
+        return
+    try:
+        current = read_current(body)
+        if current is None:
+            return  # deleted (or replaced by a new object of that name, which its own handlers reconcile)
+        started = time.monotonic()
+        result = "error"
+        try:
+            result = reconcile(adapter, current, cluster_lookup(current["metadata"]["namespace"], handler_kwargs))
+        except kopf.PermanentError:
+            result = "invalid"
+            raise
+        except StaleStatusError as exc:
+            # another writer (an operator replica outside this lock) moved on: act again on what it wrote
+            log.info("%s: %s", adapter.info.kind, exc)
+            raise kopf.TemporaryError(str(exc), delay=1) from exc
+        finally:
+            metrics.RECONCILES.labels(adapter.info.kind, result).inc()
+            metrics.RECONCILE_SECONDS.labels(adapter.info.kind).observe(time.monotonic() - started)
+    finally:
+        held.lock.release()

@@ -1,24 +1,34 @@
 """The Job of a training run's current attempt: decided by status/training.py (decide_job), carried out
 here. The Job is created once and afterwards only (un)suspended or deleted, so Kueue (which admits a
-queued Job by unsuspending it) and the operator never fight over it."""
+queued Job by unsuspending it) and the operator never fight over it.
+
+A create never acts on a stale attempt: the Job's name and attempt label come from the attempt planned
+from the run's status, the run is read again just before to confirm that attempt is still current, and the
+create is a POST, which fails on an existing Job of that name instead of adopting or overwriting it."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from forge_operator.api import TRAINING_RUN
+from forge_operator.api.common import API_VERSION
 from forge_operator.api.training import ForgeTrainingRunSpec, ForgeTrainingRunStatus
-from forge_operator.handlers.runtime import post_event, runtime
+from forge_operator.handlers.runtime import StaleStatusError, parse_status, post_event, runtime
+from forge_operator.kube.client import AlreadyExistsError
 from forge_operator.plan.naming import selector_labels
 from forge_operator.plan.training import TrainingPlan, shape_changes
 from forge_operator.render.training import ATTEMPT_LABEL, SHAPE_ANNOTATION
 from forge_operator.status.conditions import Action, is_true
 from forge_operator.status.gpu_budget import Hold, gpu_hours_used, run_hold
 from forge_operator.status.job import JobObservation, observe_job
-from forge_operator.status.run_job import JobDecision, JobStep, decide_job, stopping_pods
+from forge_operator.status.run_job import JobDecision, JobStep, decide_job, stale_attempt, stopping_pods
 from forge_operator.status.training import BUDGET_EXCEEDED
+
+KIND = TRAINING_RUN.kind
+log = logging.getLogger("forge.operator")
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ def carry_out_job(plan: TrainingPlan, decision: JobDecision, live: dict[str, Any
     ns = plan.meta.namespace
     step = decision.step
     if step is JobStep.CREATE:
-        return kube.apply(job)
+        return create_job(plan, job)
     if step in (JobStep.SUSPEND, JobStep.RESUME):
         kube.patch("batch/v1", "Job", ns, plan.job_name, {"spec": {"suspend": step is JobStep.SUSPEND}})
         return kube.get("batch/v1", "Job", ns, plan.job_name)
@@ -72,6 +82,26 @@ def carry_out_job(plan: TrainingPlan, decision: JobDecision, live: dict[str, Any
         kube.delete("batch/v1", "Job", ns, plan.job_name)
         return None
     return live
+
+
+def create_job(plan: TrainingPlan, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Create the Job of attempt `plan.attempt` once the run, read now, confirms that attempt is still
+    current (StaleStatusError otherwise); a Job of that name that already exists is this attempt's, created
+    by another writer, and is returned as it is."""
+    kube = runtime().kube
+    owner = plan.meta.owner
+    run = kube.get(API_VERSION, KIND, plan.meta.namespace, owner.name)
+    if run is None or run["metadata"].get("uid") != owner.uid:
+        raise StaleStatusError(f"{KIND} {plan.meta.namespace}/{owner.name} is gone; job {plan.job_name} not created")
+    why = stale_attempt(plan.attempt, parse_status(ForgeTrainingRunStatus, run))
+    if why is not None:
+        raise StaleStatusError(f"{KIND} {plan.meta.namespace}/{owner.name}: {why}; job {plan.job_name} not created")
+    try:
+        return kube.create(job)
+    except AlreadyExistsError:
+        log.info("job %s/%s already exists: created by another writer of attempt %s", plan.meta.namespace,
+                 plan.job_name, plan.attempt)
+        return kube.get("batch/v1", "Job", plan.meta.namespace, plan.job_name)
 
 
 def finish_job(body: dict[str, Any], plan: TrainingPlan, applied: Applied, prev: ForgeTrainingRunStatus,

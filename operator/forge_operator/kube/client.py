@@ -1,9 +1,9 @@
 """A small typed facade over the Kubernetes REST API: server-side apply with the operator's field
-manager, reads, status merge patches, deletes. Nothing else in the operator calls the API
+manager, creates, reads, status merge patches, deletes. Nothing else in the operator calls the API
 synchronously; Kopf's watches and its own patches go through its aiohttp session.
 
 Plain HTTP over a bounded urllib3 pool rather than the `kubernetes` client library: the operator needs
-six verbs, and the library's generated models would cost every operator replica ~45 MB of memory."""
+seven verbs, and the library's generated models would cost every operator replica ~45 MB of memory."""
 
 from __future__ import annotations
 
@@ -53,6 +53,32 @@ def _drop_path(body: dict[str, Any], path: str) -> bool:
 
 class KubeError(Exception):
     """A Kubernetes API call failed; the message names the object."""
+
+
+class AlreadyExistsError(KubeError):
+    """A create found an object of that name already there (409 AlreadyExists): it was left as it is."""
+
+
+class ConflictError(KubeError):
+    """A write with a resourceVersion precondition found the object changed since (409 Conflict)."""
+
+
+def fields_dropped(sent: Any, live: Any, path: str = "") -> list[str]:
+    """Paths of the fields set in `sent` (to anything but an empty or zero value, which the API server
+    omits) that `live` lacks: what an older API server silently dropped from a create, such as a Job's
+    `.spec.completionMode` before 1.21."""
+    if isinstance(sent, dict) and isinstance(live, dict):
+        dropped: list[str] = []
+        for key, value in sent.items():
+            if key in live:
+                dropped += fields_dropped(value, live[key], f"{path}.{key}")
+            elif value not in (None, "", 0, False, [], {}):
+                dropped.append(f"{path}.{key}")
+        return dropped
+    if isinstance(sent, list) and isinstance(live, list) and len(sent) == len(live):
+        return [p for i, (item, kept) in enumerate(zip(sent, live, strict=True))
+                for p in fields_dropped(item, kept, f"{path}[{i}]")]
+    return []
 
 
 def load_config(kubeconfig: str | None = None) -> None:
@@ -196,6 +222,35 @@ class Kube:
                 raise KubeError(f"apply {manifest['kind']} {meta.get('namespace')}/{meta['name']}: {exc}") from exc
         raise KubeError(f"apply {manifest['kind']} {meta['name']}: too many fields unknown to the API server")
 
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create `manifest` (a POST, field manager `forge-operator`); returns the live object. Unlike
+        apply it never adopts or overwrites an object of the same name: that raises AlreadyExistsError.
+
+        An older API server silently drops fields it predates (e.g. Job `completionMode` before 1.21); the
+        object is created without them, with a warning naming them, as apply does."""
+        meta = manifest["metadata"]
+        res = self._resource(manifest["apiVersion"], manifest["kind"])
+        what = f"{manifest['kind']} {meta.get('namespace')}/{meta['name']}"
+        try:
+            live = cast(dict[str, Any], self._request("POST", res.path(meta.get("namespace")), body=manifest,
+                                                      query={"fieldManager": FIELD_MANAGER}))
+        except _ApiError as exc:
+            if exc.status == 409:
+                raise AlreadyExistsError(f"create {what}: it already exists") from exc
+            raise KubeError(f"create {what}: {exc}") from exc
+        dropped = fields_dropped(manifest.get("spec"), live.get("spec"), ".spec")
+        if dropped:
+            log.warning("create %s %s: the API server does not know %s; created without it",
+                        manifest["kind"], meta["name"], ", ".join(dropped))
+        return live
+
+    def server_version(self) -> dict[str, Any]:
+        """The API server's `/version` answer (major, minor, gitVersion, ...), which every client may read."""
+        try:
+            return cast(dict[str, Any], self._request("GET", "/version"))
+        except _ApiError as exc:
+            raise KubeError(f"read the API server's version: {exc}") from exc
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None if it does not exist."""
         res = self._resource(api_version, kind)
@@ -218,15 +273,22 @@ class Kube:
         return cast(list[dict[str, Any]], listing.get("items") or [])
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                     status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource (None values remove fields)."""
+                     status: dict[str, Any], *, resource_version: str | None = None) -> None:
+        """Merge-patch the status subresource (None values remove fields). With `resource_version` the
+        patch applies only to that version of the object, else it raises ConflictError."""
         res = self._resource(api_version, kind)
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self._request("PATCH", res.path(namespace, name, "status"), body={"status": status},
+            self._request("PATCH", res.path(namespace, name, "status"), body=body,
                           content_type="application/merge-patch+json")
         except _ApiError as exc:
             if exc.status == 404:
                 return  # deleted meanwhile: nothing to report on
+            if exc.status == 409 and resource_version is not None:
+                raise ConflictError(f"patch status of {kind} {namespace}/{name}: it changed since version "
+                                    f"{resource_version}") from exc
             raise KubeError(f"patch status of {kind} {namespace}/{name}: {exc}") from exc
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from forge_operator.api.common import parse_time
+from forge_operator.api.training import ForgeTrainingRunStatus
 from forge_operator.status.job import JobObservation
 
 POD_FINISHED = ("Succeeded", "Failed")
@@ -47,6 +48,21 @@ class JobDecision:
 
 LEAVE_JOB = JobDecision(JobStep.KEEP)
 """The decision that changes nothing."""
+
+
+def current_attempt(status: ForgeTrainingRunStatus) -> int:
+    """The attempt a run's status says is current: status.attempt, or for a status written before attempts
+    were recorded, its failure restarts. The Job of that attempt is the only one a reconcile may create."""
+    return status.attempt if status.attempt is not None else (status.restarts or 0)
+
+
+def stale_attempt(planned: int, status: ForgeTrainingRunStatus) -> str | None:
+    """Why creating the Job of attempt `planned` would act on a stale view of the run (its status as read
+    now names another attempt), or None when `planned` is still the current attempt."""
+    current = current_attempt(status)
+    if current == planned:
+        return None
+    return f"status.attempt is {current} now, this reconcile planned attempt {planned}"
 
 
 def stopping_pods(pods: list[dict[str, Any]], now: datetime) -> int:
