@@ -44,12 +44,13 @@ def _operator(args: argparse.Namespace) -> int:
         logging.getLogger("forge_operator").warning(
             "no store peer is configured (chart values networkPolicy.store.*): every workload's NetworkPolicy "
             "denies egress to the object store, so workloads cannot reach it")
+    memo = kopf.Memo(watch_namespaces=namespaces)  # which KopfPeerings say who leads (handlers/replica.py)
     if args.standalone:
         kopf.run(standalone=True, namespaces=namespaces, clusterwide=not namespaces,
-                 liveness_endpoint=args.liveness)
+                 liveness_endpoint=args.liveness, memo=memo)
     else:
         kopf.run(namespaces=namespaces, clusterwide=not namespaces, liveness_endpoint=args.liveness,
-                 peering_name=args.peering, priority=args.priority)
+                 peering_name=args.peering, priority=args.priority, memo=memo)
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from forge_operator.plan.capabilities import missing_capabilities, parse_server_version
 from tests.support.argocd import argocd_health
 from tests.support.chart import CHART, render
 from tests.support.cluster import ACCESS, ROOT, SECRET, Cluster, wait_for
@@ -98,7 +99,8 @@ def _service_account_kubeconfig(api: Any, ns: str, sa: str, path: Path) -> None:
 
 
 def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any, ns: str, kubeconfig: Path,
-                                        log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+                                        log: Path, metrics_port: int, *, pod_name: str = POD_NAME,
+                                        priority: int = 7) -> subprocess.Popen[bytes]:
     from kubernetes import client
 
     deploy = next(o for o in objects if o["kind"] == "Deployment")
@@ -108,7 +110,7 @@ def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any,
         if "value" in var:
             env[var["name"]] = var["value"]
         elif "fieldRef" in var["valueFrom"]:  # the downward API, as the kubelet fills it in for this pod
-            pod = {"metadata.name": POD_NAME, "metadata.namespace": ns, "metadata.uid": POD_UID}
+            pod = {"metadata.name": pod_name, "metadata.namespace": ns, "metadata.uid": POD_UID}
             env[var["name"]] = pod[var["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             ref = var["valueFrom"]["secretKeyRef"]
@@ -116,7 +118,7 @@ def _operator_as_the_deployment_runs_it(objects: list[dict[str, Any]], api: Any,
             env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
     env["FORGE_METRICS_PORT"] = str(metrics_port)  # the pod's port may be taken on this machine
     args = [a for a in c["args"] if not a.startswith("--liveness")]
-    args += [f"--liveness=http://127.0.0.1:{free_port()}/healthz", "--priority=7", "--verbose"]
+    args += [f"--liveness=http://127.0.0.1:{free_port()}/healthz", f"--priority={priority}", "--verbose"]
     assert c["command"][-1] == "forge" and "exec forge operator" in c["command"][2]
     return subprocess.Popen([sys.executable, "-m", "forge_operator.cli", "operator", *args], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
@@ -134,6 +136,35 @@ def _reconciles(port: int) -> dict[str, float]:
             if s.name == "forge_reconcile_total" and s.labels.get("kind") == "ForgeDataset"}
 
 
+def _samples(port: int, name: str) -> dict[tuple[tuple[str, str], ...], float] | None:
+    """The samples of one metric on the operator's /metrics (by their labels); None when it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    return {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == name}
+
+
+def _leader(port: int) -> float | None:
+    """forge_leader on one replica (None: not exported, or the replica does not answer)."""
+    return (_samples(port, "forge_leader") or {}).get(())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _dataset(name: str, source: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDataset", "metadata": {"name": name},
             "spec": {"source": {"uri": source}, "tokenizer": {"vocabSize": 300}, **spec}}
@@ -141,6 +172,8 @@ def _dataset(name: str, source: str, **spec: Any) -> dict[str, Any]:
 
 def test_operator_works_with_only_the_charts_rbac(installed: tuple[str, list[Any]], api: Any,
                                                    tmp_path: Path) -> None:
+    from kubernetes import client
+
     ns, objects = installed
     sa = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
     peering = next(o for o in objects if o["kind"] == "KopfPeering")["metadata"]["name"]
@@ -154,6 +187,22 @@ def test_operator_works_with_only_the_charts_rbac(installed: tuple[str, list[Any
             body = cluster.custom.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", peering)
             return [p for p in (body.get("status") or {}).values() if p.get("priority") == 7]
         wait_for("the operator in the chart's peering object", peered, timeout=60)
+        wait_for("forge_leader 1 on the only replica", lambda: _leader(metrics_port) == 1.0, timeout=30)
+
+        # what this API server lacks is named at start-up: an Event on the operator's own pod and a gauge
+        code = client.VersionApi(api).get_code()
+        version = parse_server_version({"gitVersion": code.git_version, "major": code.major, "minor": code.minor})
+        assert version is not None
+        missing = {c.name for c in missing_capabilities(version)}
+        lacking = wait_for("forge_server_capability_missing", lambda: _samples(metrics_port,
+                                                                              "forge_server_capability_missing"))
+        assert {dict(k)["capability"] for k, v in lacking.items() if v == 1.0} == missing
+        if missing:
+            event = wait_for("the MissingCapabilities Event on the operator's pod", lambda: next(
+                (e for e in cluster.events_for(POD_NAME) if e.reason == "MissingCapabilities"), None), timeout=30)
+            assert event.type == "Warning" and event.involved_object.kind == "Pod"
+            assert event.involved_object.uid == POD_UID  # so `kubectl describe pod` lists it
+            assert all(f"[{name}]" in event.message for name in missing), event.message
 
         cluster.create("forgedatasets", _dataset("corpus", "s3://raw-bucket/corpus/"))
         job = wait_for("the preparation Job", lambda: cluster.job("corpus-prepare"), timeout=60)
@@ -176,13 +225,61 @@ def test_operator_works_with_only_the_charts_rbac(installed: tuple[str, list[Any
         reconciles = _reconciles(metrics_port)
         assert reconciles.get("ok", 0) >= 1 and reconciles.get("error", 0) == 0, reconciles
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         text = log.read_text(errors="replace")
         print("---- operator log (tail) ----\n" + "\n".join(text.splitlines()[-80:]))
     denied = [line for line in text.splitlines() if "Forbidden" in line or " 403" in line]
     assert denied == [], "the chart's ClusterRole is missing a permission:\n" + "\n".join(denied[:10])
+
+
+def test_two_replicas_one_leads_and_the_other_takes_over(installed: tuple[str, list[Any]], api: Any,
+                                                        tmp_path: Path) -> None:
+    """Issue 20 item 9: every replica is scraped; forge_leader says which one leads, only that one serves
+    the resources' series, and when it stops the other one leads and serves them."""
+    ns, objects = installed
+    sa = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    kubeconfig = tmp_path / "sa-kubeconfig"
+    _service_account_kubeconfig(api, ns, sa, kubeconfig)
+    ports = {"low": free_port(), "high": free_port()}
+    procs = {name: _operator_as_the_deployment_runs_it(
+        objects, api, ns, kubeconfig, tmp_path / f"{name}.log", ports[name], pod_name=f"forge-operator-{name}",
+        priority=priority) for name, priority in (("low", 10), ("high", 20))}
+    cluster = Cluster(api, ns)
+    try:
+        wait_for("forge_leader 1 on the higher priority, 0 on the other",
+                 lambda: (_leader(ports["high"]), _leader(ports["low"])) == (1.0, 0.0), timeout=60)
+        cluster.create("forgedatasets", _dataset("corpus", "s3://raw-bucket/corpus/"))
+
+        def resources(port: int) -> Any:
+            return {dict(k)["phase"]: v for k, v in (_samples(port, "forge_resources") or {}).items()
+                    if dict(k)["kind"] == "ForgeDataset"}
+        wait_for("the leader's forge_resources", lambda: resources(ports["high"]), timeout=60)
+        assert resources(ports["low"]) == {}  # the waiting replica serves no resource's series
+
+        _stop(procs["high"])
+        wait_for("the other replica to lead", lambda: _leader(ports["low"]) == 1.0, timeout=60)
+        wait_for("its forge_resources", lambda: resources(ports["low"]), timeout=60)
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+        for name in procs:
+            text = (tmp_path / f"{name}.log").read_text(errors="replace")
+            print(f"---- operator {name} log (tail) ----\n" + "\n".join(text.splitlines()[-40:]))
+
+
+def test_the_charts_crds_apply_on_this_server(api: Any) -> None:
+    """Issue 20 item 3: rendered for the server's own version (what `helm install` does), the chart's CRDs
+    apply by server-side apply, which refused them on Kubernetes < 1.25 (x-kubernetes-validations: unknown
+    field). A dry run: the session's CRDs stay as they are."""
+    from kubernetes import client
+    from kubernetes.dynamic import DynamicClient
+
+    code = client.VersionApi(api).get_code()
+    version = parse_server_version({"gitVersion": code.git_version, "major": code.major, "minor": code.minor})
+    assert version is not None
+    crds = [o for o in render(kube_version=f"v{version[0]}.{version[1]}.0") if o["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == 3
+    dyn = DynamicClient(api)
+    res = dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+    for crd in crds:
+        dyn.server_side_apply(res, body=crd, field_manager="forge-chart-test", force_conflicts=True, dry_run="All")

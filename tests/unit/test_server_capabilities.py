@@ -3,8 +3,11 @@ answers, and the message the operator posts (and logs) at start-up naming each o
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from forge_operator.handlers.replica import pod_event
 from forge_operator.plan.capabilities import (
     CAPABILITIES,
     describe_missing,
@@ -47,5 +50,15 @@ def test_the_message_names_each_missing_capability_and_what_it_means() -> None:
     for capability in CAPABILITIES:
         assert f"[{capability.name}]" in message and capability.without in message
     assert "InvalidSpec" in message and "deletes its Job" in message
+    assert len(message.encode()) <= 1024  # what an Event's message may hold
     assert "[job-suspend]" not in describe_missing((1, 24), missing_capabilities((1, 24)))
 
+
+def test_the_event_is_a_warning_about_the_operators_own_pod() -> None:
+    pod = {"name": "forge-forge-operator-7d9f-abcde", "namespace": "forge-system", "uid": "u-1"}
+    event = pod_event(pod, "MissingCapabilities", "Kubernetes 1.20 ...", datetime(2026, 1, 1, tzinfo=UTC))
+    assert event["type"] == "Warning" and event["reason"] == "MissingCapabilities"
+    assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Pod", "name": pod["name"],
+                                       "namespace": "forge-system", "uid": "u-1"}  # kubectl describe pod finds it
+    assert event["metadata"] == {"name": f"{pod['name']}.missingcapabilities", "namespace": "forge-system"}
+    assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-01-01T00:00:00Z"

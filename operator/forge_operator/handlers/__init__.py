@@ -9,7 +9,7 @@ import aiohttp
 import kopf
 
 from forge_operator import metrics
-from forge_operator.handlers import dataset, deployment, indexes, training  # noqa: F401  (registers handlers)
+from forge_operator.handlers import dataset, deployment, indexes, replica, training  # noqa: F401  (registers handlers)
 from forge_operator.handlers.runtime import runtime
 from forge_operator.kube.connection import connection_info
 
