@@ -67,6 +67,9 @@ class OperatorSettings(BaseModel):
     one allowed to reach the metrics (9400) and serving (8000) ports."""
     reconcile_interval: Annotated[float, Field(gt=0)] = 10.0
     """Seconds between reconciles of a resource that is not settled."""
+    pods_stalled_after: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds a workload's pods may wait to start (unschedulable, image not pulled, not created) before its
+    resource is marked Stalled; before that its PodsReady condition already says why they wait."""
     metrics_port: int = 8080
     """Port of the operator's /metrics endpoint (0 disables)."""
     api_connections: Annotated[int, Field(ge=4, le=512)] = 32

@@ -15,6 +15,10 @@ RESOLVED = "Resolved"
 WAITING = "Waiting"
 STORE_REACHABLE = "StoreReachable"
 DELETION_BLOCKED = "DeletionBlocked"
+PODS_READY = "PodsReady"
+"""Whether the workload's pods run; False names the pod, its rank and node, and why (status/pods.py)."""
+STALLED = "Stalled"
+"""True while the workload makes no progress: a run's step does not advance, or pods do not start."""
 S = TypeVar("S", bound=ResourceStatus)
 
 

@@ -18,6 +18,7 @@ from forge_operator.status.conditions import (
     store_down,
 )
 from forge_operator.status.job import JobObservation
+from forge_operator.status.pods import PodsSeen, mark_pods, mark_pods_stalled, stalled_text
 from forge_trainer.config import DatasetProgress
 
 TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -40,6 +41,10 @@ class DatasetObservation:
     """The Job of an older generation was replaced by this one (its times start afresh)."""
     store: StoreCheck | None = None
     """How the store answered the progress read (None: nothing was read)."""
+    pods: PodsSeen | None = None
+    """The pods of the preparation Job (None: not looked at)."""
+    pods_stalled_after: float = 600.0
+    """Seconds pods may wait to start before the dataset is Stalled (the operator's podsStalledAfter)."""
 
 
 def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
@@ -64,6 +69,10 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
         status.bytes_done = progress.bytes_done
         status.counts = progress.counts
     job = obs.job
+    pods = obs.pods if job is not None and not (job.complete or job.failed_final) else None
+    stalled = mark_pods(status, obs.pods, now, obs.pods_stalled_after)
+    mark_pods_stalled(status, pods, stalled, obs.pods_stalled_after, stamp)
+    cause = obs.pods.cause if obs.pods else None
     if obs.waiting is not None:
         status.phase = DatasetPhase.PENDING
         mark_ready(status, FALSE, DatasetReason.WAITING_FOR_TOKENIZER, obs.waiting.message, stamp)
@@ -72,7 +81,9 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
         mark_ready(status, FALSE, DatasetReason.JOB_CREATED, f"creating preparation job {obs.job_name}", stamp)
     elif job.failed_final:
         status.phase = DatasetPhase.FAILED
-        reason = (progress.error if progress and progress.error else None) or job.message or "job failed"
+        reason = "; ".join(part for part in (progress.error if progress else None,
+                                             cause.summary if cause else None) if part)
+        reason = reason or job.message or "job failed"
         mark_ready(status, FALSE, DatasetReason.JOB_FAILED, f"preparation job {obs.job_name} failed: {reason}", stamp)
         status.completed_at = status.completed_at or stamp
     elif job.complete and progress is None and store_down(obs.store):
@@ -96,12 +107,25 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
                        f"{kept} documents kept, {progress.counts.tokens} tokens; digest {progress.manifest_digest}",
                        stamp)
         status.completed_at = status.completed_at or stamp
+    elif pods is not None and pods.trouble is not None and (stalled or pods.blocking is not None):
+        # no pod runs, and the pods say why
+        status.phase = DatasetPhase.PENDING
+        if stalled:
+            mark_ready(status, FALSE, "Stalled", f"preparation job {obs.job_name}: {stalled_text(pods, obs.pods_stalled_after)}",
+                       stamp)
+        else:
+            mark_ready(status, FALSE, pods.trouble.trouble.value,
+                       f"preparation job {obs.job_name} cannot start: {pods.headline()}", stamp)
     else:
         status.phase = DatasetPhase.RUNNING
         status.started_at = status.started_at or stamp
         detail = f" ({progress.stage}, {progress.documents_done} documents)" if progress else ""
-        mark_ready(status, FALSE, DatasetReason.JOB_RUNNING, f"preparation job {obs.job_name} is running{detail}",
-                   stamp)
+        if cause is not None and pods is not None:
+            mark_ready(status, FALSE, cause.trouble.value,
+                       f"preparation job {obs.job_name} is running{detail}; {pods.headline()}", stamp)
+        else:
+            mark_ready(status, FALSE, DatasetReason.JOB_RUNNING,
+                       f"preparation job {obs.job_name} is running{detail}", stamp)
     if job is not None:
         status.started_at = status.started_at or stamp
     return status, Action.NONE

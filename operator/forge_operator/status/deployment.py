@@ -9,6 +9,7 @@ from typing import Any
 from forge_operator.api.common import ConditionStatus, rfc3339
 from forge_operator.api.deployment import DeploymentPhase, DeploymentReason, ForgeDeploymentStatus
 from forge_operator.status.conditions import Action, Waiting, begin_status, mark, mark_ready, mark_references
+from forge_operator.status.pods import PodsSeen, mark_pods, mark_pods_stalled, stalled_text
 
 TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
 MODEL_READY = "ModelReady"
@@ -30,6 +31,10 @@ class DeploymentObservation:
     endpoint: str | None = None
     model_uri: str | None = None
     model_digest: str | None = None
+    pods: PodsSeen | None = None
+    """The serving pods (None: not looked at)."""
+    pods_stalled_after: float = 600.0
+    """Seconds pods may wait to start before the deployment is Stalled (the operator's podsStalledAfter)."""
 
 
 def derive_deployment_status(prev: ForgeDeploymentStatus, obs: DeploymentObservation,
@@ -60,12 +65,20 @@ def derive_deployment_status(prev: ForgeDeploymentStatus, obs: DeploymentObserva
     status.endpoint = obs.endpoint
     status.model_uri = obs.model_uri
     status.model_digest = obs.model_digest
+    stalled = mark_pods(status, obs.pods, now, obs.pods_stalled_after)
+    mark_pods_stalled(status, obs.pods, stalled, obs.pods_stalled_after, stamp)
+    cause = obs.pods.cause if obs.pods is not None else None
     if ready_replicas >= max(1, obs.desired_replicas) and obs.deployment is not None:
         status.phase = DeploymentPhase.AVAILABLE
         mark_ready(status, TRUE, DeploymentReason.AVAILABLE, f"{ready_replicas} replica(s) serving at {obs.endpoint}",
                    stamp)
     else:
         status.phase = DeploymentPhase.PROGRESSING
-        mark_ready(status, FALSE, DeploymentReason.ROLLING_OUT, f"{ready_replicas}/{obs.desired_replicas} replicas ready",
-                   stamp)
+        replicas = f"{ready_replicas}/{obs.desired_replicas} replicas ready"
+        if stalled and obs.pods is not None:
+            mark_ready(status, FALSE, "Stalled", f"{replicas}; {stalled_text(obs.pods, obs.pods_stalled_after)}", stamp)
+        elif cause is not None and obs.pods is not None:
+            mark_ready(status, FALSE, cause.trouble.value, f"{replicas}; {obs.pods.headline()}", stamp)
+        else:
+            mark_ready(status, FALSE, DeploymentReason.ROLLING_OUT, replicas, stamp)
     return status, Action.NONE

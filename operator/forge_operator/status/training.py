@@ -12,6 +12,7 @@ from enum import StrEnum
 from forge_operator.api.common import ConditionStatus, parse_time, rfc3339
 from forge_operator.api.training import ForgeTrainingRunStatus, Lineage, RunPhase, RunReason
 from forge_operator.status.conditions import (
+    STALLED,
     Action,
     StoreCheck,
     Waiting,
@@ -25,13 +26,13 @@ from forge_operator.status.conditions import (
 )
 from forge_operator.status.gpu_budget import Hold, fold_gpu_hours, gpu_hours_text
 from forge_operator.status.job import JobObservation
+from forge_operator.status.pods import PodsSeen, mark_pods, stalled_text
 from forge_operator.status.run_job import LEAVE_JOB, JobDecision, JobStep
 from forge_trainer.config import TrainProgress
 
 TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
 DATASET_READY = "DatasetReady"
 BASE_MODEL_READY = "BaseModelReady"
-STALLED = "Stalled"
 BUDGET_EXCEEDED = "BudgetExceeded"
 
 
@@ -66,6 +67,10 @@ class RunObservation:
     """Pods of earlier attempts still stopping (for the WAIT message)."""
     store: StoreCheck | None = None
     """How the store answered the progress read (None: nothing was read)."""
+    pods: PodsSeen | None = None
+    """The pods of the current attempt's Job (None: not looked at)."""
+    pods_stalled_after: float = 600.0
+    """Seconds pods may wait to start before the run is Stalled (the operator's podsStalledAfter)."""
 
 
 class Outcome(StrEnum):
@@ -153,9 +158,11 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
     status = begin_status(prev, obs.generation, obs.spec_error, stamp)
     if not obs.spec_error:
         mark_references(status, obs.resolved, obs.waiting, stamp)
+    pods_stalled = False
     if not obs.spec_error and obs.waiting is None:
         mark_store(status, obs.store, stamp)
         _record(status, obs, now)
+        pods_stalled = mark_pods(status, obs.pods, now, obs.pods_stalled_after)
     job = None if obs.step.step in (JobStep.DELETE, JobStep.ROLL) else obs.job
     progress = obs.progress
     match _outcome(prev, status, obs, job, now):
@@ -199,7 +206,10 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
         case Outcome.JOB_FAILED:
             assert job is not None
             status.started_at = status.started_at or stamp
-            why = (progress.error if progress and progress.error else None) or job.message or "job ended without a model"
+            cause = obs.pods.cause if obs.pods else None
+            why = "; ".join(part for part in (progress.error if progress else None,
+                                              cause.summary if cause else None) if part)
+            why = why or job.message or "job ended without a model"
             return status, _restart_or_fail(status, obs, RunReason.JOB_FAILED,
                                             f"training job {obs.job_name} failed: {why}", stamp)
         case Outcome.STALLED:
@@ -216,6 +226,19 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
             mark_ready(status, FALSE, RunReason.JOB_RUNNING,
                        f"training job {obs.job_name}{ended}; its progress is read once the object store answers",
                        stamp)
+        case Outcome.RUNNING if pods_stalled or (obs.pods is not None and obs.pods.blocking is not None):
+            # no pod runs, and the pods say why: Pending (the stall clock of the step waits for them)
+            assert obs.pods is not None and obs.pods.trouble is not None
+            status.started_at = status.started_at or stamp
+            status.phase = RunPhase.PENDING
+            if pods_stalled:
+                message = stalled_text(obs.pods, obs.pods_stalled_after)
+                mark(status, STALLED, TRUE, obs.pods.trouble.trouble.value, message, stamp)
+                mark_ready(status, FALSE, RunReason.STALLED, f"training job {obs.job_name}: {message}", stamp)
+            else:
+                mark(status, STALLED, FALSE, "Progressing", "", stamp)
+                mark_ready(status, FALSE, obs.pods.trouble.trouble.value,
+                           f"training job {obs.job_name} cannot start: {obs.pods.headline()}", stamp)
         case Outcome.RUNNING:
             status.started_at = status.started_at or stamp
             if prev.phase is not RunPhase.RUNNING or status.last_progress_time is None:
@@ -223,7 +246,13 @@ def derive_run_status(prev: ForgeTrainingRunStatus, obs: RunObservation,
             mark(status, STALLED, FALSE, "Progressing", "", stamp)
             status.phase = RunPhase.RUNNING
             detail = f" (step {status.step}/{status.total_steps})" if status.total_steps else ""
-            mark_ready(status, FALSE, RunReason.JOB_RUNNING, f"training job {obs.job_name} is running{detail}", stamp)
+            cause = obs.pods.cause if obs.pods else None
+            if cause is not None and obs.pods is not None:  # some pods run, another does not
+                mark_ready(status, FALSE, cause.trouble.value,
+                           f"training job {obs.job_name} is running{detail}; {obs.pods.headline()}", stamp)
+            else:
+                mark_ready(status, FALSE, RunReason.JOB_RUNNING, f"training job {obs.job_name} is running{detail}",
+                           stamp)
     return status, Action.NONE
 
 
