@@ -27,6 +27,7 @@ GRANTS: dict[tuple[str, str], set[str]] = {
     ("", "configmaps"): {"create", "patch"},
     ("", "services"): {"create", "patch"},
     ("", "pods"): {"list"},
+    ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
     ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
     ("apps", "deployments"): {"get", "create", "patch"},
@@ -94,6 +95,9 @@ def derive_needs() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
         tree = ast.parse(path.read_text())
         module = None
         for node in ast.walk(tree):
+            # kube/logs.py: the one read of a container's log (a failure's status quotes its last lines)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "read_pod_log":
+                add(("", "pods/log"), {"get"})
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 target = node.func.value
                 via_kube = (isinstance(target, ast.Attribute) and target.attr == "kube") or (

@@ -31,10 +31,15 @@ them from the code, both ways: every grant is used and every use is granted. */}
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "patch"]
-# a new training attempt waits for the pods of earlier ones to finish
+# a new training attempt waits for the pods of earlier ones to finish; every workload's pods say why it
+# does not run (PodsReady)
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# a failed container's last log lines (bounded, redacted) go into the resource's PodsReady condition
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Kopf posts Events about the resources
 - apiGroups: [""]
   resources: ["events"]

@@ -10,6 +10,7 @@ from forge_operator.api import DATASET, GROUP, VERSION
 from forge_operator.api.dataset import DatasetPhase, ForgeDataset, ForgeDatasetStatus
 from forge_operator.handlers.adapter import Adapter, Pass
 from forge_operator.handlers.cleanup import finalize
+from forge_operator.handlers.pod_faults import look_at_pods, tell_pod_trouble
 from forge_operator.handlers.reconcile import on_event, on_tick
 from forge_operator.handlers.runtime import log, read_progress_checked, runtime
 from forge_operator.plan.dataset import DatasetPlan, plan_dataset
@@ -17,9 +18,10 @@ from forge_operator.render.dataset import render_dataset
 from forge_operator.resolve.dataset import ResolvedDataset, resolve_dataset
 from forge_operator.resolve.lookup import Lookup
 from forge_operator.settings import OperatorSettings
-from forge_operator.status.conditions import Waiting
+from forge_operator.status.conditions import Action, Waiting
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
 from forge_operator.status.job import merge_worker_jobs, observe_job
+from forge_operator.status.pods import PodsSeen
 from forge_trainer.config import DatasetProgress
 
 KIND, PLURAL = DATASET.kind, DATASET.plural
@@ -70,12 +72,23 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
         progress, store = read_progress_checked(plan.output_uri, DatasetProgress, f"dataset {rc.namespace}/{rc.name}",
                                                 plan.store)
         seen = observe_job(job)
+        workers = [(name, runtime().kube.get("batch/v1", "Job", rc.namespace, name))
+                   for name in plan.worker_job_names[1:]]
         if plan.worker_job_names:
-            seen = merge_worker_jobs(seen, [(name, observe_job(runtime().kube.get("batch/v1", "Job", rc.namespace, name)))
-                                            for name in plan.worker_job_names[1:]])
+            seen = merge_worker_jobs(seen, [(name, observe_job(live)) for name, live in workers])
+        # the pods of these Jobs (not those of replaced ones)
+        uids = {uid for live in [job, *(live for _, live in workers)]
+                if (uid := ((live or {}).get("metadata") or {}).get("uid"))}
+        pods = look_at_pods(KIND, rc.name, rc.namespace, rc.now, rc.prev, uids) if uids else PodsSeen()
         return DatasetObservation(rc.generation, resolved=resolved.resolved, job_name=plan.job_name,
                                   output_uri=plan.output_uri, job=seen, progress=progress,
-                                  replaced=replaced, store=store)
+                                  replaced=replaced, store=store, pods=pods,
+                                  pods_stalled_after=runtime().settings.pods_stalled_after)
+
+    def carry_out(self, rc: Rc, plan: DatasetPlan, applied: tuple[dict[str, Any] | None, bool],
+                  status: ForgeDatasetStatus, action: Action) -> None:
+        """Post the Warning Event of a new pod trouble."""
+        tell_pod_trouble(rc.body, rc.prev, status)
 
 
 ADAPTER = DatasetAdapter(DatasetObservation, derive_dataset_status)

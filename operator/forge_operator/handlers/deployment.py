@@ -10,6 +10,7 @@ import kopf
 from forge_operator.api import DEPLOYMENT, GROUP, VERSION
 from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentStatus
 from forge_operator.handlers.adapter import Adapter, Pass
+from forge_operator.handlers.pod_faults import look_at_pods, tell_pod_trouble
 from forge_operator.handlers.reconcile import on_event, on_tick
 from forge_operator.handlers.runtime import runtime
 from forge_operator.plan.deployment import DeploymentPlan, plan_deployment
@@ -17,7 +18,7 @@ from forge_operator.render.deployment import render_deployment
 from forge_operator.resolve.deployment import ResolvedModel, resolve_deployment
 from forge_operator.resolve.lookup import Lookup
 from forge_operator.settings import OperatorSettings
-from forge_operator.status.conditions import Waiting
+from forge_operator.status.conditions import Action, Waiting
 from forge_operator.status.deployment import DeploymentObservation, derive_deployment_status
 
 KIND, PLURAL = DEPLOYMENT.kind, DEPLOYMENT.plural
@@ -59,9 +60,16 @@ class DeploymentAdapter(Adapter[ForgeDeployment, ForgeDeploymentStatus]):
             return DeploymentObservation(rc.generation, gate_passed=False, gate_message=gate.message)
         spec = rc.resource.spec
         desired = spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
+        pods = look_at_pods(KIND, rc.name, rc.namespace, rc.now, rc.prev)  # every ReplicaSet's: a rollout's too
         return DeploymentObservation(rc.generation, gate_passed=True, gate_message=gate.message, deployment=applied,
                                      desired_replicas=desired, endpoint=plan.endpoint, model_uri=resolved.uri,
-                                     model_digest=resolved.digest)
+                                     model_digest=resolved.digest, pods=pods,
+                                     pods_stalled_after=runtime().settings.pods_stalled_after)
+
+    def carry_out(self, rc: Rc, plan: DeploymentPlan | None, applied: dict[str, Any] | None,
+                  status: ForgeDeploymentStatus, action: Action) -> None:
+        """Post the Warning Event of a new pod trouble."""
+        tell_pod_trouble(rc.body, rc.prev, status)
 
 
 ADAPTER = DeploymentAdapter(DeploymentObservation, derive_deployment_status)

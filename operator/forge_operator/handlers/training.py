@@ -13,6 +13,7 @@ from forge_operator.api.common import API_VERSION
 from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.handlers.adapter import Adapter, Pass
 from forge_operator.handlers.cleanup import finalize
+from forge_operator.handlers.pod_faults import look_at_pods, tell_pod_trouble
 from forge_operator.handlers.reconcile import on_event, on_tick
 from forge_operator.handlers.runtime import read_progress_checked, runtime
 from forge_operator.handlers.training_job import Applied, apply_job, finish_job
@@ -24,6 +25,7 @@ from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Action, Waiting
 from forge_operator.status.gpu_budget import gpus_in_use
 from forge_operator.status.job import observe_job
+from forge_operator.status.pods import PodsSeen
 from forge_operator.status.training import RunObservation, derive_run_status
 from forge_trainer.config import TrainProgress
 
@@ -69,17 +71,22 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
         spec = rc.resource.spec
         progress, store = read_progress_checked(plan.output_uri, TrainProgress, f"run {rc.namespace}/{rc.name}",
                                                 plan.store)
+        # the pods of the attempt's Job (only its own: earlier attempts' pods are stopping)
+        job_uid = ((applied.live or {}).get("metadata") or {}).get("uid")
+        pods = look_at_pods(KIND, rc.name, rc.namespace, rc.now, rc.prev, {job_uid}) if job_uid else PodsSeen()
         return RunObservation(
             rc.generation, job_name=plan.job_name, output_uri=plan.output_uri, job=observe_job(applied.live),
             progress=progress, max_restarts=spec.max_restarts, stall_timeout_seconds=spec.stall_timeout_seconds,
             lineage=resolved.lineage.model_copy(update={"config_hash": plan.config_hash}), resolved=resolved.resolved,
             attempt=plan.attempt, step=applied.decision, hold=applied.hold, queue=plan.queue,
             gpus_in_use=gpus_in_use(applied.seen, spec.resources.gpus_per_node),
-            max_gpu_hours=spec.budget.max_gpu_hours, earlier_pods=applied.earlier_pods, store=store)
+            max_gpu_hours=spec.budget.max_gpu_hours, earlier_pods=applied.earlier_pods, store=store, pods=pods,
+            pods_stalled_after=runtime().settings.pods_stalled_after)
 
     def carry_out(self, rc: Rc, plan: TrainingPlan, applied: Applied, status: ForgeTrainingRunStatus,
                   action: Action) -> None:
         finish_job(rc.body, plan, applied, rc.prev, status, action)
+        tell_pod_trouble(rc.body, rc.prev, status)
 
 
 ADAPTER = TrainingAdapter(RunObservation, derive_run_status)
