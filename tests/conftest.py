@@ -55,8 +55,9 @@ def s3(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     return S3Server(endpoint=_moto_endpoint, bucket=bucket)
 
 
-TIERS = ("unit", "component", "integration", "e2e")
+TIERS = ("unit", "component", "integration", "e2e", "cluster")
 CLUSTER_ENV = "FORGE_TEST_KUBECONFIG"  # the integration tier's cluster
+NODE_CLUSTER_ENV = "FORGE_TEST_NODE_KUBECONFIG"  # the cluster tier's: a node runs the Pods
 TESTS = Path(__file__).resolve().parent
 
 
@@ -79,15 +80,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    """With a cluster given (FORGE_TEST_KUBECONFIG), an integration test that skips fails instead: the
-    tier must not go quietly green without having run."""
+    """With a cluster given (FORGE_TEST_KUBECONFIG for the integration tier, FORGE_TEST_NODE_KUBECONFIG
+    for the cluster tier), a test of that tier that skips fails instead: the tier must not go quietly
+    green without having run."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    if (report.skipped and not hasattr(report, "wasxfail") and os.environ.get(CLUSTER_ENV)
-            and item.get_closest_marker("integration")):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"integration test skipped although {CLUSTER_ENV} is set: {reason}"
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    for tier, env in (("integration", CLUSTER_ENV), ("cluster", NODE_CLUSTER_ENV)):
+        if os.environ.get(env) and item.get_closest_marker(tier):
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            report.outcome = "failed"
+            report.longrepr = f"{tier} test skipped although {env} is set: {reason}"
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

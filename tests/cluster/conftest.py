@@ -1,0 +1,133 @@
+"""The cluster tier's installation, shared by its tests: Forge installed as docs/install.md tells a platform
+engineer (the chart with its own operator image, two replicas electing a leader, the store Secrets in
+the operator's and the workloads' namespaces), an in-cluster S3, and the quickstart's data in it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.chart import CHART, render
+from tests.support.cluster import ROOT, wait_for
+from tests.support.node import (
+    RAW_BUCKET,
+    Install,
+    NodeCluster,
+    api_client,
+    create_all,
+    delete_all,
+    describe,
+    load_manifests,
+    s3_server,
+    secret,
+)
+
+ACCESS, SECRET = "forge-cluster-test", "forge-cluster-test-secret"
+BUCKET = "forge"
+
+
+def _image(ref: str) -> tuple[str, str]:
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag
+
+
+def _upload_quickstart_data(api: Any, ml: str) -> None:
+    """Put examples/quickstart/data into the in-cluster S3 through its pod's address (this machine is the
+    node, so pod IPs are routable from here)."""
+    from kubernetes import client
+    from minio import Minio
+
+    core = client.CoreV1Api(api)
+    pod = wait_for("the S3 pod to be ready", lambda: next(
+        (p for p in core.list_namespaced_pod(ml, label_selector="app=forge-s3").items
+         if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])), None), timeout=180)
+    s3 = Minio(f"{pod.status.pod_ip}:5000", access_key=ACCESS, secret_key=SECRET, secure=False)
+    wait_for("the S3 server to answer", lambda: _answers(s3), timeout=30)
+    s3.make_bucket(BUCKET)
+    s3.make_bucket(RAW_BUCKET)
+    data = ROOT / "examples" / "quickstart" / "data"
+    for path in sorted(p for p in data.rglob("*") if p.is_file()):
+        s3.fput_object(RAW_BUCKET, f"quickstart/{path.relative_to(data)}", str(path))
+
+
+def _answers(s3: Any) -> bool:
+    with contextlib.suppress(Exception):
+        s3.list_buckets()
+        return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def install() -> Iterator[Install]:
+    """Install Forge into fresh namespaces of the node cluster; uninstall afterwards."""
+    from kubernetes import client
+
+    node = NodeCluster.from_env()
+    api = api_client(node.kubeconfig)
+    core = client.CoreV1Api(api)
+    suffix = uuid.uuid4().hex[:6]
+    system, ml = f"forge-system-{suffix}", f"forge-ml-{suffix}"
+    repo, tag = _image(node.operator_image)
+    values = {
+        "image": {"repository": repo, "tag": tag, "pullPolicy": "IfNotPresent"},
+        "trainer": {"image": node.trainer_image, "pullPolicy": "IfNotPresent"},
+        "watchNamespaces": [ml], "reconcileInterval": 2,
+        "store": {"endpoint": f"forge-s3.{ml}.svc.cluster.local:5000", "secure": False, "bucket": BUCKET},
+        "networkPolicy": {"store": {"podLabels": {"app": "forge-s3"},
+                                    "namespaceLabels": {"kubernetes.io/metadata.name": ml}}},
+    }
+    # as `helm install` renders: for the server's own version (before 1.25 the CRDs come without CEL rules)
+    server = client.VersionApi(api).get_code().git_version
+    objects = render(values, namespace=system, release="forge", kube_version=server)
+    for ns in (system, ml):
+        core.create_namespace({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})
+    created: list[dict[str, Any]] = []
+    try:
+        create_all(api, s3_server(ml, node.s3_image))
+        for ns in (system, ml):  # docs/install.md: the store keys in the operator's and each workload namespace
+            create_all(api, [secret(ns, "forge-store-credentials", {"accessKey": ACCESS, "secretKey": SECRET})])
+        _upload_quickstart_data(api, ml)
+        # the chart's crds/ folder (Kopf's peering CRDs) is not in `helm template` output: apply it too
+        crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+        crds += load_manifests(CHART / "crds" / "kopf.dev_peerings.yaml")
+        _create_or_replace_crds(api, crds)
+        rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
+        create_all(api, rest, namespace=system)
+        created = rest
+        yield Install(api, node, system, ml, objects)
+    finally:
+        print(f"---- {system} ----\n{describe(api, system)}\n---- {ml} ----\n{describe(api, ml)}")
+        if os.environ.get("FORGE_CLUSTER_KEEP") == "1":  # to look around afterwards with kubectl
+            print(f"FORGE_CLUSTER_KEEP=1: namespaces {system} and {ml} are left as they are")
+        else:
+            for ns in (ml, system):
+                with contextlib.suppress(Exception):
+                    core.delete_namespace(ns)
+            delete_all(api, created)
+
+
+def _create_or_replace_crds(api: Any, crds: list[dict[str, Any]]) -> None:
+    """The chart's CRDs, created through the API (an older server prunes the fields it does not know, as
+    `kubectl create --validate=false` would), replaced if a previous install left older ones."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(api)
+    for body in crds:
+        name = body["metadata"]["name"]
+        try:
+            live = ext.read_custom_resource_definition(name)
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": live.metadata.resource_version}}
+            ext.replace_custom_resource_definition(name, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            ext.create_custom_resource_definition(body)
+        wait_for(f"CRD {name} established", lambda n=name: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(n).status.conditions or []), timeout=30)
