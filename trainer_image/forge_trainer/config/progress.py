@@ -108,6 +108,9 @@ class TrainProgress(WireModel):
     """URI of the Hugging Face–format export once written."""
     final_model_digest: str | None = None
     """sha256 over the export's files once written."""
+    base_model_digest: str | None = None
+    """sha256 over the files of the base model directory (`initModel`) the run read (`sha256:<hex>`, as
+    `finalModelDigest` is computed), for the run's lineage."""
     eval_metrics: dict[str, float] = Field(default_factory=dict)
     """Final evaluation metrics (loss, perplexity, pass rates per verifier)."""
     initial_eval_metrics: dict[str, float] = Field(default_factory=dict)

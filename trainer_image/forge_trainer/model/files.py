@@ -5,12 +5,15 @@ checks (`--model-digest`), and the error for model files that are missing or not
 
 over every regular file under the directory (relative paths use "/"; each file's digest is
 `forge_trainer.store.sha256_file`), written `sha256:<hex>`. `model_dir_digest` is the one definition:
-the exports (`hf_export`, post-training) and the server's fetch (`serve.model_files`) all call it.
+the exports (`hf_export`, post-training) and the server's fetch (`serve.model_files`) all call it, and
+the trainer records a base model's (`baseModelDigest`) over the files it reads of the base (`names`),
+so a Forge export's digest is the same whichever side computes it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from forge_trainer.store import sha256_file
@@ -20,9 +23,13 @@ class ModelFilesError(Exception):
     """The model's files could not be fetched or are not the ones expected; the message names the URI."""
 
 
-def model_dir_digest(path: Path) -> str:
-    """`sha256:<hex>` digest of a model directory (see the module docstring for the definition)."""
-    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+def model_dir_digest(path: Path, names: Iterable[str] | None = None) -> str:
+    """`sha256:<hex>` digest of a model directory (see the module docstring for the definition), over
+    the files `names` (relative paths) when given, else over every file under it."""
+    if names is None:
+        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    else:
+        files = sorted(set(names))
     if not files:
         raise ModelFilesError(f"{path}: no files to digest")
     h = hashlib.sha256()

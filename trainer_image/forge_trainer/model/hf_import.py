@@ -9,7 +9,8 @@ whose maths our model cannot reproduce exactly is refused with a message naming 
 `load_weights` fills a model built on the meta device and materialised, sharded or not: each parameter
 reads only the rows of its local shard (FSDP2 shards dim 0) through safetensors' `get_slice`, one
 few MiB of rows at a time with the file closed after each read, so a worker's peak host memory stays near
-its shard.
+its shard. Continued pretraining, SFT and RL (full, LoRA, QLoRA) all load their base this way
+(`forge_trainer.train.base_model`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,35 +291,92 @@ def _local_rows(p: Tensor) -> tuple[Tensor, int]:
     return local, int(offset[0]) if offset else 0
 
 
-def load_weights(model: Transformer, directory: Path) -> None:
+def assign_rows(p: Tensor, full: Tensor) -> None:
+    """Copy this worker's rows of `full` (the values of the whole parameter) into `p`, sharded or not."""
+    local, start = _local_rows(p)
+    local.copy_(full[start:start + local.shape[0]])
+
+
+VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
+"""The parameters with a row per token: a vocabulary grown for chat tokens has more rows than the base."""
+
+
+def _no(_: str) -> bool:
+    return False
+
+
+def load_weights(model: Transformer, directory: Path, fresh: Callable[[str], bool] = _no) -> None:
     """Copy the weights of the model directory into `model` (materialised, sharded or not): each
-    parameter reads only its local rows. Every tensor of the directory must be used."""
+    parameter reads only its local rows. Every tensor of the directory must be used: by a parameter,
+    or by a buffer of the same name (a weight quantized from `read_tensor` before loading).
+
+    `fresh` names parameters the base does not hold (adapters), left for the caller to initialise.
+    Embedding and output rows past the base's vocabulary (tokens a chat format added) start at the
+    mean of the base's rows, streamed from the file."""
     ckpt = Checkpoint(directory)
+    base_vocab = read_config(directory)[1].vocab_size
     used: set[str] = set()
     with torch.no_grad():
         for name, p in model.named_parameters():  # a tied lm_head is the embedding: listed once
+            if fresh(name):
+                continue
             src = ckpt.source(name, model.args.intermediate_size)
             if src is None:
                 raise HFImportError(f"{directory}: no tensor {name} (model_type {model.args.family or 'forge'}"
                                     f"{', untied' if name == 'lm_head.weight' else ''})")
             used.add(src.key)
-            local, start = _local_rows(p)
-            if local.numel() == 0:
-                continue
-            # a few MiB of rows at a time, copied (and converted) straight into the parameter's storage
-            step = max(1, READ_BYTES // max(1, local[0].numel() * local.element_size()))
-            for lo in range(0, local.shape[0], step):
-                hi = min(lo + step, local.shape[0])
-                local[lo:hi].copy_(ckpt.read_rows(src, start + lo, start + hi, p.shape))
+            _fill(ckpt, src, p, base_vocab if name in VOCAB_ROWS else p.shape[0])
         inv_freq = model.model.rotary_emb.inv_freq
         if not inv_freq.is_meta:
             inv_freq.copy_(rope_inv_freq(model.args))
     if model.args.tie_embeddings:
         used.add("lm_head.weight")  # a tied checkpoint may still store it (the same values)
+    for name, _ in model.named_buffers():  # quantized weights took their tensors before loading
+        src = ckpt.source(name, model.args.intermediate_size)
+        if src is not None:
+            used.add(src.key)
     left = sorted(k for k in ckpt.files if k not in used and not k.endswith("rotary_emb.inv_freq"))
     if left:
         raise HFImportError(f"{directory}: tensors the model has no place for: {', '.join(left[:5])}"
                             f"{f' (+{len(left) - 5} more)' if len(left) > 5 else ''}")
+
+
+def _fill(ckpt: Checkpoint, src: _Source, p: Tensor, base_rows: int) -> None:
+    """This worker's rows of `p` from `src`: rows below `base_rows` read from the file a few MiB at a
+    time, straight into the parameter's storage; rows from `base_rows` on (a grown vocabulary) set to
+    the mean of the file's rows."""
+    local, start = _local_rows(p)
+    if local.numel() == 0:
+        return
+    if base_rows > p.shape[0]:
+        raise HFImportError(f"{src.file}: the base has {base_rows} rows of {src.key}, more than the model's "
+                            f"{p.shape[0]}")
+    file_shape = torch.Size([base_rows, *p.shape[1:]])
+    step = max(1, READ_BYTES // max(1, local[0].numel() * local.element_size()))
+    stop = min(local.shape[0], max(0, base_rows - start))
+    for lo in range(0, stop, step):
+        hi = min(lo + step, stop)
+        local[lo:hi].copy_(ckpt.read_rows(src, start + lo, start + hi, file_shape))
+    if stop < local.shape[0]:
+        local[stop:].copy_(_row_mean(ckpt, src, file_shape, step).to(local.dtype).expand_as(local[stop:]))
+
+
+def _row_mean(ckpt: Checkpoint, src: _Source, shape: torch.Size, step: int) -> Tensor:
+    """The mean row of the tensor `src`, summed in float64 a few MiB of rows at a time."""
+    total = torch.zeros(shape[1:], dtype=torch.float64)
+    for lo in range(0, shape[0], step):
+        total += ckpt.read_rows(src, lo, min(lo + step, shape[0]), shape).double().sum(0)
+    return total / shape[0]
+
+
+def read_tensor(directory: Path, name: str, shape: torch.Size, intermediate: int) -> Tensor:
+    """The whole tensor our parameter `name` (of `shape`) loads from, in float32: for what must see a
+    weight whole before it is placed (QLoRA quantizes it to NF4); one tensor in memory."""
+    ckpt = Checkpoint(directory)
+    src = ckpt.source(name, intermediate)
+    if src is None:
+        raise HFImportError(f"{directory}: no tensor {name}")
+    return ckpt.read_rows(src, 0, shape[0], shape).float()
 
 
 def read_config(directory: Path) -> tuple[dict[str, Any], ModelArgs]:
@@ -376,5 +434,15 @@ def fetch_model_dir(uri: str, dest: Path, store_config: StoreConfig | None = Non
 def _top_level(objects: Iterator[Any], prefix: str) -> Iterator[str]:
     for obj in objects:
         rel = obj.key[len(prefix):]
-        if rel and "/" not in rel and not SKIPPED.search(rel) and not rel.startswith("."):
+        if rel and "/" not in rel and _is_model_file(rel):
             yield rel
+
+
+def _is_model_file(name: str) -> bool:
+    return not SKIPPED.search(name) and not name.startswith(".")
+
+
+def model_files(directory: Path) -> list[str]:
+    """The files of a local model directory that a fetch copies and the importer may read (top level,
+    other formats' weights and hidden files left out), by name."""
+    return sorted(p.name for p in directory.iterdir() if p.is_file() and _is_model_file(p.name))

@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from forge_trainer.config import LoraConfig
+from forge_trainer.model.hf_import import assign_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,19 @@ def _nf4_api() -> tuple[Any, Any]:
     return to_nf4, linear_nf4
 
 
+def _nf4_scaler_block(numel: int) -> int | None:
+    """Block scales quantized together for a weight of `numel` values; None when it does not fit NF4."""
+    if numel % NF4_BLOCK_SIZE:
+        return None
+    blocks = numel // NF4_BLOCK_SIZE
+    scaler_block = next(s for s in range(min(NF4_MAX_SCALER_BLOCK, blocks), 0, -1) if blocks % s == 0)
+    return scaler_block if scaler_block >= 2 else None
+
+
 def nf4_quantize(weight: Tensor) -> Tensor | None:
     """`weight` as a torchao NF4Tensor, or None when its size does not fit NF4's block layout."""
-    if weight.numel() % NF4_BLOCK_SIZE:
-        return None
-    blocks = weight.numel() // NF4_BLOCK_SIZE
-    scaler_block = next(s for s in range(min(NF4_MAX_SCALER_BLOCK, blocks), 0, -1) if blocks % s == 0)
-    if scaler_block < 2:
+    scaler_block = _nf4_scaler_block(weight.numel())
+    if scaler_block is None:
         return None
     to_nf4, _ = _nf4_api()
     return to_nf4(weight.detach().contiguous(), NF4_BLOCK_SIZE, scaler_block)  # type: ignore[no-any-return]
@@ -83,10 +90,15 @@ class LoraLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.rank, self.scale = rank, alpha / rank
-        weight = nf4_quantize(base.weight.data) if quantize else None
-        self.quantized = weight is not None
+        on_meta = base.weight.is_meta
+        weight = nf4_quantize(base.weight.data) if quantize and not on_meta else None
+        self.quantized = weight is not None or (quantize and on_meta and
+                                                _nf4_scaler_block(base.weight.numel()) is not None)
         self.weight: Tensor
-        if weight is not None:
+        if on_meta and self.quantized:
+            # built on the meta device: quantized from the base's file once loading starts (`quantize_from`)
+            self.register_buffer("weight", None, persistent=False)
+        elif weight is not None:
             # a non-persistent buffer: moved with the module, but neither a parameter (no optimizer or
             # gradient-norm code sees it) nor in checkpoints (a resumed run re-quantizes the base)
             self.register_buffer("weight", weight, persistent=False)
@@ -96,11 +108,32 @@ class LoraLinear(nn.Module):
         device = base.weight.device
         self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=device)
         self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=device)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's default initialisation
-        nn.init.zeros_(self.lora_B.weight)
+        self.reset_adapters()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
         """When False the layer computes the frozen base alone (the RL reference policy)."""
+
+    @torch.no_grad()
+    def reset_adapters(self) -> None:
+        """PEFT's starting values: A Kaiming-uniform, B zero (the layer starts equal to its base). Adapters
+        still on the meta device are left; a sharded A (FSDP2) gets its rows of the values the whole A
+        would get, so they do not depend on the number of workers."""
+        a, b = self.lora_A.weight, self.lora_B.weight
+        if a.is_meta:
+            return
+        full = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+        nn.init.kaiming_uniform_(full, a=math.sqrt(5))  # PEFT's default initialisation
+        assign_rows(a, full)
+        b.zero_()
+
+    @torch.no_grad()
+    def quantize_from(self, weight: Tensor) -> None:
+        """The NF4 base weight of a layer built on the meta device, from the whole `weight`."""
+        device = self.lora_A.weight.device
+        nf4 = nf4_quantize(weight.to(device))
+        if nf4 is None or weight.shape != (self.out_features, self.in_features):
+            raise ValueError(f"a weight of shape {list(weight.shape)} cannot be this layer's NF4 base")
+        self.weight = nf4
 
     def forward(self, x: Tensor) -> Tensor:
         if self.quantized:
@@ -147,6 +180,25 @@ def apply_lora(model: nn.Module, config: LoraConfig, quantize: bool = False) -> 
             log.warning("NF4 needs weights in blocks of %d; kept %d layers in full precision: %s",
                         NF4_BLOCK_SIZE, len(skipped), ", ".join(skipped[:4]))
     return [name for name, _ in chosen]
+
+
+def is_adapter(name: str) -> bool:
+    """Whether the parameter `name` is an adapter's (not the base model's)."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def quantize_meta_layers(model: nn.Module, read: Callable[[str, torch.Size], Tensor]) -> None:
+    """Give every QLoRA layer built on the meta device its NF4 weight, reading the whole base weight
+    of each (`read(parameter name, shape)`) one layer at a time."""
+    for name, layer in lora_layers(model).items():
+        if layer.quantized and layer.weight is None:
+            layer.quantize_from(read(f"{name}.weight", torch.Size([layer.out_features, layer.in_features])))
+
+
+def init_adapters(model: nn.Module) -> None:
+    """Starting values for the adapters of a model built on the meta device once it is materialised."""
+    for layer in lora_layers(model).values():
+        layer.reset_adapters()
 
 
 @contextlib.contextmanager

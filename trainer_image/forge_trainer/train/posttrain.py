@@ -2,22 +2,25 @@
 the chat template, and the SIGTERM flag.
 
 Base: `initModel`, a Hugging Face–format directory (a ForgeTrainingRun's final model, resolved to its
-URI by the operator), loaded with `load_hf`; its tokenizer.json is the tokenizer (the dataset's when the
-directory has none). The export goes to `<output>/model/` (adapters merged when `lora.merge`, else the
+URI by the operator, or any open-weights model), built on the meta device and loaded as continued
+pretraining loads it (`base_model`: each worker reads only its shard; QLoRA reads each quantized weight
+whole, one at a time); its tokenizer.json is the tokenizer (the dataset's when the directory has none).
+The export goes to `<output>/model/` (adapters merged when `lora.merge`, else the
 base) and, for lora/qlora, the PEFT adapter to `<output>/adapter/`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -36,16 +39,24 @@ from forge_trainer.model.hf_export import (
     GENERATION_CONFIG_NAME,
     TOKENIZER_CONFIG_NAME,
     TOKENIZER_NAME,
-    load_hf,
     write_hf_dir,
 )
 from forge_trainer.model.hf_import import read_tokenizer_files
 from forge_trainer.model.transformer import Transformer
 from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri
+from forge_trainer.train.base_model import BaseModel, open_base_model
 from forge_trainer.train.chat import ChatTokenizer, tokenizer_config_patch
 from forge_trainer.train.chat_template import TemplateChatTokenizer, template_of
-from forge_trainer.train.lora import apply_lora, base_state_dict, merged_state_dict, save_adapter
-from forge_trainer.train.parallel import unwrap
+from forge_trainer.train.lora import (
+    apply_lora,
+    base_state_dict,
+    init_adapters,
+    is_adapter,
+    merged_state_dict,
+    quantize_meta_layers,
+    save_adapter,
+)
+from forge_trainer.train.parallel import build_model, data_parallel_strategy, unwrap, wrap_model
 from forge_trainer.train.progress import ProgressReporter
 from forge_trainer.train.runtime import Runtime
 
@@ -63,6 +74,24 @@ class Base:
     pad_id: int
     tokenizer_files: dict[str, bytes] = field(default_factory=dict)
     """The base's tokenizer files, kept by the export (when its own chat template is used)."""
+    source: BaseModel | None = None
+    """The base directory (while `load_base` holds it open) and its digest."""
+
+    def load(self, model: Transformer) -> None:
+        """Fill `model` (this base built on the meta device, with the method's adapters, materialised by
+        `wrap_model`) with the base's weights, each worker its own rows: QLoRA layers quantize their
+        whole weight first, then the rest is read, then the adapters get their starting values."""
+        if self.source is None:
+            raise RuntimeError("the base directory is not open: load inside load_base")
+        source = self.source
+        quantize_meta_layers(model, lambda name, shape: source.read_weight(name, shape, model.args.intermediate_size))
+        source.load(model, fresh=is_adapter)
+        init_adapters(model)
+
+    @property
+    def digest(self) -> str | None:
+        """sha256 over the base directory's files (main worker only), for the run's lineage."""
+        return self.source.digest if self.source is not None else None
 
 
 def _read_tokenizer(config: TrainConfig) -> Tokenizer:
@@ -98,39 +127,34 @@ def _chat_tokenizer(config: TrainConfig, tok: Tokenizer) -> tuple[ChatTokenizer,
         raise ConfigError(f"initModel {config.init_model}: {exc}") from exc
 
 
-def resize_vocab(model: Transformer, vocab_size: int) -> Transformer:
-    """`model` with `vocab_size` embedding and output rows; new rows start at the mean of the old ones."""
-    old = model.args.vocab_size
-    if vocab_size <= old:
-        return model
-    bigger = Transformer(with_vocab(model.args, vocab_size))
-    state = model.state_dict()
-    with torch.no_grad():
-        for name in ("model.embed_tokens.weight", "lm_head.weight"):
-            w = state[name]
-            state[name] = torch.cat([w, w.mean(0, keepdim=True).expand(vocab_size - old, -1)])
-    bigger.load_state_dict(state)
-    return bigger
-
-
-def load_base(config: TrainConfig) -> Base:
-    """The base model and tokenizer of a sft/rl run; chat tokens are added (and the vocabulary grown)
-    when the tokenizer lacks them."""
+@contextlib.contextmanager
+def load_base(config: TrainConfig, runtime: Runtime) -> Iterator[Base]:
+    """The base model (on the meta device: `Base.load` fills it) and tokenizer of a sft/rl run, for the
+    duration of the block; chat tokens are added (and the vocabulary grown) when the tokenizer lacks
+    them. Collective: every worker enters it and loads inside it."""
     if not config.init_model:
         raise ConfigError(f"initModel: stage {config.stage.value} starts from a base model; set initModel "
                           "(or the run's base) to a Hugging Face–format model directory")
-    try:
-        model, args = load_hf(config.init_model, config.store)
-    except (StoreError, OSError, KeyError, ValueError) as exc:
-        raise WorkloadError(f"initModel {config.init_model}: cannot load: {exc}") from exc
-    chat, base_files = _chat_tokenizer(config, _read_tokenizer(config))
-    if chat.added:
-        log.warning("tokenizer lacked %s; added them and grew the vocabulary to %d", chat.added, chat.vocab_size)
-    if chat.vocab_size > args.vocab_size:
-        model = resize_vocab(model, chat.vocab_size)
-        args = model.args
-    eos, pad = special_token_ids(chat.tok)
-    return Base(model, args, chat, eos, pad if pad is not None else eos, base_files)
+    with open_base_model(config, runtime) as source:
+        assert source is not None
+        chat, base_files = _chat_tokenizer(config, _read_tokenizer(config))
+        if chat.added:
+            log.warning("tokenizer lacked %s; added them and grew the vocabulary to %d", chat.added,
+                        chat.vocab_size)
+        args = with_vocab(source.args, chat.vocab_size) if chat.vocab_size > source.args.vocab_size else source.args
+        eos, pad = special_token_ids(chat.tok)
+        yield Base(build_model(args), args, chat, eos, pad if pad is not None else eos, base_files, source)
+
+
+def load_frozen_copy(model: Transformer, base: Base, runtime: Runtime) -> None:
+    """Place and load a frozen copy of the base built on the meta device (the RL reference for full
+    fine-tuning) as the policy is placed: sharded under FSDP2, whole otherwise (DDP has nothing to
+    synchronise for a model without gradients)."""
+    if data_parallel_strategy(runtime) == "fsdp":
+        wrap_model(model, runtime, load=base.load)
+    else:
+        model.materialize(runtime.device, init=False)
+        base.load(model)
 
 
 def prepare_for_method(model: Transformer, config: TrainConfig) -> list[str]:

@@ -7,14 +7,8 @@ added) starts it again and it resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +25,9 @@ from forge_trainer.errors import ConfigError, WorkloadError
 from forge_trainer.model.args import ModelArgs, resolve_model_args
 from forge_trainer.model.flops import flops_per_token, peak_flops
 from forge_trainer.model.hf_export import CONFIG_NAME, args_from_hf_config, export_hf
-from forge_trainer.model.hf_import import HFImportError, fetch_model_dir, load_weights, read_config
-from forge_trainer.model.transformer import Transformer
-from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json, split_uri
+from forge_trainer.model.hf_import import HFImportError
+from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, read_json
+from forge_trainer.train.base_model import open_base_model
 from forge_trainer.train.batches import (
     Batch,
     TokenSequences,
@@ -163,8 +157,11 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
     val = _validation(config, manifest)
 
     torch.manual_seed(hp.seed)
-    with _base_weights(config, args, runtime) as load:
-        model = wrap_model(build_model(args), runtime, hp.activation_checkpointing, hp.compile, load=load)
+    with open_base_model(config, runtime) as base:
+        if base is not None and base.args != args:
+            raise ConfigError(f"initModel {base.uri} has other dimensions than model: {base.args} vs {args}")
+        model = wrap_model(build_model(args), runtime, hp.activation_checkpointing, hp.compile,
+                           load=base.load if base is not None else None)
     engine = StepEngine(model, hp, runtime, bf16=config.precision is Precision.BF16)
 
     def checkpoint_extra(step: int) -> dict[str, Any]:
@@ -172,55 +169,11 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
                 "model_args": args.to_dict()}
 
     with open_run(config, runtime, store, prefix, engine, config_path, checkpoint_extra) as run:
+        if base is not None:
+            run.reporter.update(base_model_digest=base.digest)
         if run.resumed is None and config.init_checkpoint:
             _load_weights_from_checkpoint(config, model)
         return _Pretrain(run, manifest, args, train, val, micro).loop()
-
-
-@contextlib.contextmanager
-def _base_weights(config: TrainConfig, args: ModelArgs,
-                  runtime: Runtime) -> Iterator[Callable[[Transformer], None] | None]:
-    """What fills the new model: None (initialise it) from scratch, else a loader of the base model
-    `initModel` names, which each worker runs on its own shard (see `hf_import.load_weights`).
-
-    A local directory is read in place; a model in the object store is downloaded once per node (by its
-    local rank 0, into a directory the node's workers share, removed once they have all read it), so eight
-    workers of a node do not keep eight copies of the base on its disk."""
-    if not config.init_model:
-        yield None
-        return
-    uri = config.init_model
-    remote = split_uri(uri)[0] != "file"
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", str(os.getpid()) if not runtime.distributed else "")
-    shared = Path(tempfile.gettempdir()) / f"forge-base-{hashlib.sha256(f'{run_id} {uri}'.encode()).hexdigest()[:16]}"
-    try:
-        try:
-            if remote and runtime.local_rank == 0:
-                shutil.rmtree(shared, ignore_errors=True)  # a copy a killed worker group left half-written
-                fetch_model_dir(uri, shared, config.store)
-            barrier(runtime)  # the node's copy is complete
-            local = shared if remote else fetch_model_dir(uri, shared, config.store)
-            _, base_args = read_config(local)
-        except (StoreError, OSError) as exc:
-            raise WorkloadError(f"initModel {uri}: {exc}") from exc
-        except HFImportError as exc:
-            raise ConfigError(f"initModel {uri}: {exc}") from exc
-        if base_args != args:
-            raise ConfigError(f"initModel {uri} has other dimensions than model: {base_args} vs {args}")
-
-        def load(model: Transformer) -> None:
-            try:
-                load_weights(model, local)
-            except HFImportError as exc:
-                raise ConfigError(f"initModel {uri}: {exc}") from exc
-            except OSError as exc:
-                raise WorkloadError(f"initModel {uri}: {exc}") from exc
-
-        yield load
-        barrier(runtime)  # every worker of the node has read its rows
-    finally:
-        if remote and runtime.local_rank == 0:
-            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _load_weights_from_checkpoint(config: TrainConfig, model: torch.nn.Module) -> None:

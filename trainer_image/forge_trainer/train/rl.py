@@ -53,6 +53,7 @@ from forge_trainer.train.posttrain import (
     Base,
     finish_posttrain,
     load_base,
+    load_frozen_copy,
     prepare_for_method,
 )
 from forge_trainer.train.runtime import Runtime, all_reduce_sum, init_runtime
@@ -221,17 +222,18 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
     rewards = RewardModel.from_config(rl.reward)
     tasks = _tasks(config)
     torch.manual_seed(hp.seed)
-    base = load_base(config)
-    prepare_for_method(base.model, config)
-    reference = ReferencePolicy(base.model, config.method)
-    model = wrap_model(base.model, runtime, hp.activation_checkpointing, hp.compile)
-    if reference.copy is not None:
-        reference.copy.to(runtime.device)
+    with load_base(config, runtime) as base:  # built on the meta device; each worker loads its shard
+        prepare_for_method(base.model, config)
+        reference = ReferencePolicy(base.model, config.method)
+        model = wrap_model(base.model, runtime, hp.activation_checkpointing, hp.compile, load=base.load)
+        if reference.copy is not None:
+            load_frozen_copy(reference.copy, base, runtime)
     loss_fn = GrpoLoss(rl.clip_ratio, rl.kl_coefficient, rl.temperature)
     engine = StepEngine(model, hp, runtime, loss_fn=loss_fn, params=list(model.named_parameters()),
                         bf16=config.precision is Precision.BF16)
     with open_run(config, runtime, store, prefix, engine, config_path,
                   lambda step: {"task_position": step * prompts_per_step}) as run:
+        run.reporter.update(base_model_digest=base.digest)
         return _Rl(run, base, reference, rewards, tasks, prompts_per_step, loss_fn).loop()
 
 

@@ -76,24 +76,24 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
            config_path: Path | None) -> SftResult:
     hp = config.hyperparameters
     torch.manual_seed(hp.seed)
-    base = load_base(config)
-    seq_len = min(hp.sequence_length, base.args.max_seq_len)
-    examples, skipped = _load_split(config, config.dataset, Split.TRAIN, base.chat, seq_len)
-    if not examples:
-        raise WorkloadError(f"dataset {config.dataset} has no usable training conversations "
-                            f"(skipped: {dict(skipped)})")
-    if skipped:
-        log.warning("skipped training records: %s", dict(skipped))
-    val_examples, _ = _load_split(config, config.dataset, Split.VALIDATION, base.chat, seq_len)
-    try:
-        micro = micro_batch_size_for(hp.global_batch_size, runtime.world_size, hp.micro_batch_size)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    one_per_row = runtime.distributed
-    train = PackedStream(examples, seq_len, hp.seed, one_per_row)
-    val = PackedStream(val_examples, seq_len, hp.seed, one_per_row)
-    adapted = prepare_for_method(base.model, config)
-    model = wrap_model(base.model, runtime, hp.activation_checkpointing, hp.compile)
+    with load_base(config, runtime) as base:  # the base directory stays readable until the model is loaded
+        seq_len = min(hp.sequence_length, base.args.max_seq_len)
+        examples, skipped = _load_split(config, config.dataset, Split.TRAIN, base.chat, seq_len)
+        if not examples:
+            raise WorkloadError(f"dataset {config.dataset} has no usable training conversations "
+                                f"(skipped: {dict(skipped)})")
+        if skipped:
+            log.warning("skipped training records: %s", dict(skipped))
+        val_examples, _ = _load_split(config, config.dataset, Split.VALIDATION, base.chat, seq_len)
+        try:
+            micro = micro_batch_size_for(hp.global_batch_size, runtime.world_size, hp.micro_batch_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        one_per_row = runtime.distributed
+        train = PackedStream(examples, seq_len, hp.seed, one_per_row)
+        val = PackedStream(val_examples, seq_len, hp.seed, one_per_row)
+        adapted = prepare_for_method(base.model, config)
+        model = wrap_model(base.model, runtime, hp.activation_checkpointing, hp.compile, load=base.load)
     engine = StepEngine(model, hp, runtime, loss_fn=sft_loss, params=list(model.named_parameters()),
                         bf16=config.precision is Precision.BF16)
     log.info("sft %s: %d examples in %d rows/epoch, %d trainable of %d parameters%s", config.method.value,
@@ -101,6 +101,7 @@ def _train(config: TrainConfig, runtime: Runtime, store: ObjectStore, prefix: st
              sum(p.numel() for p in model.parameters()), f", adapters on {len(adapted)} layers" if adapted else "")
     with open_run(config, runtime, store, prefix, engine, config_path,
                   lambda step: {"data_position": step * hp.global_batch_size}) as run:
+        run.reporter.update(base_model_digest=base.digest)
         return _Sft(run, base, train, val, micro).loop()
 
 
