@@ -68,6 +68,8 @@ def test_job_runs_torchrun_elastic_as_clients_of_the_run_store() -> None:
     assert env["FORGE_RDZV_HOST"] == "base-rendezvous.ml.svc" and env["FORGE_RDZV_IS_HOST"] == "false"
     # the address other nodes reach rank 0's workers at: the pod IP, never a hostname
     assert env["PET_LOCAL_ADDR"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # torchrun gives the workers time for their SIGTERM checkpoint within the pod's grace period, not 30 s
+    assert 30 < int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) < pod["terminationGracePeriodSeconds"]
 
 
 def test_the_rendered_command_is_a_store_client_in_a_pod_and_hosts_the_store_alone() -> None:

@@ -42,6 +42,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 VERIFIER_DIR = "/etc/forge/verifier"
 LOCAL_ADDR_ENV = "PET_LOCAL_ADDR"
 """torchrun's --local-addr: the address the other nodes reach this one at (the pod IP, not a hostname)."""
+TERMINATION_GRACE_SECONDS = 120
+"""How long a training pod has after SIGTERM: time to write the SIGTERM checkpoint."""
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+"""How long torchrun waits for its workers after forwarding SIGTERM before it kills them (default 30 s)."""
 RDZV_RESOURCES = ("100m", "512Mi")
 """cpu and memory of the rendezvous store pod (a Python process with torch loaded: about 230 MiB)."""
 
@@ -128,7 +132,9 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
     shm_vol, shm_mount = shm_volume(plan.shm_size)
     env = [{"name": k, "value": v} for k, v in sorted(role.env.items())]
     env += [{"name": RDZV_HOST_ENV, "value": plan.rdzv_host}, {"name": RDZV_IS_HOST_ENV, "value": "false"},
-            {"name": LOCAL_ADDR_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+            {"name": LOCAL_ADDR_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            # the workers' checkpoint may take the pod's whole grace period, less a margin for torchrun to exit
+            {"name": SHUTDOWN_TIMEOUT_ENV, "value": str(TERMINATION_GRACE_SECONDS - 15)}]
     env += store_env(plan.store)
     gpus = {GPU_RESOURCE: str(res.gpus_per_node)} if res.gpus_per_node else None
     container = {
@@ -158,7 +164,7 @@ def render_training_job(plan: TrainingPlan) -> dict[str, Any]:
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
-        "terminationGracePeriodSeconds": 120,  # time to write the SIGTERM checkpoint
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [container],
         "volumes": [config_vol, tmp_vol, shm_vol, *extra_volumes],
     }
