@@ -236,7 +236,7 @@ class Lineage(WireModel):
     eval_dataset_digest: str | None = None
     """Digest of the evaluation dataset's manifest."""
     base_model_digest: str | None = None
-    """Digest of the model this run started from."""
+    """Digest of the model this run started from: the base run's finalModelDigest, or init.modelUri's (trainer)."""
     trainer_image: str | None = None
     """Container image of the trainer."""
     config_hash: str | None = None

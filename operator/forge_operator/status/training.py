@@ -130,7 +130,7 @@ def _record(status: ForgeTrainingRunStatus, obs: RunObservation, now: datetime) 
     """Bookkeeping every reconcile of a resolved run does before deciding: lineage, names, attempt,
     GPU-hours, the budget condition and the mirrored progress."""
     stamp = rfc3339(now)
-    status.lineage = obs.lineage or status.lineage
+    status.lineage = with_base_digest(obs.lineage or status.lineage, status.lineage, obs.progress)
     status.output_uri = obs.output_uri or status.output_uri
     status.job_name = obs.job_name or status.job_name
     status.restarts = status.restarts or 0
@@ -297,6 +297,16 @@ def _how_stopped(obs: RunObservation, job: JobObservation | None) -> str:
         return (f"training job {name} is suspended (its pods checkpoint on SIGTERM and stop)" if job.active
                 else f"training job {name} is suspended")
     return "no training job runs"
+
+
+def with_base_digest(lineage: Lineage | None, before: Lineage | None,
+                     progress: TrainProgress | None) -> Lineage | None:
+    """`lineage` with the base model digest the trainer recorded (init.modelUri: nothing resolved one),
+    kept from `before` when this reconcile read no progress."""
+    if lineage is None or lineage.base_model_digest:
+        return lineage
+    digest = (progress.base_model_digest if progress else None) or (before.base_model_digest if before else None)
+    return lineage.model_copy(update={"base_model_digest": digest}) if digest else lineage
 
 
 def _mirror_progress(status: ForgeTrainingRunStatus, progress: TrainProgress | None, now: datetime) -> None:
