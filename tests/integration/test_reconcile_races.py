@@ -178,14 +178,16 @@ def test_concurrent_reconciles_during_a_roll_create_one_job_per_attempt(
     errors: list[BaseException] = []
     start = threading.Barrier(THREADS)
 
+    def reconcile_once(entry: Callable[..., None], body: dict[str, Any]) -> None:
+        try:
+            kopf_context.run(entry, ADAPTER, body, kwargs)
+        except Exception as exc:  # collected: the test reports every one
+            errors.append(exc)
+
     def reconciler(i: int) -> None:
         start.wait()
         for round_ in range(ROUNDS):
-            entry, body = calls[(i + round_) % len(calls)]
-            try:
-                kopf_context.run(entry, ADAPTER, body, kwargs)
-            except Exception as exc:  # collected: the test reports every one
-                errors.append(exc)
+            reconcile_once(*calls[(i + round_) % len(calls)])
 
     workers = [threading.Thread(target=reconciler, args=(i,)) for i in range(THREADS)]
     for worker in workers:
@@ -205,8 +207,7 @@ def test_concurrent_reconciles_during_a_roll_create_one_job_per_attempt(
         pytest.fail(f"no Job of attempt 1 after the roll; status.attempt is "
                     f"{cluster.status(PLURAL, RUN).get('attempt')}, the Jobs are {_described(_live_jobs(cluster))}")
     # and after the roll, more stale reconciles at once: they must create nothing
-    late = [threading.Thread(target=kopf_context.run, args=(entry, ADAPTER, body, kwargs))
-            for entry, body in calls * 2]
+    late = [threading.Thread(target=reconcile_once, args=call) for call in calls * 2]
     for worker in late:
         worker.start()
     for worker in late:
