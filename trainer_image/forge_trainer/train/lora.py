@@ -7,7 +7,9 @@ B starts at zero, so the adapted model starts equal to the base. Every other par
 
 QLoRA (`quantize=True`): the frozen base weights of the targeted layers are stored as 4-bit NF4
 with double-quantized block scales (torchao's `NF4Tensor`, which works on CPU and GPU), adapters stay
-in float32. A weight whose size does not fit NF4's block layout stays in full precision. The NF4
+in float32. A weight whose size does not fit NF4's block layout is not quantized. The rest of the frozen
+base (embeddings, output head, norms, untargeted and unquantized linears) is held in bf16
+(`frozen_weights`), computed in float32. The NF4
 weights are non-persistent buffers: checkpoints hold adapters (and the other frozen weights), and a
 resumed run rebuilds the quantized base from the base model.
 
@@ -28,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from forge_trainer.config import LoraConfig
 from forge_trainer.model.hf_import import assign_rows
+from forge_trainer.train.frozen_weights import full_precision, hold_frozen_in_bf16, upcast_linear
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class LoraLinear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias
         else:
-            y = F.linear(x, self.weight, self.bias)
+            y = upcast_linear(x, self.weight, self.bias)  # a QLoRA base weight NF4 cannot hold is bf16
         if not self.enabled:
             return y
         update: Tensor = self.lora_B(self.lora_A(self.dropout(x)))
@@ -177,8 +179,9 @@ def apply_lora(model: nn.Module, config: LoraConfig, quantize: bool = False) -> 
     if quantize:
         skipped = [n for n, _ in chosen if not model.get_submodule(n).quantized]
         if skipped:
-            log.warning("NF4 needs weights in blocks of %d; kept %d layers in full precision: %s",
+            log.warning("NF4 needs weights in blocks of %d; kept %d layers in bf16: %s",
                         NF4_BLOCK_SIZE, len(skipped), ", ".join(skipped[:4]))
+        hold_frozen_in_bf16(model)  # the rest of the frozen base: half the bytes of float32
     return [name for name, _ in chosen]
 
 
@@ -285,8 +288,9 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The model's base weights without adapters (dequantized for QLoRA), under the original names."""
-    out = {name: t.detach() for name, t in model.state_dict().items()
+    """The model's base weights without adapters (in float32: dequantized and upcast for QLoRA), under the
+    original names."""
+    out = {name: full_precision(t.detach()) for name, t in model.state_dict().items()
            if ".lora_A." not in name and ".lora_B." not in name}
     for name, layer in lora_layers(model).items():
         out[f"{name}.weight"] = dequantize(layer.weight)
