@@ -80,7 +80,7 @@ def test_the_rendered_command_is_a_store_client_in_a_pod_and_hosts_the_store_alo
     pod_env = {"FORGE_RDZV_HOST": "base-rendezvous.ml.svc", "FORGE_RDZV_IS_HOST": "false", "PATH": "/usr/bin:/bin"}
     in_pod = subprocess.run(echo, env=pod_env, capture_output=True, text=True, check=True).stdout
     assert "--rdzv-endpoint=base-rendezvous.ml.svc:29400 " in in_pod
-    assert in_pod.strip().endswith("--rdzv-conf=last_call_timeout=5,keep_alive_interval=1,join_timeout=600,is_host=false")
+    assert in_pod.strip().endswith(",read_timeout=300,is_host=false")
     alone = subprocess.run(echo, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout
     assert "--rdzv-endpoint=localhost:29400 " in alone and "is_host" not in alone
 
@@ -104,7 +104,10 @@ def test_rendezvous_store_is_one_locked_down_pod_per_attempt_behind_a_cluster_ip
     assert container["readinessProbe"]["tcpSocket"] == {"port": 29400}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
-    assert pod["priorityClassName"] == "training" and "nodeSelector" not in pod and "tolerations" not in pod
+    # on the training pods' node pool (which has the image), with their priority
+    trainer_pod = objs["Job"]["spec"]["template"]["spec"]
+    for key in ("priorityClassName", "nodeSelector", "tolerations"):
+        assert pod[key] == trainer_pod[key], key
     assert container["resources"]["limits"] == {"memory": "512Mi"} and "nvidia.com/gpu" not in container["resources"]
     # the store pod is not a training pod: a selector for the run's trainers does not match it
     train_labels = objs["Job"]["spec"]["template"]["metadata"]["labels"]

@@ -48,8 +48,9 @@ RDZV_IS_HOST_ENV = "FORGE_RDZV_IS_HOST"
 METRICS_PORT = 9400
 CONFIG_PATH = "/etc/forge/config.yaml"
 # Rendezvous settings learned the hard way: a short last call so a re-forming group does not wait
-# long for stragglers, a fast keep-alive so a dead node is noticed quickly.
-RDZV_CONF = "last_call_timeout=5,keep_alive_interval=1,join_timeout=600"
+# long for stragglers, a fast keep-alive so a dead node is noticed quickly; and an agent waits up to
+# 5 minutes for the store to accept it (its pod may still be pulling the image on its node).
+RDZV_CONF = "last_call_timeout=5,keep_alive_interval=1,join_timeout=600,read_timeout=300"
 DEFAULT_SHM_SIZE = "16Gi"
 """/dev/shm of a training pod when neither spec.resources.shmSize nor a memory limit says otherwise."""
 DEFAULT_SCRATCH_SIZE = "200Gi"

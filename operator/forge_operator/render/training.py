@@ -81,8 +81,14 @@ def render_rendezvous_deployment(plan: TrainingPlan) -> dict[str, Any]:
         "containers": [container],
         "volumes": [tmp_vol],
     }
-    if plan.resources.priority_class_name:  # preempted before the training pods, it would stall them
-        pod_spec["priorityClassName"] = plan.resources.priority_class_name
+    res = plan.resources
+    # where the training pods go (their node pool, which has the image and tolerates nothing else)
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if res.priority_class_name:  # preempted before the training pods, it would stall them
+        pod_spec["priorityClassName"] = res.priority_class_name
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
