@@ -287,3 +287,28 @@ def test_log_tail_is_bounded_in_lines_and_bytes() -> None:
     long = "x" * 5000 + "\n" + "y" * 100
     assert log_tail(long) == "y" * 100
     assert len(log_tail("z" * 5000).encode()) == 2048
+
+
+def test_the_same_pods_seen_again_change_no_status_so_no_write_and_no_event() -> None:
+    """One status write per change: a reconcile every few seconds that sees the same pods (running but not
+    ready, crash-looping, pending) leaves the status as it was."""
+    not_ready = _started({"state": {"running": {"startedAt": T}}}, "Running")
+    for pods in ([_pod(status=not_ready)], [_pod(status=CRASH_LOOP)], [_pod(status={"phase": "Pending"})]):
+        run, dataset, deployment = ForgeTrainingRunStatus(), ForgeDatasetStatus(), ForgeDeploymentStatus()
+        for tick in range(3):
+            now = NOW + timedelta(seconds=10 * tick)
+            seen = observe_pods(pods, now)
+            new_run, _ = derive_run_status(run, _run(seen), now)
+            new_dataset, _ = derive_dataset_status(dataset, DatasetObservation(
+                1, job_name="d-prepare", job=JobObservation(active=1), pods=seen), now)
+            new_deployment, _ = derive_deployment_status(deployment, DeploymentObservation(
+                1, gate_passed=True, deployment={"status": {}}, pods=seen), now)
+            if tick:
+                assert (new_run, new_dataset, new_deployment) == (run, dataset, deployment)
+                assert pods_event(run, new_run) is None and pods_event(deployment, new_deployment) is None
+            run, dataset, deployment = new_run, new_dataset, new_deployment
+    cond = get_condition(run.conditions, PODS_READY)
+    assert cond is not None and cond.reason == "Pending"
+    starting = get_condition(derive_run_status(ForgeTrainingRunStatus(), _run(observe_pods([_pod(status=not_ready)], NOW)),
+                                               NOW)[0].conditions, PODS_READY)
+    assert starting is not None and (starting.reason, starting.message) == ("Starting", "0/1 pod(s) ready, none failing")
