@@ -16,6 +16,8 @@ from tests.support.chart import CHART, render
 from tests.support.cluster import ROOT, wait_for
 from tests.support.node import (
     RAW_BUCKET,
+    S3_ACCESS,
+    S3_SECRET,
     Install,
     NodeCluster,
     api_client,
@@ -25,9 +27,9 @@ from tests.support.node import (
     load_manifests,
     s3_server,
     secret,
+    store_client,
 )
 
-ACCESS, SECRET = "forge-cluster-test", "forge-cluster-test-secret"
 BUCKET = "forge"
 
 
@@ -37,29 +39,13 @@ def _image(ref: str) -> tuple[str, str]:
 
 
 def _upload_quickstart_data(api: Any, ml: str) -> None:
-    """Put examples/quickstart/data into the in-cluster S3 through its pod's address (this machine is the
-    node, so pod IPs are routable from here)."""
-    from kubernetes import client
-    from minio import Minio
-
-    core = client.CoreV1Api(api)
-    pod = wait_for("the S3 pod to be ready", lambda: next(
-        (p for p in core.list_namespaced_pod(ml, label_selector="app=forge-s3").items
-         if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])), None), timeout=180)
-    s3 = Minio(f"{pod.status.pod_ip}:5000", access_key=ACCESS, secret_key=SECRET, secure=False)
-    wait_for("the S3 server to answer", lambda: _answers(s3), timeout=30)
+    """The buckets, and examples/quickstart/data in one of them."""
+    s3 = store_client(api, ml, S3_ACCESS, S3_SECRET)
     s3.make_bucket(BUCKET)
     s3.make_bucket(RAW_BUCKET)
     data = ROOT / "examples" / "quickstart" / "data"
     for path in sorted(p for p in data.rglob("*") if p.is_file()):
         s3.fput_object(RAW_BUCKET, f"quickstart/{path.relative_to(data)}", str(path))
-
-
-def _answers(s3: Any) -> bool:
-    with contextlib.suppress(Exception):
-        s3.list_buckets()
-        return True
-    return False
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +76,7 @@ def install() -> Iterator[Install]:
     try:
         create_all(api, s3_server(ml, node.s3_image))
         for ns in (system, ml):  # docs/install.md: the store keys in the operator's and each workload namespace
-            create_all(api, [secret(ns, "forge-store-credentials", {"accessKey": ACCESS, "secretKey": SECRET})])
+            create_all(api, [secret(ns, "forge-store-credentials", {"accessKey": S3_ACCESS, "secretKey": S3_SECRET})])
         _upload_quickstart_data(api, ml)
         # the chart's crds/ folder (Kopf's peering CRDs) is not in `helm template` output: apply it too
         crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]

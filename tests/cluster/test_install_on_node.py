@@ -98,12 +98,13 @@ def test_quickstart_through_real_pods(install: Install, tmp_path: Path) -> None:
         timings[name] = time.monotonic() - started
     deployment = install.cluster.get("forgedeployments", "assistant") or {}
     endpoint = deployment["status"]["endpoint"]
-    assert endpoint.startswith("http://assistant."), endpoint
-    request = {"model": "assistant", "max_tokens": 4, "temperature": 0,
+    assert endpoint.startswith(f"http://assistant.{install.ml}.svc") and endpoint.endswith("/v1"), endpoint
+    # the server serves the model under its ForgeTrainingRun's name (GET /v1/models lists it)
+    request = {"model": deployment["spec"]["modelRef"], "max_tokens": 4, "temperature": 0,
                "messages": [{"role": "user", "content": "Which is larger, 3 or 8?"}]}
     script = (
         "import json, sys, time, urllib.request\n"
-        f"req = urllib.request.Request({endpoint + '/v1/chat/completions'!r}, data=json.dumps({request!r}).encode(),"
+        f"req = urllib.request.Request({endpoint + '/chat/completions'!r}, data=json.dumps({request!r}).encode(),"
         " headers={'Content-Type': 'application/json'})\n"
         "for attempt in range(30):\n"
         "    try:\n"

@@ -5,6 +5,7 @@ a memory limit the trainer exceeds, a preparation whose container exits with an 
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -16,9 +17,11 @@ pytestmark = pytest.mark.cluster
 
 
 def _pods_ready(install: Install, plural: str, name: str) -> dict[str, Any] | None:
-    """The PodsReady condition once it is False."""
+    """The PodsReady condition once it is False for a reason (not while its pods are still starting)."""
+    if (install.cluster.condition(plural, name, "InvalidSpec") or {}).get("status") == "True":
+        pytest.fail(f"{plural}/{name}: {install.cluster.status(plural, name).get('message')}")
     cond = install.cluster.condition(plural, name, "PodsReady")
-    return cond if cond and cond["status"] == "False" and cond.get("reason") not in (None, "Starting") else None
+    return cond if cond and cond["status"] == "False" and cond.get("reason") not in (None, "Starting", "Pending") else None
 
 
 def _warning(install: Install, name: str, reason: str) -> Any:
@@ -69,14 +72,32 @@ def test_a_trainer_over_its_memory_limit(install: Install, notes: None) -> None:
 
 @pytest.mark.timeout(900)
 def test_a_serving_image_the_node_cannot_get(install: Install) -> None:
-    """runtime vllm names the chart's vLLM image, which this node does not have and may not pull."""
+    """runtime vllm names the chart's vLLM image, which this node does not have and may not pull (the node
+    advertises one nvidia.com/gpu, as a device plugin would, so the pod schedules: KH_NODE_GPUS=1). The
+    model is there (the init container fetches it); the serving container's image is not."""
+    model = f"forge/{install.ml}/none/model"
+    install.store().put_object("forge", f"{model}/config.json", io.BytesIO(b"{}"), 2)
     install.cluster.create("forgedeployments", {
         "apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDeployment", "metadata": {"name": "no-image"},
-        "spec": {"modelUri": "s3://forge/none/model/", "runtime": "vllm"}})
+        "spec": {"modelUri": f"s3://forge/{model}/", "runtime": "vllm",
+                 "resources": {"gpus": 1, "cpu": "100m", "memory": "1Gi"}}})
     cond = wait_for("PodsReady=False on no-image", lambda: _pods_ready(install, "forgedeployments", "no-image"),
                     timeout=180)
     assert cond["reason"] == "ImagePull" and "no-image" in cond["message"], cond
     assert wait_for("an ImagePull Warning Event", lambda: _warning(install, "no-image", "ImagePull"))
+
+
+@pytest.mark.timeout(900)
+def test_a_deployment_whose_model_is_missing(install: Install) -> None:
+    """The init container that fetches the model exits 1; its own last words say what is missing."""
+    install.cluster.create("forgedeployments", {
+        "apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDeployment", "metadata": {"name": "no-model"},
+        "spec": {"modelUri": f"s3://forge/forge/{install.ml}/nothing/here/", "runtime": "builtin"}})
+    cond = wait_for("PodsReady=False on no-model", lambda: _pods_ready(install, "forgedeployments", "no-model"),
+                    timeout=180)
+    assert cond["reason"] in ("ExitCode", "CrashLoop"), cond
+    assert "no-model-serve" in cond["message"] and "no objects under this prefix" in cond["message"], cond
+    assert wait_for("a Warning Event", lambda: _warning(install, "no-model", cond["reason"]))
 
 
 @pytest.mark.timeout(900)

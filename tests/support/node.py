@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, wait_for
 
 NODE_KUBECONFIG_ENV = "FORGE_TEST_NODE_KUBECONFIG"
 IMAGE_ENVS = ("FORGE_OPERATOR_IMAGE", "FORGE_TRAINER_IMAGE", "FORGE_S3_IMAGE")
+S3_ACCESS, S3_SECRET = "forge-cluster-test", "forge-cluster-test-secret"
+"""The in-cluster S3's keys (it accepts any), put in the forge-store-credentials Secrets."""
 RAW_BUCKET = "corpora"
 """Where the cluster tier puts the quickstart's raw data (s3://corpora/quickstart/...): a bucket of the
 company's own, beside the one Forge writes to."""
@@ -103,6 +105,28 @@ def s3_server(namespace: str, image: str) -> list[dict[str, Any]]:
     ]
 
 
+def store_client(api: Any, namespace: str, access: str, secret: str) -> Any:
+    """A minio client for the in-cluster S3 of `namespace`, through its pod's address (on the harness this
+    machine is the node, so pod IPs are routable from here)."""
+    from kubernetes import client
+    from minio import Minio
+
+    core = client.CoreV1Api(api)
+    pod = wait_for("the S3 pod to be ready", lambda: next(
+        (p for p in core.list_namespaced_pod(namespace, label_selector="app=forge-s3").items
+         if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])), None), timeout=180)
+    s3 = Minio(f"{pod.status.pod_ip}:5000", access_key=access, secret_key=secret, secure=False)
+    wait_for("the S3 server to answer", lambda: _answers(s3), timeout=30)
+    return s3
+
+
+def _answers(s3: Any) -> bool:
+    with contextlib.suppress(Exception):
+        s3.list_buckets()
+        return True
+    return False
+
+
 def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
     """A Secret as `kubectl create secret generic --from-literal` makes it."""
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
@@ -128,13 +152,18 @@ def run_pod(api: Any, namespace: str, name: str, image: str, command: list[str],
         pod = core.read_namespaced_pod(name, namespace)
         state = (pod.status.container_statuses or [None])[0]
         if pod.status.phase in ("Succeeded", "Failed") and state and state.state.terminated:
-            return state.state.terminated.exit_code, core.read_namespaced_pod_log(name, namespace)
+            return state.state.terminated.exit_code, _log(core, namespace, name)
         time.sleep(1)
     log = ""
     with contextlib.suppress(Exception):
-        log = core.read_namespaced_pod_log(name, namespace)
+        log = _log(core, namespace, name)
     pytest.fail(f"pod {namespace}/{name} did not finish within {timeout:.0f}s "
                 f"(phase {pod.status.phase}); log:\n{log}")
+
+
+def _log(core: Any, namespace: str, name: str) -> str:
+    """A pod's log as text (the client's own decoding turns it into the repr of bytes)."""
+    return str(core.read_namespaced_pod_log(name, namespace, _preload_content=False).data.decode(errors="replace"))
 
 
 def describe(api: Any, namespace: str) -> str:
@@ -172,3 +201,7 @@ class Install:
     def cluster(self) -> Cluster:
         """A kubectl-like view of the workloads' namespace."""
         return Cluster(self.api, self.ml)
+
+    def store(self) -> Any:
+        """A minio client for the in-cluster S3."""
+        return store_client(self.api, self.ml, S3_ACCESS, S3_SECRET)
