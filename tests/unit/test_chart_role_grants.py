@@ -53,7 +53,8 @@ KOPF_NEEDS: dict[tuple[str, str], set[str]] = {
 # Plural resource names of the kinds the operator touches; a kind missing here fails the test.
 PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "Secret": "secrets", "Pod": "pods",
            "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-           "NetworkPolicy": "networkpolicies", **{k.kind: k.plural for k in KINDS}}
+           "NetworkPolicy": "networkpolicies", "ClusterKopfPeering": "clusterkopfpeerings",
+           "KopfPeering": "kopfpeerings", **{k.kind: k.plural for k in KINDS}}
 FACADE_VERBS = {"get": {"get"}, "list": {"list"}, "patch": {"patch"}, "delete": {"delete"},
                 "apply": {"create", "patch"},  # server-side apply is a PATCH that may create
                 "create": {"create"}, "patch_status": {"patch"}}
@@ -193,8 +194,10 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_sc
     # a namespaced operator leads through a KopfPeering per namespace, never the cluster-wide one
     assert cluster_role_grants(objects) == {res: GRANTS[res] for res in CLUSTER_SCOPED
                                             if res != ("kopf.dev", "clusterkopfpeerings")}
-    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
-    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"
+             if o["metadata"]["namespace"] != "forge-system"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"
+                if o["metadata"]["namespace"] != "forge-system"}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for ns, role in roles.items():
         assert role_grants(role) == namespaced
@@ -207,3 +210,18 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_sc
 def test_the_operator_cannot_read_secrets() -> None:
     """Workload pods get store keys through secretKeyRef (the kubelet reads them); the operator never does."""
     assert ("", "secrets") not in cluster_role_grants(render())
+
+
+def test_the_operators_own_namespace_may_get_its_start_up_event() -> None:
+    """The start-up Event (capabilities the API server lacks) is about the operator's own Pod: where the
+    operator does not watch its own namespace, a Role there grants exactly that Event and nothing else."""
+    objects = render({"watchNamespaces": ["team-a"]}, namespace="forge-system", release="forge")
+    own = [o for o in objects if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["namespace"] == "forge-system"]
+    role = next(o for o in own if o["kind"] == "Role")
+    assert role_grants(role) == {("", "events"): {"create"}}
+    binding = next(o for o in own if o["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == "forge-forge-operator"
+    # watching its own namespace, the Role there already grants Events: no second one
+    watched = render({"watchNamespaces": ["forge-system"]}, namespace="forge-system", release="forge")
+    assert [o["metadata"]["name"] for o in watched if o["kind"] == "Role"] == ["forge-forge-operator"]
