@@ -8,7 +8,7 @@ from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.status.conditions import Action, Waiting, get_condition
 from forge_operator.status.gpu_budget import Hold
 from forge_operator.status.job import JobObservation
-from forge_operator.status.training import RunObservation, derive_run_status
+from forge_operator.status.training import RunObservation, _mirror_progress, derive_run_status
 from forge_trainer.config import TrainProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,3 +70,15 @@ def test_waiting_for_dataset_and_suspended() -> None:
     assert cond is not None and cond.status.value == "False" and cond.reason == "Waiting"
     s, _ = derive_run_status(s, _obs(JobObservation(suspended=True), hold=Hold.SUSPEND), T0)
     assert s.phase is RunPhase.SUSPENDED
+
+
+def test_a_worker_group_that_re_formed_is_told_apart_from_a_job_restart() -> None:
+    """The trainer counts every resumed start; status separates the elastic re-forms (same Job) from the
+    operator's recreations of the Job (attempt)."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    same_job = ForgeTrainingRunStatus(attempt=0)
+    _mirror_progress(same_job, TrainProgress(step=30, total_steps=100, restarts=1), now)
+    assert same_job.worker_group_restarts == 1
+    next_attempt = ForgeTrainingRunStatus(attempt=1)
+    _mirror_progress(next_attempt, TrainProgress(step=30, total_steps=100, restarts=1), now)
+    assert next_attempt.worker_group_restarts == 0

@@ -252,6 +252,10 @@ class ForgeTrainingRunStatus(ResourceStatus):
     """Name of the current training Job."""
     world_size: int | None = None
     """Workers in the current group."""
+    worker_group_restarts: int | None = None
+    """Times the elastic worker group re-formed and resumed from its latest checkpoint without the operator
+    recreating the Job: a pod was lost (or came back) and training went on. Job recreations are counted in
+    restarts and attempt instead."""
     step: int | None = None
     """Optimizer steps completed."""
     total_steps: int | None = None

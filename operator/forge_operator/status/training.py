@@ -330,6 +330,8 @@ def _mirror_progress(status: ForgeTrainingRunStatus, progress: TrainProgress | N
     status.completion_length = _round(progress.completion_length, 2)
     status.clip_fraction = _round(progress.clip_fraction)
     status.world_size = progress.world_size or status.world_size
+    # the trainer counts every start that resumes an unfinished run, a new attempt's first start included
+    status.worker_group_restarts = max(0, progress.restarts - (status.attempt or 0))
     if progress.checkpoints:
         status.checkpoints = list(progress.checkpoints)
     if progress.eval_metrics:
