@@ -12,6 +12,7 @@ from forge_operator.api.deployment import ForgeDeployment, ForgeDeploymentStatus
 from forge_operator.handlers.adapter import Adapter, Pass
 from forge_operator.handlers.pod_faults import look_at_pods, tell_pod_trouble
 from forge_operator.handlers.reconcile import on_event, on_tick
+from forge_operator.handlers.replica import server_lacks
 from forge_operator.handlers.runtime import runtime
 from forge_operator.plan.deployment import DeploymentPlan, plan_deployment
 from forge_operator.render.deployment import render_deployment
@@ -41,7 +42,8 @@ class DeploymentAdapter(Adapter[ForgeDeployment, ForgeDeploymentStatus]):
     def plan(self, rc: Rc, resolved: ResolvedModel) -> DeploymentPlan | None:
         if not resolved.gate.passed:
             return None
-        return plan_deployment(rc.resource, runtime().settings, resolved.uri, resolved.digest)
+        # an older server gets the autoscaler in the API version it serves (autoscaling/v2beta2 before 1.23)
+        return plan_deployment(rc.resource, runtime().settings, resolved.uri, resolved.digest, missing=server_lacks())
 
     def render(self, plan: DeploymentPlan | None) -> list[dict[str, Any]]:
         return render_deployment(plan) if plan is not None else []
