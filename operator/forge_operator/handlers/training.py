@@ -1,6 +1,7 @@
-"""ForgeTrainingRun: the reconcile's steps for a run (its ConfigMap, Service, NetworkPolicy and the Job
-of the current attempt, created, suspended, resumed, rolled or restarted as status/training.py
-decides), and its Kopf handlers."""
+"""ForgeTrainingRun: the reconcile's steps for a run (its ConfigMap, Service, NetworkPolicy, rendezvous
+store, and the Job of the current attempt, created, suspended, resumed, rolled or restarted as
+status/training.py decides; the store has no pod while the run is held or once it settles), and its Kopf
+handlers."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from forge_operator.handlers.cleanup import finalize
 from forge_operator.handlers.pod_faults import look_at_pods, tell_pod_trouble
 from forge_operator.handlers.reconcile import on_event, on_tick
 from forge_operator.handlers.runtime import read_progress_checked, runtime
-from forge_operator.handlers.training_job import Applied, apply_job, finish_job
+from forge_operator.handlers.training_job import Applied, apply_job, finish_job, finish_store
 from forge_operator.plan.training import TrainingPlan, plan_training_run
 from forge_operator.render.training import render_training
 from forge_operator.resolve.lookup import Lookup
 from forge_operator.resolve.training import PINNED, ResolvedRun, check_pinned, pin, resolve_run
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Action, Waiting
-from forge_operator.status.gpu_budget import gpus_in_use
+from forge_operator.status.gpu_budget import gpu_hours_used, gpus_in_use, run_hold
 from forge_operator.status.job import observe_job
 from forge_operator.status.pods import PodsSeen
+from forge_operator.status.run_job import store_replicas
 from forge_operator.status.training import RunObservation, derive_run_status
 from forge_trainer.config import TrainProgress
 
@@ -49,7 +51,11 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
 
     def plan(self, rc: Rc, resolved: ResolvedRun) -> TrainingPlan:
         attempt = rc.prev.attempt if rc.prev.attempt is not None else (rc.prev.restarts or 0)
-        return plan_training_run(rc.resource, runtime().settings, resolved.refs, attempt=attempt)
+        spec = rc.resource.spec
+        # the store's pod as the run stands before this reconcile (finish_store follows a change of phase)
+        held = run_hold(spec.suspend, spec.budget.max_gpu_hours, gpu_hours_used(rc.prev, rc.now)) is not None
+        return plan_training_run(rc.resource, runtime().settings, resolved.refs, attempt=attempt,
+                                 rdzv_replicas=store_replicas(rc.prev.phase, held))
 
     def render(self, plan: TrainingPlan) -> list[dict[str, Any]]:
         return render_training(plan)
@@ -86,6 +92,7 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
     def carry_out(self, rc: Rc, plan: TrainingPlan, applied: Applied, status: ForgeTrainingRunStatus,
                   action: Action) -> None:
         finish_job(rc.body, plan, applied, rc.prev, status, action)
+        finish_store(plan, applied, status)
         tell_pod_trouble(rc.body, rc.prev, status)
 
 

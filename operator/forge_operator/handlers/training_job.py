@@ -9,7 +9,7 @@ create is a POST, which fails on an existing Job of that name instead of adoptin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,11 +20,18 @@ from forge_operator.handlers.runtime import StaleStatusError, parse_status, post
 from forge_operator.kube.client import AlreadyExistsError
 from forge_operator.plan.naming import selector_labels
 from forge_operator.plan.training import TrainingPlan, shape_changes
-from forge_operator.render.training import ATTEMPT_LABEL, SHAPE_ANNOTATION
+from forge_operator.render.training import ATTEMPT_LABEL, SHAPE_ANNOTATION, render_rendezvous_deployment
 from forge_operator.status.conditions import Action, is_true
 from forge_operator.status.gpu_budget import Hold, gpu_hours_used, run_hold
 from forge_operator.status.job import JobObservation, observe_job
-from forge_operator.status.run_job import JobDecision, JobStep, decide_job, stale_attempt, stopping_pods
+from forge_operator.status.run_job import (
+    JobDecision,
+    JobStep,
+    decide_job,
+    stale_attempt,
+    stopping_pods,
+    store_replicas,
+)
 from forge_operator.status.training import BUDGET_EXCEEDED
 
 KIND = TRAINING_RUN.kind
@@ -114,3 +121,12 @@ def finish_job(body: dict[str, Any], plan: TrainingPlan, applied: Applied, prev:
         post_event(body, "JobRolled", status.message or f"job {plan.job_name} recreated: {applied.decision.detail}")
     if applied.hold is Hold.BUDGET and not is_true(prev.conditions, BUDGET_EXCEEDED):
         post_event(body, "BudgetExceeded", status.message or "spec.budget.maxGpuHours reached", warning=True)
+
+
+def finish_store(plan: TrainingPlan, applied: Applied, status: ForgeTrainingRunStatus) -> None:
+    """After derive: give the rendezvous store the pods the run's new phase wants, when the plan applied
+    another count. A run that settles now is never reconciled again, so its store must stop in this very
+    reconcile; a run held now (or no longer) follows at once too."""
+    replicas = store_replicas(status.phase, applied.hold is not None)
+    if replicas != plan.rdzv_replicas:
+        runtime().kube.apply(render_rendezvous_deployment(replace(plan, rdzv_replicas=replicas)))

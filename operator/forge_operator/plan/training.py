@@ -91,6 +91,8 @@ class TrainingPlan:
     """Name of the rendezvous store's Deployment, Service and NetworkPolicy."""
     rdzv_meta: WorkloadMeta
     """Identity of the rendezvous store: the run's owner, its own component label."""
+    rdzv_replicas: int
+    """Pods of the rendezvous store's Deployment: 1, or 0 for a run that is held or settled."""
     output_uri: str
     config: TrainConfig
     config_hash: str
@@ -210,11 +212,13 @@ def _shape_value(value: Any) -> str:
 
 
 def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: ResolvedRefs,
-                      attempt: int = 0, *, config_path: str = CONFIG_PATH, output: str | None = None) -> TrainingPlan:
+                      attempt: int = 0, *, config_path: str = CONFIG_PATH, output: str | None = None,
+                      rdzv_replicas: int = 1) -> TrainingPlan:
     """The workload of attempt `attempt` of `run` (attempts are the operator's job recreations).
 
     The local runner passes where it writes the config file (`config_path`) and, with a local
-    directory store, the prefix the run writes under (`output`)."""
+    directory store, the prefix the run writes under (`output`); the operator passes how many pods the
+    rendezvous store should have now (`rdzv_replicas`, status/run_job.py's store_replicas)."""
     meta = run.metadata
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     spec = run.spec
@@ -249,6 +253,7 @@ def plan_training_run(run: ForgeTrainingRun, settings: OperatorSettings, refs: R
         rdzv_name=child_name(name, "rendezvous"),
         rdzv_meta=WorkloadMeta(namespace=namespace, owner=OwnerRef.of(run.model_dump(by_alias=True)),
                                labels=common_labels(KIND, name, "rendezvous")),
+        rdzv_replicas=rdzv_replicas,
         output_uri=out,
         config=config,
         config_hash=config_hash(config),

@@ -58,7 +58,7 @@ def _rdzv_pod_labels(plan: TrainingPlan) -> dict[str, str]:
 
 def render_rendezvous_deployment(plan: TrainingPlan) -> dict[str, Any]:
     """The run's c10d rendezvous store: one pod running `forge-trainer rendezvous-store`, replaced with a
-    fresh one (empty store) for each attempt."""
+    fresh one (empty store) for each attempt; none while the run is held or once it has settled."""
     tmp_vol, tmp_mount = scratch_volume("64Mi")
     container = {
         "name": "rendezvous",
@@ -94,7 +94,7 @@ def render_rendezvous_deployment(plan: TrainingPlan) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": object_meta(plan.rdzv_name, plan.rdzv_meta),
         "spec": {
-            "replicas": 1,
+            "replicas": plan.rdzv_replicas,
             # never two stores at once: agents of one attempt must all meet in the same one
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(plan.rdzv_meta.labels)},

@@ -10,10 +10,12 @@ from enum import StrEnum
 from typing import Any
 
 from forge_operator.api.common import parse_time
-from forge_operator.api.training import ForgeTrainingRunStatus
+from forge_operator.api.training import ForgeTrainingRunStatus, RunPhase
 from forge_operator.status.job import JobObservation
 
 POD_FINISHED = ("Succeeded", "Failed")
+RUN_SETTLED = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
+"""Run phases after which the run never trains again (unless its spec changes)."""
 """Pod phases (core/v1 PodPhase) of a pod that holds nothing any more."""
 
 
@@ -105,3 +107,11 @@ def decide_job(job: JobObservation | None, *, hold: bool, queued: bool, changes:
     if job.suspended and not queued:
         return JobDecision(JobStep.RESUME)
     return JobDecision(JobStep.KEEP)
+
+
+def store_replicas(phase: RunPhase | None, held: bool) -> int:
+    """Pods the run's rendezvous store Deployment should have: none once the run has settled (Succeeded,
+    Failed) or while it is held (spec.suspend, a spent GPU budget), since no agent meets in it then and
+    its pod would hold its CPU and memory for nothing; else one. Its Service and NetworkPolicy stay: they
+    hold nothing, and a resumed run finds them in place."""
+    return 0 if held or phase in RUN_SETTLED else 1
