@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.chart import CHART, render
-from tests.support.cluster import ROOT, wait_for
+from tests.support.cluster import ROOT, Cluster, wait_for
 from tests.support.node import (
     RAW_BUCKET,
     S3_ACCESS,
@@ -91,6 +92,7 @@ def install() -> Iterator[Install]:
         if os.environ.get("FORGE_CLUSTER_KEEP") == "1":  # to look around afterwards with kubectl
             print(f"FORGE_CLUSTER_KEEP=1: namespaces {system} and {ml} are left as they are")
         else:
+            _delete_forge_resources(Cluster(api, ml))
             for ns in (ml, system):
                 with contextlib.suppress(Exception):
                     core.delete_namespace(ns)
@@ -117,3 +119,29 @@ def _create_or_replace_crds(api: Any, crds: list[dict[str, Any]]) -> None:
         wait_for(f"CRD {name} established", lambda n=name: any(
             c.type == "Established" and c.status == "True"
             for c in ext.read_custom_resource_definition(n).status.conditions or []), timeout=30)
+
+
+@pytest.fixture(scope="session")
+def small_notes(install: Install) -> str:
+    """A Ready pretraining dataset (the quickstart's prose, a 300-token vocabulary), prepared by a real Pod;
+    its name."""
+    install.cluster.create("forgedatasets", {
+        "apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDataset", "metadata": {"name": "small-notes"},
+        "spec": {"source": {"uri": f"s3://{RAW_BUCKET}/quickstart/corpus/"}, "tokenizer": {"vocabSize": 300}}})
+    wait_for("dataset small-notes Ready",
+             lambda: install.cluster.status("forgedatasets", "small-notes").get("phase") == "Ready", timeout=300)
+    return "small-notes"
+
+
+def _delete_forge_resources(cluster: Cluster) -> None:
+    """Delete every Forge resource and wait (up to 2 minutes) while the operator, still running, finalizes
+    them: deleting the operator's namespace first would leave their finalizers unserved."""
+    plurals = ("forgedeployments", "forgetrainingruns", "forgedatasets")
+    for plural in plurals:
+        for obj in cluster.custom.list_namespaced_custom_object("forge.ai", "v1alpha1", cluster.ns, plural)["items"]:
+            with contextlib.suppress(Exception):
+                cluster.delete(plural, obj["metadata"]["name"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(
+            cluster.custom.list_namespaced_custom_object("forge.ai", "v1alpha1", cluster.ns, p)["items"] for p in plurals):
+        time.sleep(2)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import wait_for
-from tests.support.node import RAW_BUCKET, Install
+from tests.support.node import Install
 
 pytestmark = pytest.mark.cluster
 
@@ -30,7 +30,7 @@ def _warning(install: Install, name: str, reason: str) -> Any:
 
 def _run(name: str, **resources: Any) -> dict[str, Any]:
     return {"apiVersion": "forge.ai/v1alpha1", "kind": "ForgeTrainingRun", "metadata": {"name": name},
-            "spec": {"stage": "pretrain", "datasetRef": "fault-notes", "maxRestarts": 0,
+            "spec": {"stage": "pretrain", "datasetRef": "small-notes", "maxRestarts": 0,
                      "model": {"hiddenSize": 32, "numLayers": 1, "numHeads": 2, "numKvHeads": 1,
                                "intermediateSize": 64, "maxSeqLen": 32},
                      "hyperparameters": {"maxSteps": 2000, "globalBatchSize": 2, "microBatchSize": 2,
@@ -38,18 +38,8 @@ def _run(name: str, **resources: Any) -> dict[str, Any]:
                      "precision": "fp32", "resources": {"gpusPerNode": 0, **resources}}}
 
 
-@pytest.fixture(scope="module")
-def notes(install: Install) -> None:
-    """A Ready pretraining dataset for the runs below (prepared by a real Pod)."""
-    install.cluster.create("forgedatasets", {
-        "apiVersion": "forge.ai/v1alpha1", "kind": "ForgeDataset", "metadata": {"name": "fault-notes"},
-        "spec": {"source": {"uri": f"s3://{RAW_BUCKET}/quickstart/corpus/"}, "tokenizer": {"vocabSize": 300}}})
-    wait_for("dataset fault-notes Ready",
-             lambda: install.cluster.status("forgedatasets", "fault-notes").get("phase") == "Ready", timeout=300)
-
-
 @pytest.mark.timeout(900)
-def test_a_request_no_node_can_hold(install: Install, notes: None) -> None:
+def test_a_request_no_node_can_hold(install: Install, small_notes: str) -> None:
     install.cluster.create("forgetrainingruns", _run("too-big", cpu="500"))
     cond = wait_for("PodsReady=False on too-big", lambda: _pods_ready(install, "forgetrainingruns", "too-big"),
                     timeout=180)
@@ -61,7 +51,7 @@ def test_a_request_no_node_can_hold(install: Install, notes: None) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_a_trainer_over_its_memory_limit(install: Install, notes: None) -> None:
+def test_a_trainer_over_its_memory_limit(install: Install, small_notes: str) -> None:
     install.cluster.create("forgetrainingruns", _run("tight", memory="120Mi", sharedMemory="16Mi"))
     cond = wait_for("PodsReady=False on tight", lambda: _pods_ready(install, "forgetrainingruns", "tight"),
                     timeout=300)
