@@ -40,7 +40,15 @@ from forge_trainer.data.shard_writers import Publish, pack_record_shards, pack_t
 from forge_trainer.data.shards import fetch_tokenizer, open_tokenizer_uri
 from forge_trainer.data.tokenizer import load_tokenizer, special_token_ids, token_dtype, train_tokenizer
 from forge_trainer.errors import WorkloadError
-from forge_trainer.store import ObjectStore, StoreError, join_key, open_uri, sha256_bytes, sha256_file
+from forge_trainer.store import (
+    ObjectInfo,
+    ObjectStore,
+    StoreError,
+    join_key,
+    open_uri,
+    sha256_bytes,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +102,8 @@ def record_failure(report: Reporter, message: str) -> None:
         log.warning("could not write progress.json: %s", exc)
 
 
-def _prepare(run: Preparation) -> Manifest:
-    cfg = run.config
-    if cfg.tokenizer.vocab_size is None and cfg.tokenizer.uri is None:
-        raise WorkloadError("tokenizer.datasetRef must be resolved to tokenizer.uri before the workload runs")
-    run.report.stage("listing")
+def source_objects(cfg: PrepareConfig) -> tuple[ObjectStore, list[ObjectInfo]]:
+    """The source's store and its objects in reading order; WorkloadError when it is unreachable or empty."""
     try:
         src, src_prefix = ingest.open_source(cfg.source, cfg.store)
         objects = ingest.list_source(src, src_prefix)
@@ -106,6 +111,15 @@ def _prepare(run: Preparation) -> Manifest:
         raise WorkloadError(f"source {cfg.source} is unreachable: {exc}") from exc
     if not objects:
         raise WorkloadError(f"source {cfg.source} holds no objects (empty prefix, or it does not exist)")
+    return src, objects
+
+
+def _prepare(run: Preparation) -> Manifest:
+    cfg = run.config
+    if cfg.tokenizer.vocab_size is None and cfg.tokenizer.uri is None:
+        raise WorkloadError("tokenizer.datasetRef must be resolved to tokenizer.uri before the workload runs")
+    run.report.stage("listing")
+    src, objects = source_objects(cfg)
     run.report.progress.bytes_total = sum(o.size for o in objects)
 
     spill = run.tmp / "clean.jsonl"

@@ -50,6 +50,7 @@ from forge_trainer.data.prepare import (
     publisher,
     record_failure,
     sample_texts,
+    source_objects,
     write_manifest,
 )
 from forge_trainer.data.report import MAX_EXAMPLES, Reporter
@@ -186,13 +187,7 @@ def _publish_progress(run: Preparation, area: WorkArea, stage: str) -> None:
 
 def _scan(run: Preparation, area: WorkArea, worker: int) -> dict[str, Any]:
     cfg, report = run.config, run.report
-    try:
-        src, src_prefix = ingest.open_source(cfg.source, cfg.store)
-        objects = ingest.list_source(src, src_prefix)
-    except (StoreError, OSError) as exc:
-        raise WorkloadError(f"source {cfg.source} is unreachable: {exc}") from exc
-    if not objects:
-        raise WorkloadError(f"source {cfg.source} holds no objects (empty prefix, or it does not exist)")
+    src, objects = source_objects(cfg)
     bounds = partition(objects, area.workers)
     first, last = bounds[worker], bounds[worker + 1]
     report.progress.bytes_total = sum(o.size for o in objects[first:last])
