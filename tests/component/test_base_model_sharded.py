@@ -6,6 +6,9 @@ base directory's digest.
 The model at step 0 is checked through the export: one step at a learning rate of 1e-12 leaves the
 weights as loaded (to well under the tolerance), and the export is gathered from the shards the workers
 loaded, so transformers computing the base's logits from it shows every worker read the right rows.
+LoRA and QLoRA workers that trained their adapters export the merged model and the adapter gathered from
+the shards: transformers computes from the export what one process merging that adapter gives (and PEFT,
+for LoRA, what the adapter on the base gives).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from peft import PeftModel
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -27,9 +32,15 @@ from forge_trainer.config import DatasetPurpose, Hyperparameters, SftMethod, Sta
 from forge_trainer.data.tokenizer import new_bpe_tokenizer
 from forge_trainer.errors import ConfigError
 from forge_trainer.model.files import model_dir_digest
+from forge_trainer.model.hf_export import export_hf
 from forge_trainer.model.hf_import import load_pretrained, model_files
 from forge_trainer.train.base_model import open_base_model
-from forge_trainer.train.lora import apply_lora
+from forge_trainer.train.lora import (
+    ADAPTER_WEIGHTS_NAME,
+    apply_lora,
+    load_adapter_state_dict,
+    merged_state_dict,
+)
 from forge_trainer.train.parallel import wrap_model
 from forge_trainer.train.posttrain import load_base, prepare_for_method
 from forge_trainer.train.runtime import Runtime
@@ -254,3 +265,40 @@ def test_qlora_workers_quantize_the_same_nf4_base_as_one_process(tmp_path: Path)
         expected = whole.eval()(ids)
     torch.testing.assert_close(start["logits"], expected, rtol=0, atol=TOLERANCE)
     assert not torch.allclose(expected, hf_logits(directory, ids), atol=1e-3)  # NF4 did change the weights
+
+
+PEFT_TOLERANCE = 1e-4
+"""PEFT adds B A x to W x where the export folds B A into W: float32 rounding apart, the same logits."""
+
+
+@pytest.mark.parametrize("method", [SftMethod.LORA, SftMethod.QLORA])
+def test_adapter_workers_export_what_one_process_merges_from_their_adapter(method: SftMethod,
+                                                                           tmp_path: Path) -> None:
+    """Two FSDP2 workers train adapters and write the final model and adapter: the merged export loads
+    in transformers with the logits of the same adapter merged in one process (and, for LoRA, of
+    PEFT's adapter on the base)."""
+    tok = make_tokenizer()
+    directory = write_tiny_base(tmp_path / "base", tok)
+    data = write_records_dataset(tmp_path / "data", DatasetPurpose.SFT, sum_conversations(16, seed=3),
+                                 sum_conversations(4, seed=4), tok)
+    config = TrainConfig(stage=Stage.SFT, dataset=data, output=str(tmp_path / "out"), init_model=str(directory),
+                         method=method, precision="fp32", metrics_port=0,
+                         hyperparameters=hyperparameters(learning_rate=1e-2, max_steps=2),
+                         lora={"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj", "down_proj"]})
+    _, progress = torchrun(tmp_path, config, method.value)
+    assert progress.done and progress.final_model_uri
+    adapter = load_file(tmp_path / "out" / "adapter" / ADAPTER_WEIGHTS_NAME)
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if ".lora_B." in k)  # the adapters did train
+    whole, args = load_pretrained(directory)  # the same adapter merged in one process
+    apply_lora(whole, config.lora, quantize=method is SftMethod.QLORA)
+    load_adapter_state_dict(whole, adapter)
+    export_hf(merged_state_dict(whole), args, None, tmp_path / "one", eos_token_id=0)
+    ids = torch.arange(24).reshape(2, 12) * 7 % 250
+    exported = hf_logits(tmp_path / "out" / "model", ids)
+    torch.testing.assert_close(exported, hf_logits(tmp_path / "one", ids), rtol=0, atol=TOLERANCE)
+    assert not torch.allclose(exported, hf_logits(directory, ids), atol=1e-3)  # not the base's
+    if method is SftMethod.LORA:
+        base = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        peft = PeftModel.from_pretrained(base, tmp_path / "out" / "adapter").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(exported, peft(ids).logits, rtol=0, atol=PEFT_TOLERANCE)

@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +150,6 @@ class LoraLinear(nn.Module):
         update: Tensor = self.lora_B(self.lora_A(self.dropout(x)))
         return y + update * self.scale
 
-    @torch.no_grad()
-    def merged_weight(self) -> Tensor:
-        """W + scale * B @ A in float32 (W dequantized for QLoRA)."""
-        return dequantize(self.weight) + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())
-
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}, "
                 f"nf4={self.quantized}")
@@ -227,12 +222,16 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Adapter weights under PEFT's names: `base_model.model.<path>.lora_A.weight` / `.lora_B.weight`."""
+def adapter_state_dict(model: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Adapter weights under PEFT's names: `base_model.model.<path>.lora_A.weight` / `.lora_B.weight`.
+
+    `state` is the model's whole state dict (under FSDP2 gathered from the shards, as `model.state_dict()`
+    holds only this worker's DTensor shards); `model.state_dict()` when None."""
+    whole = model.state_dict() if state is None else state
     out: dict[str, Tensor] = {}
-    for name, layer in lora_layers(model).items():
-        out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
-        out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B.weight.detach().cpu().contiguous()
+    for name in lora_layers(model):
+        for ab in ("lora_A", "lora_B"):
+            out[f"base_model.model.{name}.{ab}.weight"] = whole[f"{name}.{ab}.weight"].detach().cpu().contiguous()
     return out
 
 
@@ -268,30 +267,37 @@ def adapter_config(config: LoraConfig, target_modules: list[str], base_model: st
     }
 
 
-def save_adapter(model: nn.Module, config: LoraConfig, directory: Path, base_model: str | None = None) -> list[str]:
-    """Write adapter_model.safetensors and adapter_config.json into `directory`; return the file names."""
+def save_adapter(model: nn.Module, config: LoraConfig, directory: Path, base_model: str | None = None,
+                 state: Mapping[str, Tensor] | None = None) -> list[str]:
+    """Write adapter_model.safetensors and adapter_config.json into `directory` (adapters from `state`, the
+    whole state dict, as in `adapter_state_dict`); return the file names."""
     directory.mkdir(parents=True, exist_ok=True)
-    state = adapter_state_dict(model)
-    save_file(state, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    save_file(adapter_state_dict(model, state), str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
     cfg = adapter_config(config, list(lora_layers(model)), base_model)
     (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return [ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME]
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The model's weights with every adapter folded into its base weight, under the original names
-    (as the model had before `apply_lora`): ready for the Hugging Face export."""
-    out = base_state_dict(model)
-    for name, layer in lora_layers(model).items():
-        out[f"{name}.weight"] = layer.merged_weight()
+def merged_state_dict(model: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The model's weights with every adapter folded into its base weight (W + scale * B @ A in float32),
+    under the original names (as the model had before `apply_lora`), on the CPU: ready for the Hugging
+    Face export. `state` is the model's whole state dict, as in `adapter_state_dict`."""
+    whole = model.state_dict() if state is None else state
+    out = base_state_dict(model, whole)
+    with torch.no_grad():
+        for name, layer in lora_layers(model).items():
+            a, b = (whole[f"{name}.{ab}.weight"].detach().float().cpu() for ab in ("lora_A", "lora_B"))
+            out[f"{name}.weight"] = out[f"{name}.weight"] + layer.scale * (b @ a)
     return out
 
 
-def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
+def base_state_dict(model: nn.Module, state: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The model's base weights without adapters (in float32: dequantized and upcast for QLoRA), under the
-    original names."""
-    out = {name: full_precision(t.detach()) for name, t in model.state_dict().items()
-           if ".lora_A." not in name and ".lora_B." not in name}
+    original names, on the CPU. `state` is the model's whole state dict, as in `adapter_state_dict`; the
+    NF4 weights, never part of it (non-persistent and not sharded), come from the model itself."""
+    whole = model.state_dict() if state is None else state
+    out = {name: full_precision(t.detach()).cpu() for name, t in whole.items() if not is_adapter(name)}
     for name, layer in lora_layers(model).items():
-        out[f"{name}.weight"] = dequantize(layer.weight)
+        if is_nf4(layer.weight):
+            out[f"{name}.weight"] = dequantize(layer.weight).cpu()
     return out

@@ -168,16 +168,23 @@ def prepare_for_method(model: Transformer, config: TrainConfig) -> list[str]:
         raise ConfigError(f"lora.targets: {exc}") from exc
 
 
-def final_state(model: Transformer, config: TrainConfig) -> dict[str, Tensor]:
-    """Weights for the final export: adapters merged (lora.merge, the default) or the base alone.
+def gather_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's whole state dict on the CPU, on rank 0 (empty on the other ranks).
 
     Collective: every rank calls it, since under FSDP2 (any torchrun worker group, even of one) the
-    full tensors are gathered from all shards."""
+    full tensors are gathered from all shards; `model.state_dict()` would give this worker's DTensor
+    shards, which neither a merge nor safetensors can use."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = cast(dict[str, Tensor], get_model_state_dict(model, options=options))
+    return {k: v.detach() for k, v in full.items()}
+
+
+def final_state(model: Transformer, config: TrainConfig, full: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weights for the final export from the gathered `full` state (`gather_state`): adapters merged
+    (lora.merge, the default) or the base alone."""
     if config.method is SftMethod.FULL:
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        full = cast(dict[str, Tensor], get_model_state_dict(model, options=options))
-        return {k: v.detach() for k, v in full.items()}
-    return merged_state_dict(model) if config.lora.merge else base_state_dict(model)
+        return full
+    return merged_state_dict(model, full) if config.lora.merge else base_state_dict(model, full)
 
 
 def _upload_dir(store: ObjectStore, prefix: str, directory: Path) -> None:
@@ -209,13 +216,15 @@ def export_model(state: dict[str, Tensor], base: Base, store: ObjectStore, prefi
         return store.uri(key), digest
 
 
-def export_adapter(model: Transformer, config: TrainConfig, store: ObjectStore, prefix: str) -> str | None:
-    """Write the PEFT adapter under `<prefix>/adapter` for lora/qlora; its URI (None for full)."""
+def export_adapter(model: Transformer, config: TrainConfig, store: ObjectStore, prefix: str,
+                   full: dict[str, Tensor]) -> str | None:
+    """Write the PEFT adapter (from the gathered `full` state) under `<prefix>/adapter` for lora/qlora;
+    its URI (None for full)."""
     if config.method is SftMethod.FULL:
         return None
     with tempfile.TemporaryDirectory(prefix="forge-adapter-") as tmp:
         staging = Path(tmp)
-        save_adapter(model, config.lora, staging, base_model=config.init_model)
+        save_adapter(model, config.lora, staging, base_model=config.init_model, state=full)
         key = join_key(prefix, ADAPTER_DIR)
         _upload_dir(store, key, staging)
         return store.uri(key)
@@ -226,10 +235,10 @@ def finish_posttrain(model: nn.Module, config: TrainConfig, runtime: Runtime, ba
     """The end of an sft or rl run: gather the final weights (collective), and on rank 0 export the model
     (and the adapter for lora/qlora) and report it done with its evaluation metrics."""
     core = unwrap(model)
-    state = final_state(core, config)  # collective: every rank takes part in the gather
+    full = gather_state(core)  # collective: every rank takes part in the gather
     if runtime.is_main:
-        uri, digest = export_model(state, base, store, prefix)
-        export_adapter(core, config, store, prefix)
+        uri, digest = export_model(final_state(core, config, full), base, store, prefix)
+        export_adapter(core, config, store, prefix, full)
         loss = metrics.get("loss")
         reporter.update(force=True, eval_metrics=metrics,
                         eval_loss=loss if loss is not None and math.isfinite(loss) else None,
