@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
 from forge_trainer.model.args import ModelArgs
@@ -110,3 +111,14 @@ def autocast(runtime: Runtime, bf16: bool) -> Any:
     if not (bf16 and runtime.device.type == "cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
+
+
+def gather_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict on the CPU, on rank 0 (empty on the other ranks).
+
+    Collective: every rank calls it, since under FSDP2 (any torchrun worker group, even of one) the
+    full tensors are gathered from all shards; `model.state_dict()` would give this worker's DTensor
+    shards, which neither a merge nor safetensors can use."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=options))
+    return {k: v.detach() for k, v in full.items()}

@@ -19,11 +19,9 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from tokenizers import Tokenizer
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from forge_trainer.config import SftMethod, TrainConfig, TrainProgress
 from forge_trainer.config.store import ADAPTER_DIR, MODEL_DIR
@@ -56,7 +54,7 @@ from forge_trainer.train.lora import (
     quantize_meta_layers,
     save_adapter,
 )
-from forge_trainer.train.parallel import build_model, data_parallel_strategy, unwrap, wrap_model
+from forge_trainer.train.parallel import build_model, data_parallel_strategy, gather_state, unwrap, wrap_model
 from forge_trainer.train.progress import ProgressReporter
 from forge_trainer.train.runtime import Runtime
 
@@ -166,17 +164,6 @@ def prepare_for_method(model: Transformer, config: TrainConfig) -> list[str]:
         return apply_lora(model, config.lora, quantize=config.method is SftMethod.QLORA)
     except ValueError as exc:
         raise ConfigError(f"lora.targets: {exc}") from exc
-
-
-def gather_state(model: nn.Module) -> dict[str, Tensor]:
-    """The model's whole state dict on the CPU, on rank 0 (empty on the other ranks).
-
-    Collective: every rank calls it, since under FSDP2 (any torchrun worker group, even of one) the
-    full tensors are gathered from all shards; `model.state_dict()` would give this worker's DTensor
-    shards, which neither a merge nor safetensors can use."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = cast(dict[str, Tensor], get_model_state_dict(model, options=options))
-    return {k: v.detach() for k, v in full.items()}
 
 
 def final_state(model: Transformer, config: TrainConfig, full: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -12,10 +12,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from forge_trainer.config import Precision, TrainConfig, TrainProgress
 from forge_trainer.config.store import MODEL_DIR
@@ -38,7 +37,7 @@ from forge_trainer.train.batches import (
 )
 from forge_trainer.train.checkpoint import MARKER_NAME, Checkpoint, load_checkpoint
 from forge_trainer.train.loop import StageRun, open_run, run_stage
-from forge_trainer.train.parallel import build_model, wrap_model
+from forge_trainer.train.parallel import build_model, gather_state, wrap_model
 from forge_trainer.train.runtime import Runtime, barrier, init_runtime
 from forge_trainer.train.step_engine import NonFiniteLossError, StepEngine, StepStats, first_non_finite
 
@@ -314,8 +313,7 @@ class _Pretrain:
         """Final evaluation and the Hugging Face export; the final progress."""
         run = self.run
         eval_loss = self.evaluate()
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        full = cast(dict[str, torch.Tensor], get_model_state_dict(run.engine.model, options=options))
+        full = gather_state(run.engine.model)
         metrics: dict[str, float] = {}
         if eval_loss is not None:
             metrics = {"loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50.0))}
