@@ -1,6 +1,6 @@
 """An autoscaled ForgeDeployment on the real API server gets its HorizontalPodAutoscaler in the version that
 server serves: autoscaling/v2 from Kubernetes 1.23, autoscaling/v2beta2 before (the operator reads the
-server's version at start-up)."""
+server's version at start-up), and loses it when autoscaling is taken out of the spec."""
 
 from __future__ import annotations
 
@@ -39,3 +39,10 @@ def test_the_autoscaler_is_created_in_the_version_the_server_serves(cluster: Clu
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "scaled-serve"}
     assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 65}
+
+    # autoscaling taken out of the spec: the autoscaler goes, so spec.replicas rules again
+    cluster.custom.patch_namespaced_custom_object("forge.ai", "v1alpha1", cluster.ns, "forgedeployments", "scaled",
+                                                  {"spec": {"autoscaling": None, "replicas": 2}})
+    wait_for("the autoscaler to be gone", lambda: _hpa(cluster, version, "scaled-serve") is None, timeout=60)
+    wait_for("the Deployment at spec.replicas", lambda: client.AppsV1Api(
+        cluster.core.api_client).read_namespaced_deployment("scaled-serve", cluster.ns).spec.replicas == 2, timeout=60)

@@ -31,7 +31,7 @@ GRANTS: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create"},
     ("networking.k8s.io", "networkpolicies"): {"create", "patch"},
     ("apps", "deployments"): {"get", "create", "patch"},
-    ("autoscaling", "horizontalpodautoscalers"): {"create", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"create", "patch", "delete"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
     ("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"},
@@ -71,6 +71,8 @@ def _value(node: ast.expr, module: Any) -> str | None:
         return node.value
     if isinstance(node, ast.Name) and isinstance(getattr(module, node.id, None), str):
         return str(getattr(module, node.id))
+    if isinstance(node, ast.Attribute) and node.attr == "hpa_api_version":
+        return "autoscaling/v2"  # the plan's version of the HPA (v2 or v2beta2): the group is what is granted
     return None
 
 

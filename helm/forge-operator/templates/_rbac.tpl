@@ -26,7 +26,7 @@ them from the code, both ways: every grant is used and every use is granted. */}
   verbs: ["create", "patch"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "delete"]
 # serving: applied, then read for its ready replicas
 - apiGroups: ["apps"]
   resources: ["deployments"]

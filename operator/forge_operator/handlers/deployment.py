@@ -49,11 +49,18 @@ class DeploymentAdapter(Adapter[ForgeDeployment, ForgeDeploymentStatus]):
         return render_deployment(plan) if plan is not None else []
 
     def apply(self, rc: Rc, plan: DeploymentPlan | None, manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """Apply the serving workload; the live Deployment."""
+        """Apply the serving workload (and remove the autoscaler of a spec that dropped autoscaling); the live
+        Deployment."""
         kube = runtime().kube
         for manifest in manifests:
             kube.apply(manifest)
-        return kube.get("apps/v1", "Deployment", rc.namespace, plan.deployment_name) if plan else None
+        if plan is None:
+            return None
+        if plan.spec.autoscaling is None and rc.prev.observed_generation != rc.generation:
+            # autoscaling removed from the spec (or never there): an HPA left behind would keep overriding
+            # spec.replicas, so it goes, once per spec change
+            kube.delete(plan.hpa_api_version, "HorizontalPodAutoscaler", rc.namespace, plan.deployment_name)
+        return kube.get("apps/v1", "Deployment", rc.namespace, plan.deployment_name)
 
     def observe(self, rc: Rc, resolved: ResolvedModel, plan: DeploymentPlan | None,
                 applied: dict[str, Any] | None) -> DeploymentObservation:
