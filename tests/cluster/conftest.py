@@ -49,9 +49,10 @@ def _upload_quickstart_data(api: Any, ml: str) -> None:
         s3.fput_object(RAW_BUCKET, f"quickstart/{path.relative_to(data)}", str(path))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def install() -> Iterator[Install]:
-    """Install Forge into fresh namespaces of the node cluster; uninstall afterwards."""
+    """Install Forge into fresh namespaces of the node cluster; uninstall after the tier's last test (its
+    operators and pods would otherwise load the machine for the rest of the session)."""
     from kubernetes import client
 
     node = NodeCluster.from_env()
@@ -121,7 +122,7 @@ def _create_or_replace_crds(api: Any, crds: list[dict[str, Any]]) -> None:
             for c in ext.read_custom_resource_definition(n).status.conditions or []), timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def small_notes(install: Install) -> str:
     """A Ready pretraining dataset (the quickstart's prose, a 300-token vocabulary), prepared by a real Pod;
     its name."""

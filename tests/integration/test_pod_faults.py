@@ -18,9 +18,6 @@ from tests.support.cluster import ACCESS, CPU, FORGE, SECRET, Cluster, Operator,
 
 pytestmark = pytest.mark.integration
 PLURAL = "forgetrainingruns"
-T = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-"""When the pod's trouble began: now, well within the operator's podsStalledAfter (600 s)."""
-ENDED = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.fixture
@@ -49,6 +46,10 @@ def test_unschedulable_image_pull_and_oom_killed_pods_are_named_in_status_and_ev
         cluster: Cluster, operator: Operator, _moto_endpoint: str, store_bucket: str, node: str) -> None:
     s3 = Minio(_moto_endpoint, access_key=ACCESS, secret_key=SECRET, secure=False)
     ready_dataset(cluster, s3, store_bucket, "data")
+    # when the pod's trouble began: now (not when the module was imported, maybe many minutes ago), well
+    # within the operator's podsStalledAfter (600 s)
+    began = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ended = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster.create(PLURAL, {**FORGE, "kind": "ForgeTrainingRun", "metadata": {"name": "faulty"}, "spec": {
         "stage": "pretrain", "datasetRef": "data", "model": {"size": "tiny"}, "resources": CPU}})
     pods = wait_for("the job's pod", lambda: cluster.core.list_namespaced_pod(
@@ -59,13 +60,13 @@ def test_unschedulable_image_pull_and_oom_killed_pods_are_named_in_status_and_ev
 
     # the scheduler finds no node
     _pod_status(cluster, pod, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                               "lastTransitionTime": T,
+                                               "lastTransitionTime": began,
                                                "message": "0/1 nodes are available: 1 Insufficient cpu."}]})
     cond = wait_for("PodsReady Unschedulable", lambda: (c := _pods_ready(cluster, "faulty")).get("reason")
                     == "Unschedulable" and c)
     assert cond["status"] == "False"
     assert cond["message"] == (f"pod {pod} (rank 0) (not scheduled): Unschedulable: 0/1 nodes are available: "
-                               f"1 Insufficient cpu (since {T})")
+                               f"1 Insufficient cpu (since {began})")
     status = cluster.status(PLURAL, "faulty")
     assert status["phase"] == "Pending", "a run none of whose pods can start is not Running"
     assert status["message"] == f"training job faulty-train-0 cannot start: {cond['message']}"
@@ -76,9 +77,9 @@ def test_unschedulable_image_pull_and_oom_killed_pods_are_named_in_status_and_ev
         "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node}}, _preload_content=False)
     _pod_status(cluster, pod, {
-        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": T},
-                       {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": T}],
-        "startTime": T,
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": began},
+                       {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": began}],
+        "startTime": began,
         "containerStatuses": [{"name": "trainer", "image": "forge-trainer:missing", "imageID": "", "ready": False,
                                "restartCount": 0, "state": {"waiting": {
                                    "reason": "ErrImagePull",
@@ -92,13 +93,13 @@ def test_unschedulable_image_pull_and_oom_killed_pods_are_named_in_status_and_ev
     # it ran, and the kernel killed it for its memory
     _pod_status(cluster, pod, {"phase": "Failed", "containerStatuses": [{
         "name": "trainer", "image": "forge-trainer:0.1.0", "imageID": "", "ready": False, "restartCount": 0,
-        "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": T,
-                                 "finishedAt": ENDED}}}]})
+        "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": began,
+                                 "finishedAt": ended}}}]})
     cond = wait_for("PodsReady OOMKilled", lambda: (c := _pods_ready(cluster, "faulty")).get("reason")
                     == "OOMKilled" and c)
     assert cond["message"].startswith(
         f"pod {pod} (rank 0) on node {node}: OOMKilled: container trainer exceeded its memory limit")
-    assert f"(OOMKilled, exit code 137) (since {ENDED})" in cond["message"]
+    assert f"(OOMKilled, exit code 137) (since {ended})" in cond["message"]
     events = wait_for("OOMKilled Event", lambda: "OOMKilled" in (w := _warnings(cluster, "faulty")) and w)
     assert f"pod {pod} (rank 0) on node {node}" in events["OOMKilled"]
     assert "OOMKilled" in (cluster.status(PLURAL, "faulty").get("message") or "")

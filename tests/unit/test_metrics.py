@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from prometheus_client import generate_latest
 
 from forge_operator import metrics
+
+
+@pytest.fixture(autouse=True)
+def _unknown_leadership() -> Iterator[None]:
+    """Each test starts as a fresh process does (leadership unknown), whatever an earlier test in this
+    process recorded (an operator started in-process records whether it leads)."""
+    metrics.set_leading(None)
+    yield
+    metrics.set_leading(None)
 
 
 def test_run_series_follow_the_status_and_vanish_on_delete() -> None:
