@@ -87,7 +87,11 @@ def install() -> Iterator[Install]:
         rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
         create_all(api, rest, namespace=system)
         created = rest
-        yield Install(api, node, system, ml, objects)
+        installed = time.monotonic()
+        apps = client.AppsV1Api(api)
+        wait_for("both operator replicas Ready", lambda: any(
+            (d.status.ready_replicas or 0) == 2 for d in apps.list_namespaced_deployment(system).items), timeout=240)
+        yield Install(api, node, system, ml, objects, time.monotonic() - installed)
     finally:
         print(f"---- {system} ----\n{describe(api, system)}\n---- {ml} ----\n{describe(api, ml)}")
         if os.environ.get("FORGE_CLUSTER_KEEP") == "1":  # to look around afterwards with kubectl

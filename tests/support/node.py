@@ -196,6 +196,8 @@ class Install:
     ml: str
     """The namespace of the Forge resources, their workloads and the S3 server."""
     objects: list[dict[str, Any]]
+    operator_ready_seconds: float
+    """From creating the chart's objects to both operator replicas Ready."""
 
     @property
     def cluster(self) -> Cluster:
