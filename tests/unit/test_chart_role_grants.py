@@ -98,8 +98,8 @@ def derive_needs() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
         tree = ast.parse(path.read_text())
         module = None
         for node in ast.walk(tree):
-            # kube/logs.py: the one read of a container's log (a failure's status quotes its last lines)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "read_pod_log":
+            # Kube.read_pod_log: the one read of a container's log (a failure's status quotes its last lines)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "read_pod_log":
                 add(("", "pods/log"), {"get"})
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 target = node.func.value

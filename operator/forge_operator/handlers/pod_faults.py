@@ -14,12 +14,12 @@ from typing import Any
 from forge_operator.api.common import ResourceStatus
 from forge_operator.handlers.runtime import log, post_event, runtime
 from forge_operator.kube.client import KubeError
-from forge_operator.kube.logs import read_pod_log
 from forge_operator.plan.naming import selector_labels
 from forge_operator.status.conditions import PODS_READY, get_condition
 from forge_operator.status.pods import (
     LOG_LIMIT_BYTES,
     LOG_TAIL_LINES,
+    SECRET_WORDS,
     PodsSeen,
     log_tail,
     observe_pods,
@@ -29,7 +29,6 @@ from forge_operator.status.pods import (
     secret_env_names,
 )
 
-_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL")
 _UNREADABLE: OrderedDict[str, None] = OrderedDict()
 """Failures whose log could not be read: not asked again every reconcile (a kubelet that does not answer
 would hold each one up)."""
@@ -50,7 +49,7 @@ def look_at_pods(kind: str, name: str, namespace: str, now: datetime, prev: Reso
     if logs is None and trouble.summary not in _UNREADABLE:
         pod = next(p for p in pods if (p.get("metadata") or {}).get("name") == trouble.pod)
         try:
-            text = read_pod_log(runtime().kube, namespace, trouble.pod, trouble.container, tail_lines=LOG_TAIL_LINES,
+            text = runtime().kube.read_pod_log(namespace, trouble.pod, trouble.container, tail_lines=LOG_TAIL_LINES,
                                 limit_bytes=LOG_LIMIT_BYTES, previous=trouble.previous)
         except KubeError as exc:
             log.info("%s %s/%s: cannot read the log of pod %s: %s", kind, namespace, name, trouble.pod, exc)
@@ -65,7 +64,7 @@ def look_at_pods(kind: str, name: str, namespace: str, now: datetime, prev: Reso
 def _known_secret_values() -> list[str]:
     """The secret values this operator holds itself (its store credentials, often the workloads' too):
     none of them may appear in a status, whatever the line around it looks like."""
-    return [value for key, value in os.environ.items() if any(word in key.upper() for word in _SECRET_WORDS)]
+    return [value for key, value in os.environ.items() if any(word in key.upper() for word in SECRET_WORDS)]
 
 
 def tell_pod_trouble(body: dict[str, Any], prev: ResourceStatus, status: ResourceStatus) -> None:

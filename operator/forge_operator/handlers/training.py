@@ -24,7 +24,7 @@ from forge_operator.resolve.lookup import Lookup
 from forge_operator.resolve.training import PINNED, ResolvedRun, check_pinned, pin, resolve_run
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Action, Waiting
-from forge_operator.status.gpu_budget import gpu_hours_used, gpus_in_use, run_hold
+from forge_operator.status.gpu_budget import gpus_in_use, hold_of
 from forge_operator.status.job import observe_job
 from forge_operator.status.pods import PodsSeen
 from forge_operator.status.run_job import store_replicas
@@ -51,9 +51,8 @@ class TrainingAdapter(Adapter[ForgeTrainingRun, ForgeTrainingRunStatus]):
 
     def plan(self, rc: Rc, resolved: ResolvedRun) -> TrainingPlan:
         attempt = rc.prev.attempt if rc.prev.attempt is not None else (rc.prev.restarts or 0)
-        spec = rc.resource.spec
         # the store's pod as the run stands before this reconcile (finish_store follows a change of phase)
-        held = run_hold(spec.suspend, spec.budget.max_gpu_hours, gpu_hours_used(rc.prev, rc.now)) is not None
+        held = hold_of(rc.resource.spec, rc.prev, rc.now) is not None
         return plan_training_run(rc.resource, runtime().settings, resolved.refs, attempt=attempt,
                                  rdzv_replicas=store_replicas(rc.prev.phase, held))
 

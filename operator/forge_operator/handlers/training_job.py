@@ -22,7 +22,7 @@ from forge_operator.plan.naming import selector_labels
 from forge_operator.plan.training import TrainingPlan, shape_changes
 from forge_operator.render.training import ATTEMPT_LABEL, SHAPE_ANNOTATION, render_rendezvous_deployment
 from forge_operator.status.conditions import Action, is_true
-from forge_operator.status.gpu_budget import Hold, gpu_hours_used, run_hold
+from forge_operator.status.gpu_budget import Hold, hold_of
 from forge_operator.status.job import JobObservation, observe_job
 from forge_operator.status.run_job import (
     JobDecision,
@@ -56,7 +56,7 @@ def apply_job(plan: TrainingPlan, spec: ForgeTrainingRunSpec, prev: ForgeTrainin
     """Look at the attempt's Job, decide what it needs (hold, roll, create, wait) and do it."""
     live = runtime().kube.get("batch/v1", "Job", plan.meta.namespace, plan.job_name)
     seen = observe_job(live)
-    hold = run_hold(spec.suspend, spec.budget.max_gpu_hours, gpu_hours_used(prev, now))
+    hold = hold_of(spec, prev, now)
     changes = shape_changes(seen.annotations.get(SHAPE_ANNOTATION), plan.job_shape) if seen else []
     earlier = earlier_pods(plan, now) if seen is None and hold is None else 0
     decision = decide_job(seen, hold=hold is not None, queued=plan.queue is not None, changes=changes,

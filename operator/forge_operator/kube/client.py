@@ -251,6 +251,24 @@ class Kube:
         except _ApiError as exc:
             raise KubeError(f"read the API server's version: {exc}") from exc
 
+    def read_pod_log(self, namespace: str, pod: str, container: str, *, tail_lines: int, limit_bytes: int,
+                     previous: bool = False) -> str:
+        """The last `tail_lines` lines (at most `limit_bytes` bytes) of a container's log (the pods/log
+        subresource, bounded on the server's side); `previous`: of its instance before the last restart.
+        KubeError when it cannot be read (no kubelet answers, the container never ran, the pod is gone)."""
+        res = self._resource("v1", "Pod")
+        query = {"container": container, "tailLines": str(tail_lines), "limitBytes": str(limit_bytes)}
+        if previous:
+            query["previous"] = "true"
+        try:
+            text = self._request("GET", res.path(namespace, pod, "log"), query=query)
+        except _ApiError as exc:
+            raise KubeError(f"log of {namespace}/{pod} container {container}: {exc}") from exc
+        if text is None:
+            return ""
+        # _request decodes JSON answers: a log whose whole text is one JSON value comes back decoded
+        return text if isinstance(text, str) else json.dumps(text)
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None if it does not exist."""
         res = self._resource(api_version, kind)

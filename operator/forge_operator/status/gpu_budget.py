@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from forge_operator.api.common import parse_time, rfc3339
-from forge_operator.api.training import ForgeTrainingRunStatus
+from forge_operator.api.training import ForgeTrainingRunSpec, ForgeTrainingRunStatus
 from forge_operator.status.job import JobObservation
 
 ACCRUAL_SECONDS = 60
@@ -47,6 +47,11 @@ def run_hold(suspend: bool, max_gpu_hours: float | None, used: float) -> Hold | 
     if max_gpu_hours is not None and used >= max_gpu_hours:
         return Hold.BUDGET
     return Hold.SUSPEND if suspend else None
+
+
+def hold_of(spec: ForgeTrainingRunSpec, status: ForgeTrainingRunStatus, now: datetime) -> Hold | None:
+    """run_hold for this spec, with the GPU-hours the run has used by `now`."""
+    return run_hold(spec.suspend, spec.budget.max_gpu_hours, gpu_hours_used(status, now))
 
 
 def fold_gpu_hours(status: ForgeTrainingRunStatus, gpus_now: int, now: datetime, force: bool = False) -> None:

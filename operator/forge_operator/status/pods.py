@@ -385,7 +385,9 @@ def pods_event(prev: ResourceStatus, new: ResourceStatus) -> tuple[str, str] | N
 
 # --- log lines ---------------------------------------------------------------------------------------
 
-_SECRET_NAME = r"[\w.-]*(?:KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL)[\w.-]*"
+SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL")
+"""A name with one of these in it (any case) holds a secret: its value never reaches a status."""
+_SECRET_NAME = rf"[\w.-]*(?:{'|'.join(SECRET_WORDS)})[\w.-]*"
 _KEY_VALUE = re.compile(rf"""(?i)(["']?{_SECRET_NAME}["']?\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s,;&]+)""")
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
 _TOKEN_SHAPES = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]*|(?i:bearer)\s+[\w.~+/-]{8,}=*")
