@@ -253,3 +253,22 @@ def test_two_writers_cannot_both_advance_the_attempt(race_cluster: Cluster, kopf
         kopf_context.run(publish_status, read, prev, second)
     status = cluster.status(PLURAL, RUN)
     assert (status["attempt"], status["jobName"], status.get("message")) == (1, f"{RUN}-train-1", "rolled")
+
+
+def test_a_run_being_deleted_is_left_to_its_finalizer(race_cluster: Cluster, kopf_context: KopfContext,
+                                                      s3: S3Server) -> None:
+    """A change handler or a timer tick that Kopf started before the deletion (its body has no
+    deletionTimestamp) reconciles nothing once the run is marked for deletion: no Job of a first attempt,
+    no status, while the finalizer releases the artifacts."""
+    cluster = race_cluster
+    kwargs = _handler_kwargs(cluster, s3.bucket)
+    created = cluster.create(PLURAL, {**FORGE, "kind": "ForgeTrainingRun",
+                                      "metadata": {"name": RUN, "finalizers": ["test/hold"]}, "spec": {
+        "stage": "pretrain", "datasetRef": "data", "model": {"size": "tiny"}, "resources": CPU}})
+    cluster.delete(PLURAL, RUN)  # held by the test's finalizer: marked, not gone
+    for entry in (on_event, on_tick):
+        kopf_context.run(entry, ADAPTER, created, kwargs)
+    assert cluster.job(f"{RUN}-train-0") is None, "a run being deleted got a Job"
+    assert cluster.status(PLURAL, RUN) == {}
+    cluster.custom.patch_namespaced_custom_object("forge.ai", "v1alpha1", cluster.ns, PLURAL, RUN,
+                                                  {"metadata": {"finalizers": None}})

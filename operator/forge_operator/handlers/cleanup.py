@@ -15,6 +15,7 @@ from forge_operator import metrics
 from forge_operator.api import kind_info
 from forge_operator.api.common import API_VERSION, Condition, ConditionStatus, RetentionPolicy, now_rfc3339
 from forge_operator.handlers.indexes import cluster_lookup
+from forge_operator.handlers.reconcile import gate
 from forge_operator.handlers.runtime import log, post_event, runtime
 from forge_operator.plan.naming import audit_uri
 from forge_operator.resolve.usage import usage
@@ -83,7 +84,13 @@ def abandon_artifacts(body: dict[str, Any], kind: str, default_policy: str, reas
 def finalize(body: kopf.Body, kind: str, default_policy: str, handler_kwargs: Mapping[str, Any]) -> None:
     """The finalizer of a resource: while another resource still uses it, say why and retry after a
     reconcile interval; then release its artifacts (or abandon them, when annotated). A store that fails
-    blocks the deletion with a condition and an Event naming the error and the way out."""
+    blocks the deletion with a condition and an Event naming the error and the way out. Runs under the
+    object's reconcile lock: a reconcile that started before the deletion finishes first."""
+    with gate(str(body["metadata"]["uid"])).lock:
+        _finalize(body, kind, default_policy, handler_kwargs)
+
+
+def _finalize(body: kopf.Body, kind: str, default_policy: str, handler_kwargs: Mapping[str, Any]) -> None:
     meta = body["metadata"]
     interval = runtime().settings.reconcile_interval
     users = usage(kind, meta["name"], cluster_lookup(meta["namespace"], handler_kwargs))

@@ -2,6 +2,9 @@
 publish. A kind contributes a small adapter (handlers/dataset.py, training.py, deployment.py); this
 module holds the order of the steps, the waiting policy and the error policy, once.
 
+An object being deleted is not reconciled: from its deletionTimestamp on, the finalizer owns it (a timer's
+reconcile must not start a new Job attempt or rewrite status while the artifacts are being released).
+
 One reconcile at a time per object: Kopf runs a timer concurrently with the change handlers of the same
 object, and both hand over a body whose status may predate the last one the operator wrote. Every entry
 point therefore takes the object's lock and reconciles the object as the API server holds it then."""
@@ -26,7 +29,7 @@ from forge_operator.handlers.adapter import Adapter, Pass, R, S
 from forge_operator.handlers.indexes import cluster_lookup
 from forge_operator.handlers.runtime import StaleStatusError, parse_status, publish_status, read_current
 from forge_operator.plan.workload import InvalidSpecError
-from forge_operator.resolve.lookup import Lookup
+from forge_operator.resolve.lookup import Lookup, deleting
 from forge_operator.status.conditions import Waiting
 
 log = logging.getLogger("forge.operator")
@@ -129,6 +132,8 @@ def _reconcile_alone(adapter: Adapter[R, S], body: dict[str, Any], handler_kwarg
         current = read_current(body)
         if current is None:
             return  # deleted (or replaced by a new object of that name, which its own handlers reconcile)
+        if deleting(current):
+            return  # being deleted: the finalizer (cleanup.finalize, under this lock too) owns it from now on
         started = time.monotonic()
         result = "error"
         try:
