@@ -1,9 +1,11 @@
 """A preparation split across workers gives the dataset one process gives: the same kept documents,
 redactions, drop counts, tokens, shards and manifest digest at parallelism 1, 2 and 4, on a corpus whose
-planted duplicates sit in files that different workers read."""
+planted duplicates sit in files (and pieces of one big file) that different workers read."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -14,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from forge_trainer.config import PrepareConfig
-from forge_trainer.data.ingest import list_source, open_source
+from forge_trainer.config import DatasetFormat, PrepareConfig
+from forge_trainer.data.ingest import list_source, open_source, pieces
 from forge_trainer.data.prepare import run_prepare
 from forge_trainer.data.shards import load_manifest
 from forge_trainer.data.stages import run_prepare_parallel, run_stage
 from forge_trainer.data.work import partition
 from forge_trainer.errors import WorkloadError
+from forge_trainer.store import LocalStore, StoreError
 from tests.support.raw_corpus import sentence_doc, write_jsonl
 
 EPOCH = "1767225600"  # SOURCE_DATE_EPOCH: the manifest's created_at, so digests can be compared
@@ -74,8 +77,10 @@ def test_parallelism_1_2_4_give_the_one_process_dataset(tmp_path: Path, monkeypa
     _corpus(src)
     objects = list_source(*open_source(str(src)))
     keys = [o.key for o in objects]
+    listing = pieces(objects, DatasetFormat.AUTO, _config(src, out).piece_bytes)
+    assert [p.key for p in listing] == keys, "small files are one piece each"
     for workers in (2, 4):  # the originals and their copies are read by different workers
-        bounds = partition(objects, workers)
+        bounds = partition(listing, workers)
         owner = {k: next(w for w in range(workers) if bounds[w] <= i < bounds[w + 1]) for i, k in enumerate(keys)}
         assert owner["part-0.jsonl"] != owner["part-7.jsonl"] and owner["part-0.jsonl"] != owner["part-6.jsonl"]
 
@@ -95,10 +100,91 @@ def test_parallelism_1_2_4_give_the_one_process_dataset(tmp_path: Path, monkeypa
         assert manifest.examples == reference.examples, workers
         assert _result(out) == expected, f"parallelism {workers}: the dataset's files differ"
         assert load_manifest(str(out))[1] == reference_digest
-        leftovers = [p for p in (out / "_work").rglob("*") if p.is_file()]
-        assert leftovers == [], "the working area is deleted once the manifest is written"
+        assert not (out / "_work").exists(), "the working area is deleted once the manifest is written"
         audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
         assert sorted(r["uri"] for r in audit if r["event"] == "read") == sorted((src / k).as_uri() for k in keys)
+
+
+def _big_corpus(src: Path) -> tuple[bytes, int]:
+    """One jsonl of about 500 KB (pieces of 64 KiB: eight) whose planted copies lie in other pieces than their
+    originals, one line starting exactly on a piece boundary, and a small file; its bytes and line count."""
+    src.mkdir()
+    rows = [{"text": sentence_doc(5000 + i, 60 + i % 50)} for i in range(700)]
+    rows[650] = {"text": rows[3]["text"]}  # an exact copy, five pieces later
+    rows[600] = {"text": _near(rows[10]["text"], 40)}  # a near copy
+    rows[400] = {"text": rows[399]["text"] + "  "}  # an exact copy (after normalising) in the next line
+    lines = [json.dumps(r) for r in rows]
+    size = sum(len(line) + 1 for line in lines[:200])
+    lines[199] += " " * (3 * 65536 - size)  # line 200 starts exactly where piece 3 does
+    data = ("\n".join(lines) + "\n").encode()
+    assert data.index(json.dumps(rows[200]).encode()) == 3 * 65536
+    (src / "big.jsonl").write_bytes(data)
+    write_jsonl(src / "small.jsonl", [{"text": rows[5]["text"]}, {"text": sentence_doc(1, 70)}])
+    return data, len(lines)
+
+
+def test_a_big_file_in_pieces_gives_the_same_dataset_at_every_parallelism(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    src, out = tmp_path / "src", tmp_path / "out"
+    data, lines = _big_corpus(src)
+    config = _config(src, out, splitBytes=65536)
+    listing = pieces(list_source(*open_source(str(src))), DatasetFormat.AUTO, config.piece_bytes)
+    assert [(p.key, p.start) for p in listing][:3] == [("big.jsonl", 0), ("big.jsonl", 65536), ("big.jsonl", 131072)]
+    assert len(listing) == 9
+    bounds = partition(listing, 4)
+    assert bounds[1] > 0 and bounds[3] < 8, "the big file's pieces are read by several workers"
+
+    reference = run_prepare(config)
+    expected = _result(out)
+    c = reference.counts
+    assert c.documents_read == lines + 2, "every line is read once, by exactly one piece"
+    assert (c.exact_duplicates, c.near_duplicates) == (3, 1)
+    _, digest = load_manifest(str(out))
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    reads = sorted(((r["uri"], r["sha256"], r["size"]) for r in audit if r["event"] == "read"), key=lambda r: r[0])
+    big = (src / "big.jsonl").as_uri()
+    cuts = [*range(0, len(data), 65536), len(data)]
+    assert reads == sorted([(f"{big}#bytes={s}-{e}", "sha256:" + hashlib.sha256(data[s:e]).hexdigest(), e - s)
+                            for s, e in itertools.pairwise(cuts)]
+                           + [((src / "small.jsonl").as_uri(), reads[-1][1], (src / "small.jsonl").stat().st_size)])
+
+    for workers in (1, 2, 4):
+        shutil.rmtree(out)
+        manifest = run_prepare_parallel(config, workers)
+        assert manifest.counts == reference.counts, workers
+        assert _result(out) == expected, f"parallelism {workers}: the dataset's files differ"
+        assert load_manifest(str(out))[1] == digest
+        again = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+        assert sorted(((r["uri"], r["sha256"], r["size"]) for r in again if r["event"] == "read"),
+                      key=lambda r: r[0]) == reads
+
+
+def test_a_retried_manifest_stage_does_not_double_the_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    src, out = tmp_path / "src", tmp_path / "out"
+    _corpus(src)
+    config = _config(src, out)
+    for stage in ("scan", "dedup", "tokenizer", "pack"):
+        for worker in range(1 if stage == "tokenizer" else 2):
+            run_stage(config, stage, worker, 2)
+    real_put = LocalStore.put_file
+
+    def failing_put(self: LocalStore, key: str, path: Path) -> None:  # the store fails mid-way through the shards
+        if "shards/" in key and "00001" in key:
+            raise StoreError(f"{self.uri(key)}: connection reset")
+        real_put(self, key, path)
+
+    monkeypatch.setattr(LocalStore, "put_file", failing_put)
+    with pytest.raises(WorkloadError, match="connection reset"):
+        run_stage(config, "manifest", 0, 2)
+    monkeypatch.setattr(LocalStore, "put_file", real_put)
+    run_stage(config, "manifest", 0, 2)
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    events = [(r["event"], r["uri"]) for r in audit]
+    assert len(events) == len(set(events)), "no record twice"
+    assert sorted(u for e, u in events if e == "read") == sorted(p.as_uri() for p in src.iterdir())
+    assert (out / "manifest.json").as_uri() in {u for e, u in events if e == "write"}
 
 
 def test_sft_records_are_the_same_in_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,8 +281,6 @@ spec:
         [manifest_file] = [p for p in root.rglob("manifest.json") if f"/{name}/" in p.as_posix()]
         manifest = json.loads(manifest_file.read_text())
         found[name] = (manifest["shards"], manifest["tokenizer"], manifest["counts"], manifest["examples"])
-        work = manifest_file.parent / "_work"
-        assert work.is_dir() == (name == "three"), "only a split preparation has a working area (emptied)"
-        assert not [p for p in work.rglob("*") if p.is_file()]
+        assert not (manifest_file.parent / "_work").exists(), "the working area is gone, empty directories too"
     assert found["one"] == found["three"]
     assert found["three"][2]["nearDuplicates"] == 3

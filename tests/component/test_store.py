@@ -42,6 +42,23 @@ def test_put_get_list_delete_roundtrip(store: ObjectStore) -> None:
         assert fh.read() == b"1"
 
 
+def test_ranged_reads_give_exactly_the_bytes_asked_for(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    store.put_bytes("r/data.bin", data)
+    for offset, length in ((0, None), (0, 10), (100, 1000), (5000, None), (10_000, 1000), (10_239, 1), (7, 0),
+                           (10_240, None), (20_000, 5)):
+        with store.open_read("r/data.bin", offset, length) as fh:
+            got = fh.read()
+        assert got == data[offset:None if length is None else offset + length], (offset, length)
+    with store.open_read("r/data.bin", 1000, 3000) as fh:  # read in small pieces, as the corpus reader does
+        parts = list(iter(lambda: fh.read(777), b""))
+    assert b"".join(parts) == data[1000:4000]
+    with pytest.raises(StoreError, match="invalid byte range"), store.open_read("r/data.bin", -1, 5):
+        pass
+    with pytest.raises(StoreError, match=r"gone\.bin does not exist"), store.open_read("r/gone.bin", 10, 5):
+        pass
+
+
 def test_missing_object_error_names_the_uri(store: ObjectStore) -> None:
     with pytest.raises(StoreError, match=r"nothere\.json does not exist"):
         store.get_bytes("nothere.json")
@@ -64,6 +81,23 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     st.put_bytes("x/data.bin", b"new")
     assert st.get_bytes("x/data.bin") == b"new"
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["data.bin"]
+
+
+def test_local_delete_leaves_no_empty_directories(tmp_path: Path) -> None:
+    st = LocalStore(tmp_path / "root")
+    st.put_bytes("ds/_work/scan/00000/docs.jsonl", b"x")
+    st.put_bytes("ds/_work/scan/00001/docs.jsonl", b"y")
+    st.put_bytes("ds/manifest.json", b"{}")
+    st.delete("ds/_work/scan/00000/docs.jsonl")
+    assert not (tmp_path / "root/ds/_work/scan/00000").exists()
+    assert (tmp_path / "root/ds/_work/scan/00001").is_dir()
+    st.delete("ds/_work/scan/00001/docs.jsonl")
+    assert not (tmp_path / "root/ds/_work").exists(), "the emptied parents go, up to the first non-empty one"
+    assert (tmp_path / "root/ds/manifest.json").is_file()
+    st.delete("ds/manifest.json")
+    assert (tmp_path / "root").is_dir() and not any((tmp_path / "root").iterdir()), "the root itself stays"
+    st.put_bytes("ds/again.json", b"{}")  # writing into a directory a delete removed makes it again
+    assert st.get_bytes("ds/again.json") == b"{}"
 
 
 def test_keys_cannot_escape_the_root(tmp_path: Path) -> None:

@@ -45,6 +45,15 @@ def test_job_runs_prepare_with_its_config_from_a_configmap() -> None:
     assert {"name": "config", "mountPath": "/etc/forge", "readOnly": True} in container["volumeMounts"]
 
 
+def test_split_bytes_reaches_the_workload_and_has_a_floor() -> None:
+    cm = _render(_dataset(source={"uri": "s3://raw/handbook/", "splitBytes": 1 << 20}))["ConfigMap"]
+    assert PrepareConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"])).piece_bytes == 1 << 20
+    cm = _render(_dataset())["ConfigMap"]
+    assert PrepareConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"])).piece_bytes == 256 << 20
+    with pytest.raises(ValueError, match=r"source\.splitBytes[\s\S]*greater than or equal to 65536"):
+        _dataset(source={"uri": "s3://raw/handbook/", "splitBytes": 1000})
+
+
 def test_children_are_owned_by_the_dataset_and_labelled() -> None:
     objs = _render(_dataset())
     assert set(objs) == {"NetworkPolicy", "ConfigMap", "Job"}

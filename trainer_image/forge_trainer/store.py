@@ -51,7 +51,8 @@ class ObjectStore(Protocol):
     def put_file(self, key: str, path: Path) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def get_file(self, key: str, path: Path) -> None: ...
-    def open_read(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def open_read(self, key: str, offset: int = 0,
+                  length: int | None = None) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
@@ -62,6 +63,46 @@ def _clean_key(key: str) -> str:
     if any(part == ".." for part in key.split("/")):
         raise StoreError(f"object key {key!r} must not contain '..'")
     return key
+
+
+def _check_range(uri: str, offset: int, length: int | None) -> None:
+    if offset < 0 or (length is not None and length < 0):
+        raise StoreError(f"{uri}: invalid byte range (offset {offset}, length {length})")
+
+
+class _FileWindow(io.RawIOBase):
+    """At most `left` bytes of an open file, from where it stands: a ranged read of a local object."""
+
+    def __init__(self, fh: IO[bytes], left: int) -> None:
+        super().__init__()
+        self.fh, self.left = fh, left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(buffer).cast("B")
+        data = self.fh.read(min(len(view), self.left))
+        view[:len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def _temp_file(directory: Path, name: str) -> tuple[int, str]:
+    """A temporary file next to `name` in `directory`, made first (a delete of the directory's last object
+    may remove it meanwhile, so a vanished directory is made once more)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
 
 
 class LocalStore:
@@ -78,8 +119,7 @@ class LocalStore:
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _temp_file(path.parent, path.name)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -93,8 +133,7 @@ class LocalStore:
 
     def put_file(self, key: str, path: Path) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        fd, tmp = _temp_file(dest.parent, dest.name)
         os.close(fd)
         try:
             shutil.copyfile(path, tmp)
@@ -117,11 +156,16 @@ class LocalStore:
             raise StoreError(f"{self.uri(key)} does not exist") from exc
 
     @contextlib.contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[IO[bytes]]:
+        """The object's bytes from `offset`, `length` of them at most (None: to its end)."""
+        _check_range(self.uri(key), offset, length)
         try:
-            fh = self._path(key).open("rb")
+            fh: IO[bytes] = self._path(key).open("rb")
         except FileNotFoundError as exc:
             raise StoreError(f"{self.uri(key)} does not exist") from exc
+        fh.seek(offset)
+        if length is not None:
+            fh = io.BufferedReader(_FileWindow(fh, length))
         with fh:
             yield fh
 
@@ -145,8 +189,18 @@ class LocalStore:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
+        """Delete the object, and the directories it leaves empty up to the root (S3 has no directories,
+        so none should outlive what was in them)."""
+        path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone, or not ours to remove): stop here
+                break
+            parent = parent.parent
 
 
 class S3Store:
@@ -196,10 +250,18 @@ class S3Store:
             raise self._wrap(key, exc) from exc
 
     @contextlib.contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[IO[bytes]]:
+        """The object's bytes from `offset`, `length` of them at most (None: to its end): one ranged GET."""
+        _check_range(self.uri(key), offset, length)
+        if length == 0:  # minio reads length 0 as "to the end"
+            yield io.BytesIO(b"")
+            return
         try:
-            response = self.client.get_object(self.bucket, _clean_key(key))
+            response = self.client.get_object(self.bucket, _clean_key(key), offset=offset, length=length or 0)
         except Exception as exc:
+            if getattr(exc, "code", None) == "InvalidRange":  # from at or past the end: nothing, as from a file
+                yield io.BytesIO(b"")
+                return
             raise self._wrap(key, exc) from exc
         try:
             yield response  # a urllib3 response is a readable binary stream

@@ -28,6 +28,7 @@ from forge_trainer.config import (
     TokenizerConfig,
     WireModel,
 )
+from forge_trainer.config.data import SPLIT_BYTES_MIN
 
 
 class DatasetSource(WireModel):
@@ -38,6 +39,10 @@ class DatasetSource(WireModel):
     credentials_secret: SecretRef | None = None
     """Secret in this namespace with `accessKey` and `secretKey` for the source bucket; defaults to
     the operator's object-store credentials."""
+    split_bytes: Annotated[int | None, Field(ge=SPLIT_BYTES_MIN)] = None
+    """A JSON Lines or CSV source file larger than this many bytes is read as pieces of this size, on record
+    boundaries, so several workers share it (at least 65536; unset: 256 MiB). Independent of parallelism:
+    every parallelism gives the same dataset."""
 
 
 class ForgeDatasetSpec(WireModel):

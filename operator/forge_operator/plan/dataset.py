@@ -92,7 +92,7 @@ def plan_dataset(ds: ForgeDataset, settings: OperatorSettings, *, reused_tokeniz
     config = PrepareConfig(
         source=spec.source.uri, output=out, format=spec.format, purpose=spec.purpose,
         text_field=spec.text_field, processing=spec.processing, tokenizer=tokenizer, split=spec.split,
-        sharding=spec.sharding, store=settings.store,
+        sharding=spec.sharding, store=settings.store, split_bytes=spec.source.split_bytes,
     )
     secret = spec.source.credentials_secret.name if spec.source.credentials_secret else None
     return DatasetPlan(

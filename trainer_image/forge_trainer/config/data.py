@@ -17,6 +17,10 @@ PREPARE_SINGLE_WORKER_STAGES = frozenset({"tokenizer", "manifest"})
 """Stages that one worker (index 0) runs whatever the parallelism."""
 MAX_PREPARE_WORKERS = 256
 """Most workers one preparation may be split across."""
+SPLIT_BYTES_DEFAULT = 256 << 20
+"""Size of the pieces a large JSON Lines or CSV source object is read in when `splitBytes` is not set."""
+SPLIT_BYTES_MIN = 64 << 10
+"""Smallest piece size: below it the ranged reads cost more than the records they carry."""
 
 
 class DatasetFormat(StrEnum):
@@ -170,3 +174,12 @@ class PrepareConfig(WireModel):
     """Object store connection (no credentials)."""
     seed: int = 1234
     """Seed for anything random (MinHash permutations)."""
+    split_bytes: Annotated[int | None, Field(ge=SPLIT_BYTES_MIN)] = None
+    """A JSON Lines or CSV source object larger than this is read as byte ranges of this size (pieces), so
+    several workers can share one huge file; unset: 256 MiB. It never depends on the parallelism, so every
+    parallelism reads the same pieces and gives the same dataset."""
+
+    @property
+    def piece_bytes(self) -> int:
+        """The piece size in effect (`split_bytes`, or its default)."""
+        return self.split_bytes if self.split_bytes is not None else SPLIT_BYTES_DEFAULT

@@ -7,6 +7,9 @@ file) and a record may span at most CSV_MAX_RECORD_LINES lines. A record that br
 reported as a `CsvFault` naming its first line, and the lines after that first one are read again as
 records of their own, so only the line with the stray quote is lost. Each line is re-read at most
 once per fault, and a fault needs a quote, so the work stays linear in the file.
+
+A piece of a split CSV (see `ingest`) is read as its lines after the header's (`csv_header`); a quoted line
+break straddling the piece's end is, to this reader, an unclosed quote at the end of the file.
 """
 
 from __future__ import annotations
@@ -120,6 +123,17 @@ def csv_rows(lines: Iterable[bytes | None], field_limit: int) -> Iterator[CsvRow
         yield from _flush(feed)
         yield CsvRow(first, {k: v for k, v in row.items() if isinstance(k, str)}, None in row)
     yield from _flush(feed)
+
+
+def csv_header(lines: Iterable[bytes | None]) -> list[bytes] | None:
+    """The lines of a CSV's first record (its header), read no further; None when it cannot be read. A
+    piece of a split file is read after these, so its rows get the header's names."""
+    feed = _Lines(lines)
+    try:
+        next(csv.reader(feed, strict=True))
+    except (csv.Error, _RecordTooLong, StopIteration):
+        return None
+    return [text.removesuffix("\n").encode() for _, text in feed.record]
 
 
 def _flush(feed: _Lines) -> Iterator[CsvBadLine]:

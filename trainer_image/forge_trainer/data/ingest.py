@@ -8,12 +8,33 @@ Parquet row groups and record nesting are capped (`limits`). Bad input is never 
 record (or unreadable object) is a `Rejected` with the reason it is counted under, and any other error
 raised while reading one object is counted as `read_error` naming the exception, so one hostile file
 never stops the job. Only a failing store (StoreError) propagates.
+
+Pieces: the unit of the listing (`pieces`) is an object, or, for a JSON Lines or CSV object larger than
+the piece size (`PrepareConfig.split_bytes`, 256 MiB unless set), consecutive byte ranges [s, e) of it, so
+several workers can share one huge file. The piece size never depends on the parallelism: every worker
+count, and the one-process `prepare`, read the very same pieces. A piece owns the records whose first byte
+lies in [s, e) (Hadoop's LineRecordReader rule): its reader starts at s (for s > 0 it reads from s - 1 and
+skips through the first newline, so a line starting exactly at s is its own) and reads past e to finish
+the line that started before e; one ranged read, bounded at e plus the longest line a record may have.
+- JSON Lines: exact, a JSON line cannot hold a raw line break, so each line is read by exactly one piece.
+- CSV: the lines of a piece are those starting in [s, e), each piece after the first preceded by the
+  header record read from the object's start (a second ranged read). A quoted field holding a line break
+  that straddles a boundary cannot be seen without reading the file from its start: its record runs off
+  the end of its piece, and is then what an unclosed quote is (`csv_rows`): its first line is counted as
+  `malformed_csv` and its other lines are read as rows of their own, in whichever piece they lie. Since
+  pieces do not depend on the parallelism, that happens alike at every N. Line numbers in messages count
+  from the piece's start, after the header's lines; the source is named `<uri>#bytes=<s>-<e>`.
+- Plain text, markdown and code files are one document each and are never split (one larger than a
+  document may be is dropped as `too_long` whole); JSON arrays, Parquet and PDF are not split either.
+The audit names each piece of a split object by `<uri>#bytes=<s>-<e>` with the sha256 of exactly [s, e)
+(the last piece: to the object's end).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -23,7 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from forge_trainer.config import DatasetFormat, StoreConfig
-from forge_trainer.data.csv_rows import CsvBadLine, CsvFault, csv_rows
+from forge_trainer.data.csv_rows import CsvBadLine, CsvFault, csv_header, csv_rows
 from forge_trainer.data.json_stream import ElementTooLong, EmptyDocument, json_elements
 from forge_trainer.data.limits import MAX_JSON_DEPTH, PDF_MAX_BYTES, deeper_than, parquet_group_excess
 from forge_trainer.data.pdf_text import PdfTooLong, pdf_text
@@ -61,6 +82,44 @@ _BY_EXTENSION = {
     "pdf": DatasetFormat.PDF,
 }
 _CHUNK = 1 << 20
+SPLITTABLE = frozenset({DatasetFormat.JSONL, DatasetFormat.CSV})
+"""Formats whose large objects are read as several pieces (line-oriented records)."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A unit of the source listing: a whole object (`end` None), or the byte range [start, end) of one
+    split into pieces (the last piece reads to the object's end)."""
+
+    key: str
+    size: int
+    """The object's size in the listing."""
+    start: int = 0
+    end: int | None = None
+
+    @property
+    def length(self) -> int:
+        """The bytes this piece owns (by the listing)."""
+        return (self.size if self.end is None else self.end) - self.start
+
+    def label(self, uri: str) -> str:
+        """How messages and the audit name the piece: the object's URI, with `#bytes=s-e` for a split one."""
+        return uri if self.end is None else f"{uri}#bytes={self.start}-{self.end}"
+
+
+def pieces(objects: Iterable[ObjectInfo | Piece], fmt: DatasetFormat, piece_bytes: int) -> list[Piece]:
+    """The listing in pieces: each JSON Lines or CSV object larger than `piece_bytes` becomes consecutive
+    ranges of `piece_bytes` (the last one shorter), every other object one whole piece."""
+    if piece_bytes < 1:
+        raise ValueError(f"piece size {piece_bytes} must be positive")
+    out: list[Piece] = []
+    for obj in objects:
+        if detect_format(obj.key, fmt)[0] not in SPLITTABLE or obj.size <= piece_bytes:
+            out.append(Piece(obj.key, obj.size))
+            continue
+        for start in range(0, obj.size, piece_bytes):
+            out.append(Piece(obj.key, obj.size, start, min(start + piece_bytes, obj.size)))
+    return out
 
 
 @dataclass
@@ -96,12 +155,23 @@ Item = RawRecord | Rejected | ObjectRead
 
 @dataclass
 class _Reader:
-    """Reads one object's bytes in chunks, hashing and counting them as they go by."""
+    """Reads one object's bytes (or a piece's) in chunks, hashing and counting those of [hash_from,
+    hash_to) as they go by. `offset` is where in the object the stream starts; `end` (a piece not the last)
+    is where the lines the piece owns stop starting; `skip_first`: the stream starts inside a line that
+    belongs to the piece before."""
 
     fh: IO[bytes]
     uri: str
+    offset: int = 0
+    hash_from: int = 0
+    hash_to: int | None = None
+    end: int | None = None
+    skip_first: bool = False
     hasher: Any = field(default_factory=hashlib.sha256)
     size: int = 0
+
+    def __post_init__(self) -> None:
+        self.pos = self.offset  # the object offset of the next byte read
 
     def chunks(self) -> Iterator[bytes]:
         while True:
@@ -111,9 +181,20 @@ class _Reader:
                 raise StoreError(f"{self.uri}: {type(exc).__name__}: {exc}") from exc
             if not chunk:
                 return
-            self.hasher.update(chunk)
-            self.size += len(chunk)
+            first, self.pos = self.pos, self.pos + len(chunk)
+            lo = max(self.hash_from - first, 0)
+            hi = len(chunk) if self.hash_to is None else min(self.hash_to - first, len(chunk))
+            if hi > lo:
+                owned = chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk
+                self.hasher.update(owned)
+                self.size += len(owned)
             yield chunk
+
+    def drain(self) -> None:
+        """Read (and hash) what the records left unread of the bytes this reader owns."""
+        for _ in self.chunks():
+            if self.hash_to is not None and self.pos >= self.hash_to:
+                return
 
     def read_limited(self, limit: int) -> tuple[bytes, bool]:
         """Up to `limit` bytes, and whether there was more (which is read, hashed and discarded)."""
@@ -129,27 +210,34 @@ class _Reader:
         return b"".join(parts), overflow
 
     def lines(self, limit: int) -> Iterator[bytes | None]:
-        """Lines without their terminator; None for a line longer than `limit` (skipped)."""
+        """Lines without their terminator; None for a line longer than `limit` (skipped). Of a piece: the
+        lines starting before `end`, the first one after the partial line `skip_first` passes over."""
         pending = b""
-        skipping = False
+        passing = self.skip_first  # inside the line the piece before owns
+        skipping = False  # inside an overlong line
         for chunk in self.chunks():
+            base = self.pos - len(chunk)
             start = 0
             while True:
                 nl = chunk.find(b"\n", start)
                 if nl < 0:
-                    if not skipping:
+                    if not skipping and not passing:
                         pending += chunk[start:]
                         if len(pending) > limit:
                             skipping, pending = True, b""
                             yield None
                     break
-                if skipping:
+                if passing:
+                    passing = False
+                elif skipping:
                     skipping = False
                 else:
                     yield pending + chunk[start:nl]
                 pending = b""
                 start = nl + 1
-        if pending and not skipping:
+                if self.end is not None and base + start >= self.end:
+                    return  # the next line starts in the next piece
+        if pending and not skipping and not passing:
             yield pending
 
     def digest(self) -> str:
@@ -221,28 +309,44 @@ class CorpusReader:
         self.max_chars = max(max_chars, 1)
         self.max_bytes = self.max_chars * 4 + 4  # UTF-8 needs at most 4 bytes a character
 
-    def read(self, objects: Iterable[ObjectInfo]) -> Iterator[Item]:
-        """Records of every object, each object followed by its ObjectRead."""
+    def read(self, objects: Iterable[ObjectInfo | Piece]) -> Iterator[Item]:
+        """Records of every object or piece, each followed by its ObjectRead."""
         for obj in objects:
-            uri = self.store.uri(obj.key)
-            fmt, is_code = detect_format(obj.key, self.format)
+            piece = obj if isinstance(obj, Piece) else Piece(obj.key, obj.size)
+            uri = self.store.uri(piece.key)
+            fmt, is_code = detect_format(piece.key, self.format)
             if fmt is None:
                 yield Rejected(uri, UNSUPPORTED_FORMAT, uri)
-                yield ObjectRead(uri, obj.size, "")
+                yield ObjectRead(uri, piece.size, "")
                 continue
-            with self.store.open_read(obj.key) as fh:
-                reader = _Reader(fh, uri)
+            label = piece.label(uri)
+            last = piece.end is None or piece.end >= piece.size
+            first = max(piece.start - 1, 0)  # the byte before a piece: is its first line its own?
+            end = None if last else piece.end
+            length = None if end is None else end - first + self.max_bytes + 2  # room to finish the last line
+            with self.store.open_read(piece.key, first, length) as fh:
+                reader = _Reader(fh, label, offset=first, hash_from=piece.start, hash_to=end, end=end,
+                                 skip_first=piece.start > 0)
                 try:
-                    yield from self._records(fmt, is_code, reader, uri)
+                    header = self._csv_header(piece, fmt)
+                    yield from self._records(fmt, is_code, reader, label, header)
                 except StoreError:
                     raise
                 except Exception as exc:  # a reader bug or a parser limit: the object is counted, the job goes on
-                    yield Rejected(uri, READ_ERROR, f"{uri}: {type(exc).__name__}: {exc}"[:200])
-                for _ in reader.chunks():  # hash what a reader left unread
-                    pass
-                yield ObjectRead(uri, reader.size, reader.digest())
+                    yield Rejected(label, READ_ERROR, f"{label}: {type(exc).__name__}: {exc}"[:200])
+                reader.drain()  # hash what a reader left unread
+                yield ObjectRead(label, reader.size, reader.digest())
 
-    def _records(self, fmt: DatasetFormat, is_code: bool, reader: _Reader, uri: str) -> Iterator[Item]:
+    def _csv_header(self, piece: Piece, fmt: DatasetFormat) -> list[bytes] | None:
+        """The header record's lines for a CSV piece after the first (read from the object's start); an
+        empty list when it cannot be read (the first piece counts that fault); None for any other piece."""
+        if fmt is not DatasetFormat.CSV or piece.start == 0:
+            return None
+        with self.store.open_read(piece.key) as fh:  # abandoned once the header is read
+            return csv_header(_Reader(fh, self.store.uri(piece.key)).lines(self.max_bytes)) or []
+
+    def _records(self, fmt: DatasetFormat, is_code: bool, reader: _Reader, uri: str,
+                 header: list[bytes] | None = None) -> Iterator[Item]:
         if fmt in (DatasetFormat.TXT, DatasetFormat.MD, DatasetFormat.CODE):
             yield from self._text(reader, uri, is_code)
         elif fmt is DatasetFormat.JSONL:
@@ -250,7 +354,7 @@ class CorpusReader:
         elif fmt is DatasetFormat.JSON:
             yield from self._json(reader, uri)
         elif fmt is DatasetFormat.CSV:
-            yield from self._csv(reader, uri)
+            yield from self._csv(reader, uri, header)
         elif fmt is DatasetFormat.PARQUET:
             yield from self._parquet(reader, uri)
         elif fmt is DatasetFormat.PDF:
@@ -334,10 +438,15 @@ class CorpusReader:
         except ValueError as exc:  # e.g. an integer of more than 4300 digits
             yield Rejected(uri, INVALID_JSON, f"{uri}: {exc}")
 
-    def _csv(self, reader: _Reader, uri: str) -> Iterator[Item]:
-        """Rows as records; see `csv_rows` for how a stray quote costs one row instead of the rest."""
-        seen = False
-        for item in csv_rows(reader.lines(self.max_bytes), self.max_bytes):
+    def _csv(self, reader: _Reader, uri: str, header: list[bytes] | None = None) -> Iterator[Item]:
+        """Rows as records; see `csv_rows` for how a stray quote costs one row instead of the rest. A piece
+        after the first is read after `header` (its object's header lines; none: it has no readable header,
+        which the first piece reports)."""
+        if header == []:
+            return
+        seen = header is not None  # a later piece owning no row is no empty file
+        lines: Iterable[bytes | None] = reader.lines(self.max_bytes)
+        for item in csv_rows(itertools.chain(header or [], lines), self.max_bytes):
             if isinstance(item, CsvBadLine):
                 reason = TOO_LONG if item.raw is None else INVALID_UTF8
                 yield Rejected(uri, reason, f"{uri} line {item.line}: {_example(item.raw or b'')}")

@@ -2,7 +2,7 @@
 
 Three streaming passes, in bounded memory whatever the corpus size:
 
-1. reading: every source object -> records -> normalise -> quality filters -> exact dedup -> near
+1. reading: every source object (or piece of a large JSON Lines / CSV one, see `ingest`) -> records -> normalise -> quality filters -> exact dedup -> near
    dedup -> PII redaction -> a local spill file of cleaned documents (text only leaves memory here);
 2. tokenizer: train a byte-level BPE on (a bounded sample of) the spill, or fetch the reused one;
 3. packing: tokenize the spill in batches into token shards (pretrain) or write record shards
@@ -114,19 +114,25 @@ def source_objects(cfg: PrepareConfig) -> tuple[ObjectStore, list[ObjectInfo]]:
     return src, objects
 
 
+def source_pieces(cfg: PrepareConfig) -> tuple[ObjectStore, list[ObjectInfo], list[ingest.Piece]]:
+    """The source's store, its objects and the pieces they are read in (`ingest.pieces`), in reading order."""
+    src, objects = source_objects(cfg)
+    return src, objects, ingest.pieces(objects, cfg.format, cfg.piece_bytes)
+
+
 def _prepare(run: Preparation) -> Manifest:
     cfg = run.config
     if cfg.tokenizer.vocab_size is None and cfg.tokenizer.uri is None:
         raise WorkloadError("tokenizer.datasetRef must be resolved to tokenizer.uri before the workload runs")
     run.report.stage("listing")
-    src, objects = source_objects(cfg)
+    src, objects, pieces = source_pieces(cfg)
     run.report.progress.bytes_total = sum(o.size for o in objects)
 
     spill = run.tmp / "clean.jsonl"
     run.report.stage("reading")
     try:
         with spill.open("w+b") as out:
-            kept_bytes = _clean(run, src, objects, out)
+            kept_bytes = _clean(run, src, pieces, out)
     except StoreError as exc:
         raise WorkloadError(f"reading source {cfg.source} failed: {exc}") from exc
     counts = run.report.counts
@@ -142,7 +148,7 @@ def _prepare(run: Preparation) -> Manifest:
     return write_manifest(run, shards, info)
 
 
-def _clean(run: Preparation, src: ObjectStore, objects: list[Any], out: IO[bytes]) -> int:
+def _clean(run: Preparation, src: ObjectStore, pieces: list[ingest.Piece], out: IO[bytes]) -> int:
     """Pass 1: read, clean, dedup and redact every record into the spill file; cleaned bytes kept."""
     cfg, report = run.config, run.report
     structured = cfg.purpose is not DatasetPurpose.PRETRAIN
@@ -152,7 +158,7 @@ def _clean(run: Preparation, src: ObjectStore, objects: list[Any], out: IO[bytes
     counts, progress = report.counts, report.progress
     kept_bytes = validation = 0
     last: tuple[int, dict[str, Any]] | None = None  # offset and content of the last spill line
-    for item in reader.read(objects):
+    for item in reader.read(pieces):
         if isinstance(item, ingest.ObjectRead):
             progress.bytes_done += item.size
             report.audit("read" if item.sha256 else "skipped", item.uri, item.sha256, item.size)

@@ -1,9 +1,10 @@
 """`forge-trainer prepare --stage S --worker I --workers N`: the preparation split across N workers (pods
 or local processes), giving the dataset the one-process `prepare` gives, byte for byte.
 
-    scan       (N)  worker i reads its contiguous run of the source listing: normalise, filter, exact hash,
-                    MinHash band keys and PII redaction of every record; the candidates go to docs.jsonl,
-                    their keys to one bucket file per dedup worker (key mod N)
+    scan       (N)  worker i reads its contiguous run of the source listing's pieces (whole objects, and byte
+                    ranges of large JSON Lines / CSV objects, cut alike whatever N is: `ingest`): normalise,
+                    filter, exact hash, MinHash band keys and PII redaction of every record; the candidates
+                    go to docs.jsonl, their keys to one bucket file per dedup worker (key mod N)
     dedup      (N)  worker j takes bucket j of every scan worker: a record is a duplicate when a key of it is
                     held by an earlier position (exact keys first, then band keys), the rule the streaming
                     indexes of the one-process run apply; the drops go back to each scan worker's records
@@ -50,7 +51,7 @@ from forge_trainer.data.prepare import (
     publisher,
     record_failure,
     sample_texts,
-    source_objects,
+    source_pieces,
     write_manifest,
 )
 from forge_trainer.data.report import MAX_EXAMPLES, Reporter
@@ -59,7 +60,7 @@ from forge_trainer.data.tokenizer import load_tokenizer, token_dtype
 from forge_trainer.data.work import MAX_WORKERS, SINGLE_WORKER_STAGES, STAGES, WorkArea, partition, position
 from forge_trainer.data.work import listing_digest as digest_listing
 from forge_trainer.errors import WorkloadError
-from forge_trainer.store import StoreError, append_jsonl, join_key, open_uri, sha256_file, write_json_atomic
+from forge_trainer.store import StoreError, join_key, open_uri, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -187,17 +188,17 @@ def _publish_progress(run: Preparation, area: WorkArea, stage: str) -> None:
 
 def _scan(run: Preparation, area: WorkArea, worker: int) -> dict[str, Any]:
     cfg, report = run.config, run.report
-    src, objects = source_objects(cfg)
-    bounds = partition(objects, area.workers)
+    src, _, pieces = source_pieces(cfg)
+    bounds = partition(pieces, area.workers)
     first, last = bounds[worker], bounds[worker + 1]
-    report.progress.bytes_total = sum(o.size for o in objects[first:last])
+    report.progress.bytes_total = sum(p.length for p in pieces[first:last])
     buckets = _KeyBuckets(run.tmp, area.workers)
     index = _Index()
     drops = _Drops(report.scrub)
     docs = run.tmp / "docs.jsonl"
     try:
         with docs.open("wb") as fh:
-            _scan_objects(run, src, objects[first:last], first, fh, buckets, index, drops)
+            _scan_pieces(run, src, pieces[first:last], first, fh, buckets, index, drops)
     except StoreError as exc:
         raise WorkloadError(f"reading source {cfg.source} failed: {exc}") from exc
     buckets.flush()
@@ -206,27 +207,27 @@ def _scan(run: Preparation, area: WorkArea, worker: int) -> dict[str, Any]:
     for kind in ("exact", "near"):
         for j in range(area.workers):
             _put(run, area.key("scan", worker, f"{kind}-{j:05d}.u64"), buckets.path(kind, j))
-    return {"listing": digest_listing(objects), "bounds": bounds, "read": report.counts.documents_read,
+    return {"listing": digest_listing(pieces), "bounds": bounds, "read": report.counts.documents_read,
             "bytes": report.progress.bytes_done, "dropped": drops.counts, "examples": drops.examples,
             "candidates": len(index.pos)}
 
 
-def _scan_objects(run: Preparation, src: Any, objects: list[Any], first: int, out: Any, buckets: _KeyBuckets,
-                  index: _Index, drops: _Drops) -> None:
+def _scan_pieces(run: Preparation, src: Any, pieces: list[ingest.Piece], first: int, out: Any,
+                 buckets: _KeyBuckets, index: _Index, drops: _Drops) -> None:
     cfg, report = run.config, run.report
     structured = cfg.purpose is not DatasetPurpose.PRETRAIN
     reader = ingest.CorpusReader(src, cfg.format, cfg.text_field, structured, cfg.processing.quality.max_chars)
     scanner = Scanner(cfg.processing, cfg.purpose, cfg.seed)
     threshold = int(cfg.split.validation_fraction * 2**64)
-    obj, record = first, 0
-    for item in reader.read(objects):
+    piece, record = first, 0
+    for item in reader.read(pieces):
         if isinstance(item, ingest.ObjectRead):
             report.progress.bytes_done += item.size
             report.audit("read" if item.sha256 else "skipped", item.uri, item.sha256, item.size)
             report.tick()
-            obj, record = obj + 1, 0
+            piece, record = piece + 1, 0
             continue
-        pos = position(obj, record)
+        pos = position(piece, record)
         record += 1
         report.counts.documents_read += 1
         report.progress.documents_done += 1
@@ -522,15 +523,22 @@ def _merged_examples(summaries: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def _merge_audit(run: Preparation, area: WorkArea) -> None:
-    """Every worker's audit records, stage by stage and worker by worker, into the dataset's audit log."""
+    """Every worker's audit records, stage by stage and worker by worker, into the dataset's audit log, in
+    one put. Idempotent: the first attempt of the stage keeps what the log held before it, and every
+    attempt writes that plus the workers' records, so a retried manifest stage neither doubles the
+    workers' records nor keeps the shard writes of a failed attempt (they are written again)."""
+    log_key = join_key(run.prefix, AUDIT_NAME)
+    before_key = area.key("manifest", 0, "audit-before.jsonl")
+    if not run.out.exists(before_key):
+        run.out.put_bytes(before_key, run.out.get_bytes(log_key) if run.out.exists(log_key) else b"")
+    parts = [run.out.get_bytes(before_key)]
     for stage in STAGES[:-1]:
         for w in range(1 if stage in SINGLE_WORKER_STAGES else area.workers):
             key = join_key(area.progress_prefix(stage, w), AUDIT_NAME)
             if run.out.exists(key):
-                lines = run.out.get_bytes(key).decode().splitlines()
-                records = [json.loads(line) for line in lines if line.strip()]
-                if records:
-                    append_jsonl(run.out, join_key(run.prefix, AUDIT_NAME), records)
+                parts.append(run.out.get_bytes(key))
+    run.out.put_bytes(log_key, b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts),
+                      content_type="application/x-ndjson")
 
 
 def _cut_shards(run: Preparation, area: WorkArea, info: TokenizerInfo) -> list[ShardInfo]:

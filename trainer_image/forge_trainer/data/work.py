@@ -8,10 +8,12 @@ Under the dataset's prefix (deleted once manifest.json is written):
                                             finds it skips its work)
     _work/progress/<stage>-<worker:05d>/    that worker's progress.json and audit.jsonl
 
-A record's position is (index of its object in the sorted source listing, index of the record in the
-object), packed into one uint64 (object << 32 | record): the order the one-process `prepare` reads in.
-Workers own contiguous runs of the listing (`partition`), so concatenating the workers' outputs in
-worker order gives the global order without a sort.
+The listing is in pieces (`ingest.pieces`): whole objects, and byte ranges of a large JSON Lines or CSV
+object, cut by a piece size that does not depend on the number of workers. A record's position is (index
+of its piece in that listing, index of the record in the piece), packed into one uint64 (piece << 32 |
+record): the order the one-process `prepare` reads in, as it reads the same pieces. Workers own
+contiguous runs of pieces (`partition`, balanced by the pieces' bytes), so concatenating the workers'
+outputs in worker order gives the global order without a sort.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from typing import Any
 
 from forge_trainer.config import PrepareConfig
 from forge_trainer.config.data import MAX_PREPARE_WORKERS, PREPARE_SINGLE_WORKER_STAGES, PREPARE_STAGES
+from forge_trainer.data.ingest import Piece
 from forge_trainer.errors import WorkloadError
-from forge_trainer.store import ObjectInfo, ObjectStore, StoreError, join_key, read_json
+from forge_trainer.store import ObjectStore, StoreError, join_key, read_json
 
 WORK_DIR = "_work"
 """The working area under the dataset prefix."""
@@ -33,47 +36,49 @@ DONE_NAME = "_done.json"
 STAGES = PREPARE_STAGES
 SINGLE_WORKER_STAGES = PREPARE_SINGLE_WORKER_STAGES
 MAX_WORKERS = MAX_PREPARE_WORKERS
-MAX_OBJECTS = 1 << 31
-MAX_RECORDS_PER_OBJECT = 1 << 32
+MAX_PIECES = 1 << 31
+MAX_RECORDS_PER_PIECE = 1 << 32
 
 
-def position(obj: int, record: int) -> int:
-    """The global position of record `record` of object `obj` (its index in the listing)."""
-    if record >= MAX_RECORDS_PER_OBJECT:
-        raise WorkloadError(f"object #{obj} holds more than {MAX_RECORDS_PER_OBJECT:,} records; split the file")
-    return obj << 32 | record
+def position(piece: int, record: int) -> int:
+    """The global position of record `record` of piece `piece` (its index in the listing of pieces)."""
+    if record >= MAX_RECORDS_PER_PIECE:
+        raise WorkloadError(f"piece #{piece} of the source holds more than {MAX_RECORDS_PER_PIECE:,} records; "
+                            "set a smaller splitBytes")
+    return piece << 32 | record
 
 
-def object_of(pos: int) -> int:
-    """The listing index of the object a position lies in."""
+def piece_of(pos: int) -> int:
+    """The listing index of the piece a position lies in."""
     return pos >> 32
 
 
-def partition(objects: Sequence[ObjectInfo], workers: int) -> list[int]:
-    """Bounds (workers + 1 listing indexes) of the contiguous runs of objects each worker reads: balanced
-    by bytes, so worker i reads objects bounds[i]..bounds[i+1]-1."""
-    if len(objects) >= MAX_OBJECTS:
-        raise WorkloadError(f"the source holds {len(objects):,} objects; at most {MAX_OBJECTS - 1:,} are supported")
-    total = sum(max(o.size, 1) for o in objects)
+def partition(pieces: Sequence[Piece], workers: int) -> list[int]:
+    """Bounds (workers + 1 listing indexes) of the contiguous runs of pieces each worker reads: balanced
+    by the pieces' bytes, so worker i reads pieces bounds[i]..bounds[i+1]-1."""
+    if len(pieces) >= MAX_PIECES:
+        raise WorkloadError(f"the source holds {len(pieces):,} pieces; at most {MAX_PIECES - 1:,} are supported "
+                            "(set a larger splitBytes)")
+    total = sum(max(p.length, 1) for p in pieces)
     bounds = [0] * (workers + 1)
     start = 0
     owner = 0
-    for index, obj in enumerate(objects):
-        mine = min(workers - 1, start * workers // max(total, 1))  # who owns the object's first byte
+    for index, piece in enumerate(pieces):
+        mine = min(workers - 1, start * workers // max(total, 1))  # who owns the piece's first byte
         while owner < mine:
             owner += 1
             bounds[owner] = index
-        start += max(obj.size, 1)
+        start += max(piece.length, 1)
     for w in range(owner + 1, workers + 1):
-        bounds[w] = len(objects)
+        bounds[w] = len(pieces)
     return bounds
 
 
-def listing_digest(objects: Sequence[ObjectInfo]) -> str:
-    """A digest of the listing (keys and sizes): every worker must have seen the same source."""
+def listing_digest(pieces: Sequence[Piece]) -> str:
+    """A digest of the listing (keys, sizes and pieces): every worker must have seen the same source."""
     h = hashlib.sha256()
-    for o in objects:
-        h.update(f"{o.key}\t{o.size}\n".encode())
+    for p in pieces:
+        h.update(f"{p.key}\t{p.size}\t{p.start}\t{p.end}\n".encode())
     return "sha256:" + h.hexdigest()
 
 
