@@ -27,7 +27,13 @@ from forge_trainer.config.data import (
     TokenizerConfig,
 )
 from forge_trainer.config.model import Architecture, ModelConfig, SizePreset
-from forge_trainer.config.progress import CheckpointInfo, DatasetCounts, DatasetProgress, TrainProgress
+from forge_trainer.config.progress import (
+    CheckpointInfo,
+    DatasetCounts,
+    DatasetProgress,
+    TrainProgress,
+    WorkerProgress,
+)
 from forge_trainer.config.store import StoreConfig
 from forge_trainer.config.train import (
     CheckpointConfig,
@@ -78,4 +84,5 @@ __all__ = [
     "TrainProgress",
     "VerifierKind",
     "WireModel",
+    "WorkerProgress",
 ]

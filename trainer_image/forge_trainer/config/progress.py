@@ -31,6 +31,27 @@ class DatasetCounts(WireModel):
     """Tokens in the validation split."""
 
 
+class WorkerProgress(WireModel):
+    """One worker of a preparation split across workers, as the dataset's progress.json shows it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    worker: int
+    """The worker's index (0 also runs the tokenizer and manifest stages)."""
+    stage: str = "starting"
+    """The stage it is in, or the last one it committed while it waits for the others."""
+    committed: bool = False
+    """It committed that stage (its outputs are in the store; a retry skips them)."""
+    documents_read: int = 0
+    """Records it read in its scan so far."""
+    bytes_done: int = 0
+    """Source bytes it read so far."""
+    bytes_total: int | None = None
+    """Source bytes it reads in all, once it listed the source."""
+    error: str | None = None
+    """One-line reason when its last attempt failed."""
+
+
 class DatasetProgress(WireModel):
     """The data workload's progress.json."""
 
@@ -56,6 +77,8 @@ class DatasetProgress(WireModel):
     """One-line reason when the workload failed."""
     updated_at: str | None = None
     """When this file was written (RFC 3339)."""
+    workers: list[WorkerProgress] = Field(default_factory=list)
+    """With the preparation split across workers: each worker's live view (empty for one process)."""
 
 
 class CheckpointInfo(WireModel):

@@ -28,16 +28,14 @@ import tempfile
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from forge_trainer.config import DatasetCounts, DatasetProgress, DatasetPurpose, PrepareConfig
-from forge_trainer.config.store import AUDIT_NAME, MANIFEST_NAME, PROGRESS_NAME, TOKENIZER_NAME
-from forge_trainer.config.wire import rfc3339
+from forge_trainer.config import DatasetCounts, DatasetPurpose, PrepareConfig
+from forge_trainer.config.store import AUDIT_NAME, MANIFEST_NAME, TOKENIZER_NAME
 from forge_trainer.data import ingest
 from forge_trainer.data.clean import CLEAN_ERROR, EXACT_DUPLICATE, NEAR_DUPLICATE, Candidate, Scanner
 from forge_trainer.data.dedup import later_positions
@@ -54,13 +52,14 @@ from forge_trainer.data.prepare import (
     source_pieces,
     write_manifest,
 )
+from forge_trainer.data.progress_merge import LiveProgress, publish_merged
 from forge_trainer.data.report import MAX_EXAMPLES, Reporter
 from forge_trainer.data.shard_writers import SPLITS, RecordShardWriter, TokenShardWriter
 from forge_trainer.data.tokenizer import load_tokenizer, token_dtype
 from forge_trainer.data.work import MAX_WORKERS, SINGLE_WORKER_STAGES, STAGES, WorkArea, partition, position
 from forge_trainer.data.work import listing_digest as digest_listing
 from forge_trainer.errors import WorkloadError
-from forge_trainer.store import StoreError, join_key, open_uri, sha256_file, write_json_atomic
+from forge_trainer.store import StoreError, join_key, open_uri, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +114,26 @@ def run_stage(config: PrepareConfig, stage: str, worker: int, workers: int, prog
 def run_worker(config: PrepareConfig, worker: int, workers: int, poll_seconds: float = 5.0,
                progress_interval: float = 5.0) -> None:
     """Every stage of one worker (one pod per worker on Kubernetes), each started once every worker of the
-    stage before has committed; worker 0 also runs the single-worker stages. A retried worker skips what it
-    committed. Returns once this worker's last stage is committed."""
+    stage before has committed; worker 0 also runs the single-worker stages and, until its manifest stage,
+    keeps the dataset's progress.json live with every worker's progress (`LiveProgress`). A retried worker
+    skips what it committed. Returns once this worker's last stage is committed."""
     out, prefix = open_uri(config.output, config.store)
     area = WorkArea(out, prefix, config, workers)
-    for before, stage in zip((None, *STAGES), STAGES, strict=False):
-        if stage in SINGLE_WORKER_STAGES and worker != 0:
-            continue
-        if before is not None:
-            _wait_for(area, before, poll_seconds)
-        run_stage(config, stage, worker, workers, progress_interval)
+    live = LiveProgress(out, prefix, area, _merged_counts, progress_interval) if worker == 0 else None
+    if live is not None:
+        live.start()
+    try:
+        for before, stage in zip((None, *STAGES), STAGES, strict=False):
+            if stage in SINGLE_WORKER_STAGES and worker != 0:
+                continue
+            if before is not None:
+                _wait_for(area, before, poll_seconds)
+            if stage == "manifest" and live is not None:
+                live.stop()  # the manifest stage writes the dataset's progress.json itself
+            run_stage(config, stage, worker, workers, progress_interval)
+    finally:
+        if live is not None:
+            live.stop()
 
 
 def _wait_for(area: WorkArea, stage: str, poll_seconds: float) -> None:
@@ -166,22 +175,11 @@ class _Drops:
 
 
 def _publish_progress(run: Preparation, area: WorkArea, stage: str) -> None:
-    """The dataset's progress.json as the committed workers make it: `stage n/m (k/N workers)` and the counts
-    of the workers that finished reading. Every worker writes it when it commits; each write is one atomic
-    put of a snapshot, so the last one wins and none is torn."""
-    count = 1 if stage in SINGLE_WORKER_STAGES else area.workers
-    summaries = {s: [area.done(s, w) for w in range(1 if s in SINGLE_WORKER_STAGES else area.workers)]
-                 for s in ("scan", "pack")}
-    done = summaries[stage] if stage in summaries else [area.done(stage, 0)]
-    progress = DatasetProgress(stage=f"{stage} {STAGES.index(stage) + 1}/{len(STAGES)} "
-                                     f"({sum(d is not None for d in done)}/{count} workers)")
-    scans = [s for s in summaries["scan"] if s is not None]
-    packs = [s for s in summaries["pack"] if s is not None]
-    progress.counts = _merged_counts(scans, packs)
-    progress.documents_done = progress.counts.documents_read
-    progress.bytes_done = sum(s["bytes"] for s in scans)
-    progress.updated_at = rfc3339(datetime.now(UTC))
-    write_json_atomic(run.out, join_key(run.prefix, PROGRESS_NAME), progress.to_wire())
+    """The dataset's progress.json merged from every worker's commits and live progress
+    (`progress_merge`), written when a worker enters or commits `stage`; worker 0's `LiveProgress`
+    rewrites it in between. Each write is one atomic put of a complete snapshot: the last one wins."""
+    log.debug("prepare %s: publishing the merged progress", stage)
+    publish_merged(run.out, run.prefix, area, _merged_counts)
 
 
 # ---- scan ---------------------------------------------------------------------------------------------------
