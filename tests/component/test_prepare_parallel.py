@@ -23,8 +23,9 @@ from forge_trainer.data.shards import load_manifest
 from forge_trainer.data.stages import run_prepare_parallel, run_stage
 from forge_trainer.data.work import partition
 from forge_trainer.errors import WorkloadError
-from forge_trainer.store import LocalStore, StoreError
+from forge_trainer.store import LocalStore, StoreError, open_uri
 from tests.support.raw_corpus import sentence_doc, write_jsonl
+from tests.support.s3 import S3Server
 
 EPOCH = "1767225600"  # SOURCE_DATE_EPOCH: the manifest's created_at, so digests can be compared
 
@@ -158,6 +159,34 @@ def test_a_big_file_in_pieces_gives_the_same_dataset_at_every_parallelism(
         again = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
         assert sorted(((r["uri"], r["sha256"], r["size"]) for r in again if r["event"] == "read"),
                       key=lambda r: r[0]) == reads
+
+
+def test_pieces_read_from_s3_by_ranged_gets_give_the_local_dataset(
+        s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    src = tmp_path / "src"
+    _big_corpus(src)
+    rows = [f'{i},"{sentence_doc(7000 + i, 40)}"' for i in range(400)]  # about 110 KB: two pieces
+    rows[300] = f'300,"{sentence_doc(7003, 40)}"'  # an exact copy, in the second piece
+    (src / "table.csv").write_text("id,text\n" + "\n".join(rows) + "\n")
+    store, _ = open_uri(s3.uri(), s3.config)
+    for path in src.iterdir():
+        store.put_bytes(f"raw/{path.name}", path.read_bytes())
+    found = {}
+    for name, source, workers in (("local", str(src), 1), ("s3", s3.uri("raw"), 2)):
+        out = tmp_path / name
+        config = _config(src, out, splitBytes=65536, store={"endpoint": s3.endpoint, "secure": False})
+        manifest = run_prepare_parallel(config.model_copy(update={"source": source}), workers)
+        audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+        reads = sorted((r["uri"].rsplit("/", 1)[1], r["sha256"]) for r in audit if r["event"] == "read")
+        found[name] = (manifest.counts, manifest.shards, manifest.tokenizer, reads)
+    assert found["s3"] == found["local"]
+    assert [u for u, _ in found["s3"][3]] == sorted(["big.jsonl#bytes=0-65536", *[f"big.jsonl#bytes={s}-{s + 65536}"
+                                              for s in range(65536, 7 * 65536, 65536)],
+                                              f"big.jsonl#bytes={7 * 65536}-{(src / 'big.jsonl').stat().st_size}",
+                                              "small.jsonl", "table.csv#bytes=0-65536",
+                                              f"table.csv#bytes=65536-{(src / 'table.csv').stat().st_size}"])
+    assert found["s3"][0].exact_duplicates == 4 and found["s3"][0].documents_read == 700 + 2 + 400
 
 
 def test_a_retried_manifest_stage_does_not_double_the_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
