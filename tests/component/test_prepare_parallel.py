@@ -316,3 +316,35 @@ spec:
         assert not (manifest_file.parent / "_work").exists(), "the working area is gone, empty directories too"
     assert found["one"] == found["three"]
     assert found["three"][2]["nearDuplicates"] == 3
+
+
+def test_a_manifest_stage_killed_while_clearing_is_finished_by_its_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod dies after manifest.json is written, half-way through deleting `_work/`: the retry sees a
+    finished dataset (no stage runs again over a half-deleted area) and deletes what is left."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    src, out = tmp_path / "src", tmp_path / "out"
+    _corpus(src)
+    config = _config(src, out)
+    run_prepare_parallel(config, 1)
+    expected = _result(out)
+    shutil.rmtree(out)
+    for stage in ("scan", "dedup", "tokenizer", "pack"):
+        for worker in range(1 if stage == "tokenizer" else 2):
+            run_stage(config, stage, worker, 2)
+    real_delete, deleted = LocalStore.delete, []
+
+    def dying_delete(self: LocalStore, key: str) -> None:
+        if len(deleted) == 3:
+            raise StoreError(f"{self.uri(key)}: connection reset")
+        deleted.append(key)
+        real_delete(self, key)
+
+    monkeypatch.setattr(LocalStore, "delete", dying_delete)
+    with pytest.raises(WorkloadError, match="connection reset"):
+        run_stage(config, "manifest", 0, 2)
+    assert (out / "manifest.json").exists() and (out / "_work").exists()
+    monkeypatch.setattr(LocalStore, "delete", real_delete)
+    run_stage(config, "manifest", 0, 2)
+    assert not (out / "_work").exists()
+    assert _result(out) == expected

@@ -81,7 +81,9 @@ def run_stage(config: PrepareConfig, stage: str, worker: int, workers: int, prog
     out, prefix = open_uri(config.output, config.store)
     area = WorkArea(out, prefix, config, workers)
     if stage == "manifest" and out.exists(join_key(prefix, MANIFEST_NAME)) and area.done("scan", 0) is None:
-        log.info("prepare manifest: manifest.json is written and the working area gone, nothing to do")
+        left = area.clear()  # what a clear cut short left behind (its first delete was scan 0's marker)
+        log.info("prepare manifest: manifest.json is written, nothing to do (%d leftover working files deleted)",
+                 left)
         return
     if area.done(stage, worker) is not None:
         log.info("prepare %s %d/%d: already committed, skipped", stage, worker, workers)

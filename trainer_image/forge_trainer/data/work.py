@@ -131,8 +131,13 @@ class WorkArea:
         return out
 
     def clear(self) -> int:
-        """Delete the whole working area; the number of objects deleted."""
+        """Delete the whole working area; the number of objects deleted. Scan worker 0's marker goes first:
+        with manifest.json written, its absence is what tells a rerun the preparation is finished, so a
+        clear cut short (a killed pod) leaves a dataset a rerun recognises as done, not a half-deleted area
+        whose stages cannot run again."""
+        first = self.key("scan", 0, DONE_NAME)
         keys = [o.key for o in self.store.list(join_key(self.prefix, WORK_DIR) + "/")]
+        keys.sort(key=lambda k: k != first)
         for key in keys:
             try:
                 self.store.delete(key)
