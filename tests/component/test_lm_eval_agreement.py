@@ -3,11 +3,16 @@ dataset, agrees with our eval.json: the same pass rate over the same tasks, and 
 every single task (greedy decoding, the exact_match rule: the stripped completion equals the answer).
 
 A user who trusts eval.json's gate and a user who runs lm-eval against the ForgeDeployment
-(docs/evaluation.md) must see the same numbers."""
+(docs/evaluation.md) must see the same numbers.
+
+Multiple-choice (loglikelihood) tasks go through our server's scoring (`echo` + `logprobs` on
+/v1/completions): lm-eval's `local-completions` against our server gives the same accuracy and
+per-choice log-likelihoods as lm-eval's own `hf` model on the same exported model directory."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ from tests.support.posttrain import (
     make_tokenizer,
     one_torch_thread,
     sum_conversations,
+    sum_question,
     sum_tasks,
     write_base_model,
     write_records_dataset,
@@ -126,3 +132,77 @@ def test_lm_eval_against_our_server_agrees_with_eval_json(
                      for t, s, mine, other in zip(tasks, samples, ours, theirs, strict=True) if mine != other]
     assert not disagreements, f"lm-eval and eval.json disagree on: {disagreements}"
     assert results["results"]["forge_sums"]["exact_match,strip"] == pytest.approx(metrics["pass_rate"])
+
+
+LOGLIKELIHOOD_TOLERANCE = 1e-3
+"""Largest difference between a choice's log-likelihood through our server and through lm-eval's hf
+model (float32 on a CPU both; they differ by the order of sums in batched forward passes)."""
+
+
+def choice_items(n: int, seed: int) -> list[dict[str, Any]]:
+    """Multiple-choice sums: a question and three numbers, one of them the answer (`label`)."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        a, b = rng.randrange(5), rng.randrange(5)
+        wrong = rng.sample([x for x in range(10) if x != a + b], 2)
+        choices = [str(x) for x in [a + b, *wrong]]
+        rng.shuffle(choices)
+        items.append({"question": sum_question(a, b), "choices": choices, "label": choices.index(str(a + b))})
+    return items
+
+
+def choice_task_yaml(items_file: Path) -> dict[str, Any]:
+    """An lm-eval multiple_choice task: the choice with the highest log-likelihood after the question."""
+    return {
+        "task": "forge_sum_choice",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(items_file)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{label}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+
+
+@pytest.mark.slow
+def test_multiple_choice_through_our_server_agrees_with_lm_evals_hf_model(
+        trained: tuple[Path, list[dict[str, Any]], dict[str, Any]], tmp_path: Path) -> None:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    model_dir = trained[0] / "model"
+    items = choice_items(20, seed=5)
+    items_file = tmp_path / "items.jsonl"
+    items_file.write_text("".join(json.dumps(item) + "\n" for item in items))
+    task_dir = tmp_path / "lm_eval_tasks"
+    task_dir.mkdir()
+    (task_dir / "forge_sum_choice.yaml").write_text(yaml.safe_dump(choice_task_yaml(items_file)))
+
+    def evaluate(model: str, model_args: str) -> dict[str, Any]:
+        results = simple_evaluate(model=model, model_args=model_args, tasks=["forge_sum_choice"],
+                                  task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)
+        assert results is not None
+        return results
+
+    reference = evaluate("hf", f"pretrained={model_dir},device=cpu,dtype=float32,batch_size=4")
+    loaded = load_model(str(model_dir), cache_dir=tmp_path / "cache", device="cpu")
+    with serving(loaded, MODEL_NAME) as url:
+        # batch_size 4: lm-eval sends four prompts (token ids) per request
+        ours = evaluate("local-completions", f"base_url={url}/v1/completions,model={MODEL_NAME},"
+                        f"tokenizer={model_dir},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1,"
+                        "batch_size=4")
+
+    def loglikelihoods(results: dict[str, Any]) -> list[list[float]]:
+        samples = sorted(results["samples"]["forge_sum_choice"], key=lambda s: s["doc_id"])
+        assert len(samples) == len(items)
+        return [[resp[0][0] for resp in s["resps"]] for s in samples]
+
+    theirs, mine = loglikelihoods(reference), loglikelihoods(ours)
+    for k, (t, m) in enumerate(zip(theirs, mine, strict=True)):
+        assert m == pytest.approx(t, abs=LOGLIKELIHOOD_TOLERANCE), f"item {k}: {items[k]}"
+    acc = reference["results"]["forge_sum_choice"]["acc,none"]
+    assert ours["results"]["forge_sum_choice"]["acc,none"] == acc
+    assert all(ll < 0 for row in mine for ll in row)

@@ -159,7 +159,8 @@ def test_end_of_text_stops_generation(client: openai.OpenAI, loaded: LoadedModel
     ({"model": MODEL, "prompt": ""}, 400, "prompt"),
     ({"model": MODEL, "prompt": [999999]}, 400, "prompt"),
     ({"model": MODEL}, 400, "prompt"),
-    ({"model": MODEL, "prompt": "hi", "echo": True}, 400, "echo"),
+    ({"model": MODEL, "prompt": "hi", "logprobs": 6}, 400, "logprobs"),
+    ({"model": MODEL, "prompt": "hi", "best_of": 2}, 400, "best_of"),
     ({"model": MODEL, "prompt": "hi", "logit_bias": {"x": 1}}, 400, "logit_bias"),
     ({"model": MODEL, "prompt": ["hi"] * 65}, 400, "prompt"),
 ])

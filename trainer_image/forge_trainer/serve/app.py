@@ -11,6 +11,13 @@ checked before anything is tokenized (which then runs in a worker thread, so the
 streaming meanwhile), and a request that would make the engine hold more sequences
 than the batch plus `max_waiting` gets 429 with Retry-After. A client that goes away cancels its
 sequences, streamed or not.
+
+/v1/completions scores text as the legacy OpenAI API does, which is what lm-evaluation-harness's
+`local-completions` model sends for its loglikelihood (multiple-choice) tasks: with `echo` the answer's
+text starts with the prompt, and with `logprobs` its `logprobs` object lists `tokens`,
+`token_logprobs` (the prompt's first token's is null), `top_logprobs` (the most likely tokens, plus the
+chosen one, per position) and `text_offset` (each token's offset in the answer's text). Scoring is
+the engine's prefill, so a scoring request passes the same size checks, queue and 429s as any other.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +54,7 @@ from forge_trainer.serve.protocol import (
     CompletionRequest,
     validation_error,
 )
-from forge_trainer.serve.sampling import SamplingParams
+from forge_trainer.serve.sampling import SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,8 @@ class _Job:
     params: list[SamplingParams]
     started: float
     id: str = ""
+    echo: list[str] = field(default_factory=list)
+    """Each choice's prompt as text, which its answer starts with (echo); empty without echo."""
 
 
 def _sse(obj: Any) -> bytes:
@@ -138,7 +148,7 @@ def _coalesce(batch: list[tuple[int, Delta]]) -> list[tuple[int, Delta]]:
         before = merged.get(index)
         merged[index] = delta if before is None else Delta(
             text=before.text + delta.text, finish_reason=delta.finish_reason, prompt_tokens=delta.prompt_tokens,
-            completion_tokens=delta.completion_tokens, error=delta.error)
+            completion_tokens=delta.completion_tokens, error=delta.error, logprobs=before.logprobs + delta.logprobs)
     return list(merged.items())
 
 
@@ -255,7 +265,7 @@ class Api:
         ctx = loaded.context_length
         vocab = int(loaded.model.config.vocab_size)
         requested = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
-        requested = requested or body.max_tokens
+        requested = body.max_tokens if requested is None else requested
         _check_choices(len(prompts), body.n or 1)
         plan_prompts, params = [], []
         for ids in prompts:
@@ -264,7 +274,7 @@ class Api:
             if any(not 0 <= t < vocab for t in ids):
                 raise ApiError(400, f"The prompt holds token ids outside the vocabulary (size {vocab}).",
                                param="prompt")
-            max_tokens = requested or default_max or max(ctx - len(ids), 1)
+            max_tokens = requested if requested is not None else default_max or max(ctx - len(ids), 1)
             if len(ids) + max_tokens > ctx:
                 raise ApiError(400, f"This model's maximum context length is {ctx} tokens. However, you "
                                f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the prompt, "
@@ -289,6 +299,10 @@ class Api:
             ids = await self._tokenize(lambda: [loaded.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p)
                                                 for p in items])
             job = self._plan(COMPLETIONS, body, ids, loaded, _DEFAULT_COMPLETION_MAX_TOKENS, started)
+            if body.echo:
+                texts = await self._tokenize(lambda: [p if isinstance(p, str) else loaded.tokenizer.decode(p)
+                                                      for p in items])
+                job.echo = [text for text in texts for _ in range(body.n or 1)]
             generation = self._admit(engine, job)
         except ApiError as err:
             return self._error(COMPLETIONS, err, started)
@@ -346,28 +360,37 @@ class Api:
         if collecting.cancelled():
             self._record(job.endpoint, 499, job.started)  # nginx's "client closed request"
             return Response(status_code=499)
-        texts, finals = collecting.result()
+        texts, finals, scored = collecting.result()
         done = [d for d in finals if d is not None]
         failed = [d for d in done if d.finish_reason == "error"]
         if failed:
             return self._error(job.endpoint, ApiError(500, failed[0].error or "generation failed",
                                                       type="server_error"), job.started)
+        if job.echo:
+            texts = [prompt + text for prompt, text in zip(job.echo, texts, strict=True)]
+        logprobs: list[dict[str, Any] | None] = [None] * len(texts)
+        if isinstance(job.body, CompletionRequest) and job.body.logprobs is not None:
+            tokenizer = self.state.loaded.tokenizer if self.state.loaded is not None else None
+            logprobs = list(await self._tokenize(lambda: [_logprobs_json(tokenizer, s) for s in scored]))
         self._record(job.endpoint, 200, job.started)
-        choices = [self._choice(job, i, texts[i], d.finish_reason) for i, d in enumerate(done)]
+        choices = [self._choice(job, i, texts[i], d.finish_reason, logprobs[i]) for i, d in enumerate(done)]
         return JSONResponse({"id": job.id, "object": "chat.completion" if job.endpoint == CHAT else "text_completion",
                              "created": int(time.time()), "model": self.state.model_name, "choices": choices,
                              "usage": self._usage(job, done)})
 
-    async def _collect(self, job: _Job, generation: Generation) -> tuple[list[str], list[Delta | None]]:
-        """Every choice's whole text and final Delta."""
+    async def _collect(self, job: _Job, generation: Generation
+                       ) -> tuple[list[str], list[Delta | None], list[list[TokenLogprob]]]:
+        """Every choice's whole text, final Delta and scored tokens."""
         texts = [""] * len(job.prompts)
         finals: list[Delta | None] = [None] * len(job.prompts)
+        scored: list[list[TokenLogprob]] = [[] for _ in job.prompts]
         async for batch in self._deltas(job, generation):
             for index, delta in batch:
                 texts[index] += delta.text
+                scored[index].extend(delta.logprobs)
                 if delta.finish_reason is not None:
                     finals[index] = delta
-        return texts, finals
+        return texts, finals, scored
 
     async def _deltas(self, job: _Job, generation: Generation) -> AsyncIterator[list[tuple[int, Delta]]]:
         """The engine's deltas for `job` in batches, recording time to first token and token counts."""
@@ -382,11 +405,12 @@ class Api:
                     self.metrics.prompt_tokens.inc(delta.prompt_tokens)
             yield batch
 
-    def _choice(self, job: _Job, index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    def _choice(self, job: _Job, index: int, text: str, finish_reason: str | None,
+                logprobs: dict[str, Any] | None) -> dict[str, Any]:
         if job.endpoint == CHAT:
             return {"index": index, "message": {"role": "assistant", "content": text},
                     "finish_reason": finish_reason, "logprobs": None}
-        return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
 
     @staticmethod
     def _usage(job: _Job, finals: list[Delta]) -> dict[str, int]:
@@ -481,6 +505,41 @@ def _chat_prompt(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[in
         raise ApiError(400, f"The model's chat template rejected the messages: {exc}", param="messages") from exc
     ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids
+
+
+_NO_PROBABILITY = -9999.0
+"""What a log-probability of -inf is reported as (JSON has no infinity), as vLLM does."""
+
+
+def _json_logprob(value: float) -> float | None:
+    """A log-probability as JSON can hold it: -inf as _NO_PROBABILITY, NaN (a broken model) as null."""
+    if math.isfinite(value):
+        return value
+    return _NO_PROBABILITY if value == -math.inf else None
+
+
+def _logprobs_json(tokenizer: Any, scored: list[TokenLogprob]) -> dict[str, Any]:
+    """The legacy completions `logprobs` object of one choice: each token as text, its log-probability,
+    the most likely tokens at its position (with the chosen one) and its character offset in the text."""
+    ids = sorted({t.token for t in scored} | {i for t in scored for i, _ in t.top})
+    pieces = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False) if ids else []
+    text_of = dict(zip(ids, pieces, strict=True))
+    tokens = [text_of[t.token] for t in scored]
+    top: list[dict[str, float | None] | None] = []
+    for t in scored:
+        if t.logprob is None:  # a prompt's first token: nothing predicts it
+            top.append(None)
+            continue
+        alternatives = {text_of[i]: _json_logprob(v) for i, v in t.top}
+        alternatives.setdefault(text_of[t.token], _json_logprob(t.logprob))
+        top.append(alternatives)
+    offsets, offset = [], 0
+    for piece in tokens:
+        offsets.append(offset)
+        offset += len(piece)
+    return {"tokens": tokens, "token_logprobs": [None if t.logprob is None else _json_logprob(t.logprob)
+                                                 for t in scored],
+            "top_logprobs": top, "text_offset": offsets}
 
 
 def _check_choices(prompts: int, n: int) -> None:

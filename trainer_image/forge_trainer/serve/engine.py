@@ -17,6 +17,13 @@ where `DynamicCache` would copy the whole cache.
 Results go back to the asyncio side in one `call_soon_threadsafe` per step and event loop, and a
 listener that falls behind gets everything produced meanwhile at once.
 
+Scoring (the API's `echo` with `logprobs`) is part of the prefill, so a scoring request waits in the
+same queue, counts against the same batch places and prefill budget as any other: a prefill group
+holding a sequence that wants its prompt's log-probabilities keeps the logits of every position
+(rows x width x vocab in the model's dtype; width is bounded by `max_prefill_tokens`, or by the context
+length for a prompt that goes alone), and turns them into float32 log-probabilities a few hundred
+positions at a time. A sequence with `max_tokens` 0 finishes at its prefill, having generated nothing.
+
 A failure that belongs to one sequence (its probabilities are not finite, its text cannot be decoded)
 finishes that sequence with `error` and leaves the others generating; only a failed forward pass
 fails every sequence it was running.
@@ -31,14 +38,23 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from forge_trainer.serve.sampling import NO_TOKEN, SamplingParams, bias_tensors, choose_tokens, make_generator
+from forge_trainer.serve.sampling import (
+    NO_TOKEN,
+    SamplingParams,
+    TokenLogprob,
+    bias_tensors,
+    choose_tokens,
+    chosen_logprobs,
+    make_generator,
+    prompt_logprobs,
+)
 from forge_trainer.serve.text_stream import Decoder, TextStream
 
 log = logging.getLogger(__name__)
@@ -57,6 +73,9 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """When the request asked for logprobs: the prompt's tokens (first Delta, with echo), then each
+    generated token's, end of sequence included."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -312,14 +331,20 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         cache = _BatchCache([_RoomyLayer(self.context_length) for _ in range(self._num_layers)])
+        scoring = [s.params.echo and s.params.logprobs is not None for s in seqs]
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=0 if any(scoring) else 1)
         if width > min(len(s.prompt_ids) for s in seqs):
             _zero_padding(cache, mask)
+        prompts: list[tuple[TokenLogprob, ...]] = [
+            tuple(prompt_logprobs(out.logits[row, width - len(s.prompt_ids):], s.prompt_ids, s.params.logprobs or 0))
+            if scoring[row] else () for row, s in enumerate(seqs)]
+        last = out.logits[:, -1, :]
+        del out  # every position's logits when scoring: let them go before the batch's cache grows
         for s in seqs:
             s.bias = bias_tensors(s.params, self.device)
-        tokens = self._choose(out.logits[:, -1, :], seqs)
-        deltas = self._advance_all(seqs, tokens)
+        tokens, chosen = self._choose(last, seqs)
+        deltas = self._advance_all(seqs, tokens, chosen, prompts)
         # first tokens go out before the group's cache is copied into the batch's
         self._publish_all([(s, d) for s, d in zip(seqs, deltas, strict=True) if d is not None])
         self._merge(cache, mask)
@@ -337,24 +362,39 @@ class Engine:
         self._mask = F.pad(self._mask, (0, 1), value=1)
         out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
                          past_key_values=self._cache, use_cache=True)
-        tokens = self._choose(out.logits[:, -1, :], seqs)
-        deltas = self._advance_all(seqs, tokens)
+        tokens, chosen = self._choose(out.logits[:, -1, :], seqs)
+        deltas = self._advance_all(seqs, tokens, chosen)
         self.steps += 1
         self._publish(seqs, deltas)
 
     @staticmethod
-    def _choose(logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
-        return choose_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs], [s.bias for s in seqs])
+    def _choose(logits: torch.Tensor, seqs: list[_Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
+        """Each sequence's next token, and its log-probability where the sequence asked for them."""
+        tokens = choose_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs], [s.bias for s in seqs])
+        chosen: list[TokenLogprob | None] = [None] * len(seqs)
+        rows = [r for r, s in enumerate(seqs)
+                if s.params.logprobs is not None and s.params.max_tokens > 0 and tokens[r] != NO_TOKEN]
+        if rows:
+            scored = chosen_logprobs(logits[rows], [tokens[r] for r in rows],
+                                     [seqs[r].params.logprobs or 0 for r in rows])
+            for r, lp in zip(rows, scored, strict=True):
+                chosen[r] = lp
+        return tokens, chosen
 
-    def _advance_all(self, seqs: list[_Sequence], tokens: list[int]) -> list[Delta | None]:
-        """`_advance` every sequence; a sequence whose own step fails finishes with `error`, alone."""
+    def _advance_all(self, seqs: list[_Sequence], tokens: list[int], chosen: list[TokenLogprob | None],
+                     prompts: list[tuple[TokenLogprob, ...]] | None = None) -> list[Delta | None]:
+        """`_advance` every sequence, its Delta carrying the log-probabilities it asked for (the prompt's
+        first, at its prefill); a sequence whose own step fails finishes with `error`, alone."""
         deltas: list[Delta | None] = []
-        for seq, token in zip(seqs, tokens, strict=True):
+        for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             try:
-                deltas.append(self._advance(seq, token))
+                delta = self._advance(seq, token)
             except Exception as exc:  # e.g. its tokens do not decode: that sequence's failure, not the batch's
                 log.exception("sequence failed")
-                deltas.append(self._finish(seq, "error", error=f"generation failed: {exc}"))
+                delta = self._finish(seq, "error", error=f"generation failed: {exc}")
+            token_lp = chosen[row]
+            scored = (prompts[row] if prompts else ()) + ((token_lp,) if token_lp is not None else ())
+            deltas.append(replace(delta, logprobs=scored) if delta is not None and scored else delta)
         return deltas
 
     def _advance(self, seq: _Sequence, token: int) -> Delta | None:
@@ -362,6 +402,8 @@ class Engine:
         if seq.cancelled:
             seq.finish_reason = "cancelled"
             return None
+        if seq.params.max_tokens == 0:  # scoring the prompt only (echo): nothing to generate
+            return self._finish(seq, "length")
         if token == NO_TOKEN:
             return self._finish(seq, "error", error="generation failed: the next-token probabilities are not "
                                 f"finite (temperature {seq.params.temperature}, top_p {seq.params.top_p})")

@@ -1,7 +1,11 @@
 """The OpenAI API's request bodies and error object, as far as the builtin runtime implements them.
 
 Unknown fields are ignored (as vLLM does), so newer clients keep working; a known field the runtime
-cannot honour (logprobs, echo, penalties, ...) is refused with a 400 that names it. Every number is
+cannot honour (penalties, best_of, suffix, tools, chat logprobs, ...) is refused with a 400 that names it.
+/v1/completions implements the legacy API's scoring fields as lm-evaluation-harness's
+`local-completions` uses them: `logprobs` (0 to MAX_LOGPROBS alternatives per token), `echo` (the
+prompt comes back before the completion, with its tokens' log-probabilities when `logprobs` is set)
+and `max_tokens` 0 with `echo` (score the prompt, generate nothing); neither is offered on a stream. Every number is
 range-checked here, before any work: a temperature so small that logits / temperature overflow, a seed
 torch cannot take, NaN or infinity (which Python's JSON accepts) are a 400 naming the field.
 """
@@ -49,6 +53,8 @@ MIN_TEMPERATURE = 1e-2
 MAX_STOP_CHARS = 256
 """Longest stop string: each generated token is checked against every stop string's prefixes."""
 _INT64 = 2**63
+MAX_LOGPROBS = 5
+"""Most alternatives per token a completions request may ask for (`logprobs`), OpenAI's limit."""
 
 
 def _temperature(value: float | None) -> float | None:
@@ -121,7 +127,12 @@ class _GenerationRequest(_Body):
         return SamplingParams(max_tokens=max_tokens,
                               temperature=1.0 if self.temperature is None else self.temperature,
                               top_p=1.0 if self.top_p is None else self.top_p, stop=stop,
-                              seed=None if self.seed is None else self.seed + choice, logit_bias=bias)
+                              seed=None if self.seed is None else self.seed + choice, logit_bias=bias,
+                              logprobs=self._scoring()[0], echo=self._scoring()[1])
+
+    def _scoring(self) -> tuple[int | None, bool]:
+        """(logprobs, echo) as the engine takes them."""
+        return None, False
 
     @property
     def include_usage(self) -> bool:
@@ -134,14 +145,31 @@ class CompletionRequest(_GenerationRequest):
 
     prompt: str | list[str] | list[int] | list[list[int]]
     """One prompt or a batch, as text or token ids."""
+    max_tokens: Annotated[int | None, Field(ge=0, lt=_INT64)] = None
+    """Most tokens to generate; 0 (with echo) scores the prompt and generates nothing."""
     echo: bool | None = False
-    logprobs: int | None = None
+    """Answer with the prompt before the completion (and its tokens' logprobs when logprobs is set)."""
+    logprobs: Annotated[int | None, Field(ge=0, le=MAX_LOGPROBS)] = None
+    """Log-probability of every token, with this many most likely alternatives at each position."""
     best_of: int | None = None
     suffix: str | None = None
 
     def _unsupported(self) -> dict[str, bool]:
-        return {**super()._unsupported(), "echo": bool(self.echo), "logprobs": self.logprobs is not None,
-                "best_of": self.best_of not in (None, 1), "suffix": bool(self.suffix)}
+        return {**super()._unsupported(), "best_of": self.best_of not in (None, 1), "suffix": bool(self.suffix)}
+
+    def check_supported(self) -> None:
+        """Refuse fields the builtin runtime does not implement, and max_tokens 0 without echo."""
+        super().check_supported()
+        if self.max_tokens == 0 and not self.echo:
+            raise ApiError(400, "max_tokens: 0 asks for no completion, which only makes sense with echo "
+                           "(scoring the prompt)", param="max_tokens")
+        if self.stream and (self.echo or self.logprobs is not None):
+            field = "logprobs" if self.logprobs is not None else "echo"
+            raise ApiError(400, f"{field} is not supported on a streamed completion (stream: true); "
+                           "ask without stream", param=field)
+
+    def _scoring(self) -> tuple[int | None, bool]:
+        return self.logprobs, bool(self.echo)
 
 
 class TextPart(_Body):

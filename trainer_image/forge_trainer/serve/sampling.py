@@ -3,6 +3,10 @@
 Each sequence samples with its own `torch.Generator`, so a request with a `seed` gets the same tokens
 whatever else shares the batch. A row that cannot be sampled (NaN logits, probabilities that are not
 finite) gets NO_TOKEN instead of failing the batch: one bad sequence never fails the others.
+
+Log-probabilities (the API's `logprobs`) are log_softmax in float32 of the logits the model produced,
+before logit_bias, temperature and top-p (as vLLM's default `raw_logprobs`): the score of a token
+under the model, whatever way it was chosen.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ class SamplingParams:
     """Seed of this request's sampling; the same seed gives the same tokens."""
     logit_bias: dict[int, float] = field(default_factory=dict)
     """Added to the logits of these token ids before choosing (-100 bans a token)."""
+    logprobs: int | None = None
+    """Report each generated token's log-probability and this many most likely alternatives; None: none."""
+    echo: bool = False
+    """Report the prompt's tokens too, with their log-probabilities when `logprobs` is set."""
 
     @property
     def greedy(self) -> bool:
@@ -104,3 +112,42 @@ def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
             else:
                 chosen[row] = int(torch.multinomial(probs[k], 1, generator=generators[row]).item())
     return [NO_TOKEN if broken[row] else int(t) for row, t in enumerate(chosen)]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability under the model, and the most likely tokens at its position."""
+
+    token: int
+    logprob: float | None
+    """None for a prompt's first token, which nothing predicts."""
+    top: tuple[tuple[int, float], ...] = ()
+    """(token id, log-probability) of the most likely tokens, most likely first."""
+
+
+def chosen_logprobs(logits: torch.Tensor, tokens: list[int], top: list[int]) -> list[TokenLogprob]:
+    """The log-probability of `tokens[i]` under row i of `logits` (rows x vocab) and its `top[i]` most
+    likely alternatives, computed in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ids = torch.tensor(tokens, device=logits.device)
+    chosen = logp.gather(-1, ids[:, None])[:, 0].tolist()
+    k = max(top, default=0)
+    values, indices = (logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long()))
+    values_l, indices_l = values.tolist(), indices.tolist()
+    return [TokenLogprob(t, c, tuple(zip(indices_l[r][:top[r]], values_l[r][:top[r]], strict=True)))
+            for r, (t, c) in enumerate(zip(tokens, chosen, strict=True))]
+
+
+PROMPT_LOGPROB_CHUNK = 256
+"""Positions whose float32 log-probabilities are computed at once: bounds the extra memory of scoring a
+long prompt to this many rows of the vocabulary."""
+
+
+def prompt_logprobs(logits: torch.Tensor, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
+    """Every prompt token's log-probability given the tokens before it, from the prompt's logits
+    (positions x vocab, position i predicting token i + 1); the first token's is None."""
+    out = [TokenLogprob(prompt_ids[0], None)]
+    for start in range(0, len(prompt_ids) - 1, PROMPT_LOGPROB_CHUNK):
+        end = min(start + PROMPT_LOGPROB_CHUNK, len(prompt_ids) - 1)
+        out.extend(chosen_logprobs(logits[start:end], prompt_ids[start + 1:end + 1], [top] * (end - start)))
+    return out
