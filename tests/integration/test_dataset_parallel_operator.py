@@ -1,6 +1,7 @@
 """A ForgeDataset with spec.parallelism on a real API server: one Job per worker, the real workers run as
 the pods would (all at once, `--stage all`), the Jobs' pods finish as a kubelet would mark them, and the
-dataset becomes Ready with the counts of the whole corpus; a worker Job that fails for good fails it."""
+dataset becomes Ready with the counts of the whole corpus; a worker Job that fails for good fails it and
+stops the other workers, and a spec change starts a new attempt."""
 
 from __future__ import annotations
 
@@ -78,9 +79,11 @@ def test_worker_jobs_prepare_the_dataset_together(
     assert not list(s3.list_objects(store_bucket, prefix=prefix + "/_work/", recursive=True))
 
 
-def test_a_worker_job_failing_for_good_fails_the_dataset(cluster: Cluster, operator: Operator) -> None:
-    cluster.create("forgedatasets", _dataset("halfdoomed", "s3://raw/nothing/", parallelism=2))
-    wait_for("worker 1's Job", lambda: cluster.job("halfdoomed-prepare-1"), timeout=60)
+def test_a_worker_job_failing_for_good_fails_the_dataset_and_stops_the_other_workers(
+        cluster: Cluster, operator: Operator) -> None:
+    cluster.create("forgedatasets", _dataset("halfdoomed", "s3://raw/nothing/", parallelism=3))
+    for name in ("halfdoomed-prepare", "halfdoomed-prepare-1", "halfdoomed-prepare-2"):
+        wait_for(f"Job {name}", lambda n=name: cluster.job(n), timeout=60)  # type: ignore[misc]
 
     def fail_pods() -> bool:
         cluster.finish_pods("halfdoomed-prepare-1", "Failed")
@@ -90,4 +93,24 @@ def test_a_worker_job_failing_for_good_fails_the_dataset(cluster: Cluster, opera
     wait_for("worker 1's Job to fail after its retries", fail_pods, timeout=120, interval=2)
     wait_for("phase Failed", lambda: cluster.status("forgedatasets", "halfdoomed").get("phase") == "Failed")
     message = cluster.condition("forgedatasets", "halfdoomed", "Ready")["message"]  # type: ignore[index]
-    assert "halfdoomed-prepare-1" in message
+    assert message.startswith("preparation job halfdoomed-prepare-1 failed: ")
+    assert cluster.status("forgedatasets", "halfdoomed")["jobName"] == "halfdoomed-prepare-1"
+    # the others would wait forever for worker 1's output: stopped; the failed one stays for its logs
+    wait_for("the other workers' Jobs deleted",
+             lambda: cluster.job("halfdoomed-prepare") is None and cluster.job("halfdoomed-prepare-2") is None,
+             timeout=30)
+    assert cluster.job("halfdoomed-prepare-1") is not None
+    assert cluster.status("forgedatasets", "halfdoomed")["phase"] == "Failed"
+
+    # once the cause is fixed (a spec change), a new attempt starts: every worker's Job anew
+    cluster.custom.patch_namespaced_custom_object("forge.ai", "v1alpha1", cluster.ns, "forgedatasets", "halfdoomed",
+                                                  {"spec": {"source": {"uri": "s3://raw/fixed/"}}})
+
+    def new_attempt() -> bool:
+        jobs = [cluster.job(n) for n in ("halfdoomed-prepare", "halfdoomed-prepare-1", "halfdoomed-prepare-2")]
+        return all(j is not None and j.metadata.labels.get("forge.ai/generation") == "2"
+                   and not j.status.conditions for j in jobs)
+
+    wait_for("the new attempt's Jobs", new_attempt, timeout=60)
+    wait_for("the dataset no longer Failed",
+             lambda: cluster.status("forgedatasets", "halfdoomed").get("phase") in ("Pending", "Running"), timeout=30)

@@ -27,6 +27,7 @@ from forge_trainer.config import (
     SplitConfig,
     TokenizerConfig,
     WireModel,
+    WorkerProgress,
 )
 from forge_trainer.config.data import SPLIT_BYTES_MIN
 
@@ -139,6 +140,11 @@ class ForgeDatasetStatus(ResourceStatus):
     """Source bytes read so far."""
     counts: DatasetCounts | None = None
     """Documents read, kept and dropped (per reason), duplicates, redactions, tokens."""
+    workers: list[WorkerProgress] | None = None
+    """With spec.parallelism above 1: each worker's stage, reads and failure, as it last reported them (at most
+    64: the failed and running ones first; workersSummary then counts them all)."""
+    workers_summary: str | None = None
+    """How many workers are committed, running and failed, when status.workers leaves some out."""
     manifest_uri: str | None = None
     """URI of the shard manifest."""
     digest: str | None = None

@@ -1,7 +1,9 @@
-"""ForgeDataset: the reconcile's steps for a dataset (one preparation Job), and its Kopf handlers."""
+"""ForgeDataset: the reconcile's steps for a dataset (one preparation Job, or one per worker), and its Kopf
+handlers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -20,7 +22,7 @@ from forge_operator.resolve.lookup import Lookup
 from forge_operator.settings import OperatorSettings
 from forge_operator.status.conditions import Action, Waiting
 from forge_operator.status.dataset import DatasetObservation, derive_dataset_status
-from forge_operator.status.job import merge_worker_jobs, observe_job
+from forge_operator.status.job import merge_worker_jobs, observe_job, unfinished_jobs
 from forge_operator.status.pods import PodsSeen
 from forge_trainer.config import DatasetProgress
 
@@ -28,6 +30,15 @@ KIND, PLURAL = DATASET.kind, DATASET.plural
 GENERATION_LABEL = "forge.ai/generation"
 _INTERVAL = OperatorSettings.from_env().reconcile_interval
 Rc = Pass[ForgeDataset, ForgeDatasetStatus]
+
+
+@dataclass(frozen=True)
+class LiveJobs:
+    """The dataset's Jobs after apply: each Job name of the plan with the live Job (None: absent)."""
+
+    jobs: dict[str, dict[str, Any] | None]
+    replaced: bool = False
+    """Jobs of an older generation were deleted (the new attempt's times start afresh)."""
 
 
 class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
@@ -47,47 +58,58 @@ class DatasetAdapter(Adapter[ForgeDataset, ForgeDatasetStatus]):
     def render(self, plan: DatasetPlan) -> list[dict[str, Any]]:
         return render_dataset(plan)
 
-    def apply(self, rc: Rc, plan: DatasetPlan, manifests: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
-        """Create the Job (and its ConfigMap, NetworkPolicy) once per generation; a Job of an older
-        generation prepared something else and is replaced. Returns (the Job, whether it was replaced)."""
+    def apply(self, rc: Rc, plan: DatasetPlan, manifests: list[dict[str, Any]]) -> LiveJobs:
+        """Create the Jobs (and the ConfigMap, NetworkPolicy) once per generation. A Job of an older
+        generation prepared something else: every such worker Job is deleted and the new attempt created.
+        Within a generation a missing Job is created, unless a worker Job failed for good: that attempt is
+        over (its other Jobs were stopped), and the next spec change starts a new one."""
         kube = runtime().kube
-        job = kube.get("batch/v1", "Job", rc.namespace, plan.job_name)
-        replaced = job is not None and job["metadata"].get("labels", {}).get(GENERATION_LABEL) != str(rc.generation)
-        if replaced:
-            for name in plan.worker_job_names or (plan.job_name,):  # a split preparation: every worker's Job
-                kube.delete("batch/v1", "Job", rc.namespace, name)
-            log.info("dataset %s/%s: spec changed (generation %s), replacing job %s", rc.namespace, rc.name,
-                     rc.generation, plan.job_name)
-        if job is None or replaced:
+        names = plan.worker_job_names or (plan.job_name,)
+        live = {name: kube.get("batch/v1", "Job", rc.namespace, name) for name in names}
+        stale = [name for name, job in live.items()
+                 if job is not None and job["metadata"].get("labels", {}).get(GENERATION_LABEL) != str(rc.generation)]
+        for name in stale:
+            kube.delete("batch/v1", "Job", rc.namespace, name)
+            live[name] = None
+        if stale:
+            log.info("dataset %s/%s: spec changed (generation %s), replacing jobs %s", rc.namespace, rc.name,
+                     rc.generation, ", ".join(stale))
+        over = any((seen := observe_job(job)) is not None and seen.failed_final for job in live.values())
+        missing = {name for name, job in live.items() if job is None}
+        if missing and not over:
             for manifest in manifests:
-                if manifest["kind"] == "Job":
+                if manifest["kind"] != "Job":
+                    kube.apply(manifest)
+                elif manifest["metadata"]["name"] in missing:
                     manifest["metadata"]["labels"][GENERATION_LABEL] = str(rc.generation)
-                kube.apply(manifest)
-            job = kube.get("batch/v1", "Job", rc.namespace, plan.job_name)
-        return job, replaced
+                    kube.apply(manifest)
+            live = {name: kube.get("batch/v1", "Job", rc.namespace, name) for name in names}
+        return LiveJobs(live, replaced=bool(stale))
 
-    def observe(self, rc: Rc, resolved: ResolvedDataset, plan: DatasetPlan,
-                applied: tuple[dict[str, Any] | None, bool]) -> DatasetObservation:
-        job, replaced = applied
+    def observe(self, rc: Rc, resolved: ResolvedDataset, plan: DatasetPlan, applied: LiveJobs) -> DatasetObservation:
         progress, store = read_progress_checked(plan.output_uri, DatasetProgress, f"dataset {rc.namespace}/{rc.name}",
                                                 plan.store)
+        job = applied.jobs.get(plan.job_name)
         seen = observe_job(job)
-        workers = [(name, runtime().kube.get("batch/v1", "Job", rc.namespace, name))
-                   for name in plan.worker_job_names[1:]]
+        workers = [(name, applied.jobs.get(name)) for name in plan.worker_job_names[1:]]
         if plan.worker_job_names:
             seen = merge_worker_jobs(seen, [(name, observe_job(live)) for name, live in workers])
         # the pods of these Jobs (not those of replaced ones)
-        uids = {uid for live in [job, *(live for _, live in workers)]
-                if (uid := ((live or {}).get("metadata") or {}).get("uid"))}
+        uids = {uid for live in applied.jobs.values() if (uid := ((live or {}).get("metadata") or {}).get("uid"))}
         pods = look_at_pods(KIND, rc.name, rc.namespace, rc.now, rc.prev, uids) if uids else PodsSeen()
         return DatasetObservation(rc.generation, resolved=resolved.resolved, job_name=plan.job_name,
                                   output_uri=plan.output_uri, job=seen, progress=progress,
-                                  replaced=replaced, store=store, pods=pods,
+                                  replaced=applied.replaced, store=store, pods=pods,
                                   pods_stalled_after=runtime().settings.pods_stalled_after)
 
-    def carry_out(self, rc: Rc, plan: DatasetPlan, applied: tuple[dict[str, Any] | None, bool],
-                  status: ForgeDatasetStatus, action: Action) -> None:
-        """Post the Warning Event of a new pod trouble."""
+    def carry_out(self, rc: Rc, plan: DatasetPlan, applied: LiveJobs, status: ForgeDatasetStatus,
+                  action: Action) -> None:
+        """Stop the other workers of a failed split preparation (their pods would wait forever for the
+        failed one's output); post the Warning Event of a new pod trouble."""
+        if status.phase == DatasetPhase.FAILED and plan.worker_job_names:
+            for name in unfinished_jobs([(name, observe_job(job)) for name, job in applied.jobs.items()]):
+                runtime().kube.delete("batch/v1", "Job", rc.namespace, name)
+                log.info("dataset %s/%s failed: deleted worker job %s", rc.namespace, rc.name, name)
         tell_pod_trouble(rc.body, rc.prev, status)
 
 

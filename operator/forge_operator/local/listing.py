@@ -109,6 +109,27 @@ def eval_table(initial: dict[str, Any], final: dict[str, Any]) -> list[str]:
     return _table(rows).splitlines()
 
 
+def _size(n: Any) -> str:
+    if not isinstance(n, int):
+        return "?"
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def workers_table(workers: list[dict[str, Any]]) -> list[str]:
+    """A split preparation's workers, one row each: stage, committed, documents and bytes read, failure."""
+    rows = [["  WORKER", "STAGE", "COMMITTED", "DOCUMENTS", "BYTES", "ERROR"]]
+    for w in workers:
+        total = w.get("bytesTotal")
+        rows.append(["  " + str(w.get("worker", "?")), str(w.get("stage", "")), "yes" if w.get("committed") else "no",
+                     str(w.get("documentsRead", 0)),
+                     f"{_size(w.get('bytesDone', 0))} / {_size(total) if total is not None else '?'}",
+                     str(w.get("error") or "")])
+    return _table(rows).splitlines()
+
+
 def render_describe(record: dict[str, Any]) -> str:
     """Phase, message, counts and conditions of one resource, like `kubectl describe`."""
     st = record.get("status") or {}
@@ -122,6 +143,9 @@ def render_describe(record: dict[str, Any]) -> str:
                       *eval_table(st["initialEvalMetrics"], st.get("evalMetrics") or {})]
         elif st.get(key) not in (None, {}, []):
             lines += _lines(key, st[key], 2)
+    if st.get("workers"):
+        lines += ["  workers:" + (f" ({st['workersSummary']})" if st.get("workersSummary") else ""),
+                  *workers_table(st["workers"])]
     conds = st.get("conditions") or []
     lines.append("Conditions:")
     if conds:

@@ -19,10 +19,12 @@ from forge_operator.status.conditions import (
 )
 from forge_operator.status.job import JobObservation
 from forge_operator.status.pods import PodsSeen, mark_pods, mark_pods_stalled, stalled_text
-from forge_trainer.config import DatasetProgress
+from forge_trainer.config import DatasetProgress, WorkerProgress
 
 TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
 TOKENIZER_READY = "TokenizerReady"
+MAX_WORKERS_SHOWN = 64
+"""Workers listed in status.workers at most (the object stays small whatever spec.parallelism is)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,20 @@ class DatasetObservation:
     """Seconds pods may wait to start before the dataset is Stalled (the operator's podsStalledAfter)."""
 
 
+def shown_workers(workers: list[WorkerProgress],
+                  limit: int = MAX_WORKERS_SHOWN) -> tuple[list[WorkerProgress], str | None]:
+    """The workers status shows (all up to `limit`; beyond, the failed, then the running, then the rest, by
+    index) and a summary of all when some are left out (None when none is)."""
+    if len(workers) <= limit:
+        return list(workers), None
+    failed = [w for w in workers if w.error]
+    running = [w for w in workers if not w.error and not w.committed]
+    rest = [w for w in workers if not w.error and w.committed]
+    shown = sorted([*failed, *running, *rest][:limit], key=lambda w: w.worker)
+    return shown, (f"{len(workers)} workers: {len(rest)} committed their stage, {len(running)} running, "
+                   f"{len(failed)} failed; {limit} shown (failed and running first)")
+
+
 def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
                           now: datetime) -> tuple[ForgeDatasetStatus, Action]:
     """The status a dataset should have after this observation (a dataset never asks for an action)."""
@@ -60,6 +76,7 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
     mark_store(status, obs.store, stamp)
     if obs.replaced:
         status.started_at = status.completed_at = None
+        status.workers = status.workers_summary = None
     status.job_name = obs.job_name or status.job_name
     status.output_uri = obs.output_uri or status.output_uri
     progress = obs.progress
@@ -68,6 +85,8 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
         status.documents_done = progress.documents_done
         status.bytes_done = progress.bytes_done
         status.counts = progress.counts
+        if progress.workers:  # the manifest stage writes none: the last per-worker view stays
+            status.workers, status.workers_summary = shown_workers(progress.workers)
     job = obs.job
     pods = obs.pods if job is not None and not (job.complete or job.failed_final) else None
     stalled = mark_pods(status, obs.pods, now, obs.pods_stalled_after)
@@ -84,7 +103,10 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
         reason = "; ".join(part for part in (progress.error if progress else None,
                                              cause.summary if cause else None) if part)
         reason = reason or job.message or "job failed"
-        mark_ready(status, FALSE, DatasetReason.JOB_FAILED, f"preparation job {obs.job_name} failed: {reason}", stamp)
+        # a failed worker's Job is kept (the others are stopped): its pods hold the logs to read
+        status.job_name = job.failed_job or status.job_name
+        mark_ready(status, FALSE, DatasetReason.JOB_FAILED, f"preparation job {job.failed_job or obs.job_name} failed: "
+                   f"{reason}", stamp)
         status.completed_at = status.completed_at or stamp
     elif job.complete and progress is None and store_down(obs.store):
         # the result is in the store, which did not answer: wait for it instead of failing the dataset
