@@ -56,7 +56,7 @@ def test_status_lists_every_worker_up_to_the_bound_then_the_failed_and_running_f
     assert summary == "200 workers: 132 committed their stage, 67 running, 1 failed; 64 shown (failed and running first)"
 
 
-def test_status_mirrors_the_workers_and_keeps_them_through_the_manifest_stage() -> None:
+def test_status_mirrors_the_workers_keeps_them_through_the_manifest_stage_and_drops_them_when_ready() -> None:
     live = DatasetProgress(stage="scan 1/5 (1/2 workers)", documents_done=30, workers=_workers(2))
     obs = DatasetObservation(1, job_name="corpus-prepare", output_uri="s3://b/p",
                              job=JobObservation(active=2), progress=live)
@@ -69,6 +69,11 @@ def test_status_mirrors_the_workers_and_keeps_them_through_the_manifest_stage() 
     wire = s2.to_wire()
     assert wire["workers"][1] == {"worker": 1, "stage": "scan", "committed": True, "documentsRead": 1,
                                   "bytesDone": 0}
+    done = DatasetProgress(stage="done", manifest_uri="s3://b/p/manifest.json", manifest_digest="sha256:abc")
+    s3, _ = derive_dataset_status(s2, DatasetObservation(1, job_name="corpus-prepare", output_uri="s3://b/p",
+                                                         job=JobObservation(succeeded=1, complete=True),
+                                                         progress=done), T0)
+    assert s3.phase is DatasetPhase.READY and s3.workers is None  # the final counts say it all
 
 
 def test_describe_prints_a_table_of_the_workers() -> None:

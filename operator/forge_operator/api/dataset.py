@@ -141,8 +141,8 @@ class ForgeDatasetStatus(ResourceStatus):
     counts: DatasetCounts | None = None
     """Documents read, kept and dropped (per reason), duplicates, redactions, tokens."""
     workers: list[WorkerProgress] | None = None
-    """With spec.parallelism above 1: each worker's stage, reads and failure, as it last reported them (at most
-    64: the failed and running ones first; workersSummary then counts them all)."""
+    """With spec.parallelism above 1, until Ready: each worker's stage, reads and failure as it last reported
+    them (at most 64: the failed and running ones first; workersSummary then counts them all)."""
     workers_summary: str | None = None
     """How many workers are committed, running and failed, when status.workers leaves some out."""
     manifest_uri: str | None = None

@@ -121,6 +121,7 @@ def derive_dataset_status(prev: ForgeDatasetStatus, obs: DatasetObservation,
                        f"preparation job {obs.job_name} succeeded but wrote no manifest under {obs.output_uri}", stamp)
         else:
             status.phase = DatasetPhase.READY
+            status.workers = status.workers_summary = None  # their work is done; the counts above are final
             status.manifest_uri = progress.manifest_uri
             status.digest = progress.manifest_digest
             status.tokenizer_uri = progress.tokenizer_uri
