@@ -25,7 +25,7 @@ from forge_operator.api import ForgeDataset
 from forge_operator.api.common import RetentionPolicy
 from forge_operator.api.dataset import DatasetPhase, ForgeDatasetStatus
 from forge_operator.handlers.adapter import Pass
-from forge_operator.handlers.dataset import ADAPTER
+from forge_operator.handlers.dataset import ADAPTER, LiveJobs
 from forge_operator.handlers.indexes import cluster_lookup
 from forge_operator.handlers.runtime import OperatorRuntime
 from forge_operator.kube.client import Kube
@@ -75,7 +75,7 @@ def _reconcile(res: Resource, job: dict[str, Any] = RUNNING_JOB) -> None:
     resolved = ADAPTER.resolve(rc, lookup)
     assert isinstance(resolved, ResolvedDataset)
     plan = plan_dataset(rc.resource, res.settings)  # what ADAPTER.plan does, with this resource's store
-    observed = ADAPTER.observe(rc, resolved, plan, (job, False))
+    observed = ADAPTER.observe(rc, resolved, plan, LiveJobs({plan.job_name: job}))
     res.status, _ = ADAPTER.derive(res.status, observed, rc.now)
     res.durations.append(time.monotonic() - started)
     res.finished_at.append(time.monotonic())
