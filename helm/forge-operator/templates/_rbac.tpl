@@ -12,7 +12,7 @@ them from the code, both ways: every grant is used and every use is granted. */}
   resources: ["forgedatasets/status", "forgetrainingruns/status", "forgedeployments/status"]
   verbs: ["patch"]
 # Jobs: read, server-side apply (create + patch), suspend/resume (patch), replaced on a spec change or a
-# new attempt (delete)
+# new attempt, or stopped when another preparation worker failed for good (delete)
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "create", "patch", "delete"]
