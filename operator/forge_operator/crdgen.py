@@ -55,6 +55,9 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         if key == "const":
             out["enum"] = [value]
             continue
+        if key == "description" and isinstance(value, str):
+            out[key] = reflow(value)
+            continue
         if key == "properties":
             out[key] = {name: _resolve(sub, defs) for name, sub in value.items()}
         elif key in ("items", "additionalProperties"):
@@ -70,6 +73,15 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def reflow(doc: str) -> str:
+    """A docstring as a description: the lines of a paragraph joined with spaces (a docstring's line breaks
+    are its source's width, not the text's; kept, YAML and `kubectl explain` show each as a paragraph
+    break), paragraphs separated by one blank line."""
+    paragraphs = [" ".join(line.strip() for line in block.splitlines() if line.strip())
+                  for block in doc.strip().split("\n\n")]
+    return "\n\n".join(p for p in paragraphs if p)
+
+
 def structural_schema(model: type[Any]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of a pydantic model, as a CRD holds it."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
@@ -79,7 +91,7 @@ def structural_schema(model: type[Any]) -> dict[str, Any]:
 
 def build_crd(info: KindInfo) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
-    resource_doc = (info.resource.__doc__ or "").strip()
+    resource_doc = reflow(info.resource.__doc__ or "")
     schema = {
         "type": "object",
         "description": resource_doc,

@@ -129,3 +129,20 @@ def test_crds_validate_against_a_current_kubernetes() -> None:
 
     for crd in _crds().values():
         kubernetes_validate.validate(crd, "1.30.0", strict=True)
+
+
+def _descriptions(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["description"]] if isinstance(node.get("description"), str) else []
+        return found + [d for v in node.values() for d in _descriptions(v)]
+    if isinstance(node, list):
+        return [d for v in node for d in _descriptions(v)]
+    return []
+
+
+@pytest.mark.parametrize("kind", [k.kind for k in KINDS])
+def test_descriptions_read_as_text_not_as_the_docstrings_line_breaks(kind: str) -> None:
+    """`kubectl explain` shows every newline of a description: a docstring wrapped at the source's width
+    must reach the CRD as one line per paragraph."""
+    wrapped = [d for d in _descriptions(_crds()[kind]) if "\n" in d.replace("\n\n", "")]
+    assert wrapped == []
