@@ -4,6 +4,7 @@ same model directory; and the hostile versions of those requests."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from forge_trainer.serve.engine import Engine
 from forge_trainer.serve.loading import LoadedModel, load_model
+from forge_trainer.serve.sampling import SamplingParams, TokenLogprob
 from tests.support.serve import server_torch_threads, serving, shared_tiny_model
 
 MODEL = "tiny-scorer"
@@ -92,6 +95,38 @@ def test_echoed_prompt_logprobs_equal_transformers_log_softmax(
         assert lp["text_offset"][0] == 0
         assert all(b - a == len(t) for a, b, t in zip(lp["text_offset"], lp["text_offset"][1:], lp["tokens"],
                                                       strict=False))
+
+
+def test_scoring_in_chunks_of_positions_equals_transformers(loaded: LoadedModel,
+                                                            reference: PreTrainedModel) -> None:
+    """A group of prompts whose logits would exceed the engine's scoring budget is prefilled a few
+    positions at a time: the same log-probabilities, and decoding goes on from the right cache."""
+    engine = Engine(loaded.model, loaded.tokenizer, eos_token_ids=set(), max_batch_size=4,
+                    context_length=loaded.context_length, pad_token_id=loaded.pad_token_id)
+    engine.scoring_logits = 3 * 2 * int(loaded.model.config.vocab_size)  # 3 positions per pass for 2 rows
+    prompts = [loaded.tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
+    params = SamplingParams(max_tokens=3, temperature=0.0, logprobs=1, echo=True)
+
+    async def score() -> dict[int, list[TokenLogprob]]:
+        scored: dict[int, list[TokenLogprob]] = {0: [], 1: []}
+        async for batch in engine.submit_many([(ids, params) for ids in prompts]).batches():
+            for index, delta in batch:
+                assert delta.error is None
+                scored[index].extend(delta.logprobs)
+        return scored
+
+    engine.start()
+    try:
+        scored = asyncio.run(score())
+    finally:
+        engine.stop()
+    for index, ids in enumerate(prompts):
+        tokens = [t.token for t in scored[index]]
+        assert tokens[:len(ids)] == ids and len(tokens) == len(ids) + 3
+        expected = log_softmax(reference, tokens)
+        assert [t.logprob for t in scored[index][1:]] == pytest.approx(
+            [expected[i, t].item() for i, t in enumerate(tokens[1:])], abs=TOLERANCE)
+        assert tokens[len(ids):] == [int(expected[i].argmax()) for i in range(len(ids) - 1, len(tokens) - 1)]
 
 
 def test_max_tokens_zero_scores_the_prompt_and_generates_nothing(

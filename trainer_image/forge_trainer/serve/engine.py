@@ -18,11 +18,12 @@ Results go back to the asyncio side in one `call_soon_threadsafe` per step and e
 listener that falls behind gets everything produced meanwhile at once.
 
 Scoring (the API's `echo` with `logprobs`) is part of the prefill, so a scoring request waits in the
-same queue, counts against the same batch places and prefill budget as any other: a prefill group
-holding a sequence that wants its prompt's log-probabilities keeps the logits of every position
-(rows x width x vocab in the model's dtype; width is bounded by `max_prefill_tokens`, or by the context
-length for a prompt that goes alone), and turns them into float32 log-probabilities a few hundred
-positions at a time. A sequence with `max_tokens` 0 finishes at its prefill, having generated nothing.
+same queue, counts against the same batch places and prefill budget as any other. A prefill group
+holding a sequence that wants its prompt's log-probabilities needs the logits of every position, not
+only the last: it is prefilled in chunks of positions through its KV cache (as decoding extends it),
+each chunk small enough that its logits (rows x positions x vocabulary) stay within
+`scoring_logits`, so scoring a prompt of the whole context costs bounded memory whatever the
+vocabulary. A sequence with `max_tokens` 0 finishes at its prefill, having generated nothing.
 
 A failure that belongs to one sequence (its probabilities are not finite, its text cannot be decoded)
 finishes that sequence with `error` and leaves the others generating; only a failed forward pass
@@ -59,6 +60,8 @@ from forge_trainer.serve.text_stream import Decoder, TextStream
 
 log = logging.getLogger(__name__)
 
+SCORING_LOGITS = 2**26
+"""Most logits one prefill forward pass of a scoring group keeps (256 MiB in float32)."""
 _BURST_WINDOW_S = 0.002
 """How long an idle engine waits after the first request for others arriving with it."""
 
@@ -167,6 +170,9 @@ class Engine:
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
         self._num_layers = int(model.config.get_text_config(decoder=True).num_hidden_layers)
+        self._vocab_size = int(model.config.get_text_config(decoder=True).vocab_size)
+        self.scoring_logits = SCORING_LOGITS
+        """Most logits (rows x positions x vocabulary) one forward pass keeps when a group scores prompts."""
         self.max_prefill_tokens = max_prefill_tokens or default_prefill_tokens(self.device)
         """Most prompt tokens (padding included) prefilled in one forward pass; a longer prompt goes alone."""
         self._incoming: queue.SimpleQueue[_Sequence | None] = queue.SimpleQueue()
@@ -332,15 +338,23 @@ class Engine:
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         cache = _BatchCache([_RoomyLayer(self.context_length) for _ in range(self._num_layers)])
         scoring = [s.params.echo and s.params.logprobs is not None for s in seqs]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=0 if any(scoring) else 1)
-        if width > min(len(s.prompt_ids) for s in seqs):
-            _zero_padding(cache, mask)
-        prompts: list[tuple[TokenLogprob, ...]] = [
-            tuple(prompt_logprobs(out.logits[row, width - len(s.prompt_ids):], s.prompt_ids, s.params.logprobs or 0))
-            if scoring[row] else () for row, s in enumerate(seqs)]
-        last = out.logits[:, -1, :]
-        del out  # every position's logits when scoring: let them go before the batch's cache grows
+        chunk = max(1, self.scoring_logits // (len(seqs) * self._vocab_size)) if any(scoring) else width
+        scored: list[list[TokenLogprob]] = [[TokenLogprob(s.prompt_ids[0], None)] if scoring[row] else []
+                                            for row, s in enumerate(seqs)]
+        for start in range(0, width, chunk):
+            end = min(width, start + chunk)
+            out = self.model(input_ids=ids[:, start:end], attention_mask=mask[:, :end],
+                             position_ids=positions[:, start:end], past_key_values=cache, use_cache=True,
+                             logits_to_keep=0 if any(scoring) else 1)
+            if width > min(len(s.prompt_ids) for s in seqs):
+                _zero_padding(cache, mask[:, :end])
+            for row, s in enumerate(seqs):
+                if scoring[row]:
+                    scored[row].extend(prompt_logprobs(out.logits[row], s.prompt_ids, width - len(s.prompt_ids),
+                                                       start, s.params.logprobs or 0))
+            last = out.logits[:, -1, :]
+            del out  # every position's logits when scoring: let them go before the next chunk
+        prompts = [tuple(lps) for lps in scored]
         for s in seqs:
             s.bias = bias_tensors(s.params, self.device)
         tokens, chosen = self._choose(last, seqs)

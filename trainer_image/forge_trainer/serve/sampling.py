@@ -138,16 +138,13 @@ def chosen_logprobs(logits: torch.Tensor, tokens: list[int], top: list[int]) -> 
             for r, (t, c) in enumerate(zip(tokens, chosen, strict=True))]
 
 
-PROMPT_LOGPROB_CHUNK = 256
-"""Positions whose float32 log-probabilities are computed at once: bounds the extra memory of scoring a
-long prompt to this many rows of the vocabulary."""
-
-
-def prompt_logprobs(logits: torch.Tensor, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
-    """Every prompt token's log-probability given the tokens before it, from the prompt's logits
-    (positions x vocab, position i predicting token i + 1); the first token's is None."""
-    out = [TokenLogprob(prompt_ids[0], None)]
-    for start in range(0, len(prompt_ids) - 1, PROMPT_LOGPROB_CHUNK):
-        end = min(start + PROMPT_LOGPROB_CHUNK, len(prompt_ids) - 1)
-        out.extend(chosen_logprobs(logits[start:end], prompt_ids[start + 1:end + 1], [top] * (end - start)))
-    return out
+def prompt_logprobs(logits: torch.Tensor, prompt_ids: list[int], offset: int, start: int,
+                    top: int) -> list[TokenLogprob]:
+    """The log-probabilities of the prompt tokens predicted by one chunk of a left-padded row's logits
+    (positions `start`... x vocab; the prompt begins at column `offset`, and column c predicts the token
+    at column c + 1)."""
+    first, stop = max(start, offset), min(start + logits.shape[0], offset + len(prompt_ids) - 1)
+    if first >= stop:
+        return []
+    targets = prompt_ids[first + 1 - offset:stop + 1 - offset]
+    return chosen_logprobs(logits[first - start:stop - start], targets, [top] * len(targets))
