@@ -14,6 +14,7 @@ from forge_trainer.store import (
     open_uri,
     read_json,
     sha256_bytes,
+    split_uri,
     write_json_atomic,
 )
 from tests.support.s3 import S3Server
@@ -114,3 +115,17 @@ def test_uri_parsing_errors_are_clear() -> None:
 
 def test_digest_format() -> None:
     assert sha256_bytes(b"") == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_a_local_uri_the_store_wrote_names_the_same_file(tmp_path: Path) -> None:
+    """`forge run` from a folder named `a+b c` (its tokenizer's URI was percent-encoded twice and named no file)."""
+    root = tmp_path / "a+b c%d"
+    store = LocalStore(root)
+    store.put_bytes("tok/tokenizer.json", b"{}")
+    uri = store.uri("tok/tokenizer.json")
+    assert "%2B" in uri or "+" in uri
+    scheme, path, key = split_uri(uri)
+    assert (scheme, key) == ("file", "") and Path(path) == root / "tok" / "tokenizer.json"
+    assert Path(path).read_bytes() == b"{}"
+    again, _ = open_uri(store.uri("tok"))
+    assert again.get_bytes("tokenizer.json") == b"{}"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from forge_trainer.config import StoreConfig
 
@@ -300,8 +300,8 @@ def split_uri(uri: str) -> tuple[str, str, str]:
         if not parsed.netloc:
             raise StoreError(f"{uri!r}: an s3 URI needs a bucket (s3://bucket/prefix)")
         return "s3", parsed.netloc, parsed.path.lstrip("/")
-    if parsed.scheme == "file":
-        return "file", parsed.path, ""
+    if parsed.scheme == "file":  # percent-encoded (RFC 8089), as Path.as_uri() writes it: "+" is "%2B"
+        return "file", unquote(parsed.path), ""
     if parsed.scheme == "":
         return "file", uri, ""
     raise StoreError(f"{uri!r}: unsupported URI scheme {parsed.scheme!r} (use s3:// or a local path)")
