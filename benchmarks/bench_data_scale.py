@@ -24,8 +24,8 @@ MB and documents per wall second and per CPU-second; the ratios staged-2 / stage
 are taken on the largest corpus (on a 2-core machine; the target is >= 1.7x).
 
 datatrove (`_datatrove_minhash.py`) runs its MinHash dedup (signature -> buckets -> cluster -> filter with
-LocalPipelineExecutor, the same bands x rows and shingles) with 1 and N workers on the largest corpus (or the
-one `--compare-mb` names). It does less than Forge's pipeline (no normalisation, quality filters, exact
+LocalPipelineExecutor, the same bands x rows and shingles) with 1 and N workers on the largest corpus up to
+100 MB (or the one `--compare-mb` names; at 1 GB it would double the run). It does less than Forge's pipeline (no normalisation, quality filters, exact
 dedup, PII or tokenization), so two ratios are printed: Forge's whole preparation, and its scan + dedup
 stages only, per CPU-second against datatrove's.
 """
@@ -193,6 +193,18 @@ def startup_cpu(env: dict[str, str]) -> float:
     return sorted(times)[1]
 
 
+def parse_cpu_per_gb(source: Path) -> float:
+    """CPU seconds per GB to read and parse JSON Lines files line by line in Python (`json.loads`): what the
+    tokenizer stage does to every candidate of every worker, serially, to draw its sample."""
+    start, size = time.process_time(), 0
+    for path in sorted(source.glob("*.jsonl")):
+        size += path.stat().st_size
+        with path.open("rb") as fh:
+            for line in fh:
+                json.loads(line)
+    return (time.process_time() - start) / (size / 1e9)
+
+
 def run_datatrove(source: Path, work: Path, workers: int) -> dict[str, Any]:
     """datatrove's MinHash pipeline over `source` with `workers` processes: per step (wall, CPU), and kept."""
     from _datatrove_minhash import quiet, run_minhash_pipeline
@@ -290,7 +302,7 @@ def print_compare(corpus: CorpusFiles, runs: list[Run], datatrove: dict[int, dic
         print(f"datatrove wall N=2 / N=1: {datatrove[1]['wall'] / datatrove[2]['wall']:.2f}x")
 
 
-def print_cost_model(sizes: list[CorpusFiles], by_size: list[list[Run]], startup: float) -> None:
+def print_cost_model(sizes: list[CorpusFiles], by_size: list[list[Run]], startup: float, parse: float) -> None:
     """Per stage of the widest staged run on the largest corpus: CPU-seconds and wall seconds per GB of
     input, store bytes read and written per input byte, peak RSS per worker (and its growth from the smallest
     corpus): the figures the sizing section of the docs is built from."""
@@ -314,6 +326,11 @@ def print_cost_model(sizes: list[CorpusFiles], by_size: list[list[Run]], startup
             rss, small_rss = run.stage_rss(stage), small.stage_rss(stage)
         print(f"{stage:<10} {workers:>7} {cpu / gb:9.0f} {wall / gb:9.0f} {read / corpus.bytes:8.3f} "
               f"{wrote / corpus.bytes:8.3f} {reqs:8d} {rss:7.0f} MiB {rss / small_rss:9.2f}x")
+    read_tok = sum(ops.get("get", [0, 0])[1] for ops in run.store("tokenizer").values())
+    reading = parse * read_tok / 1e9
+    print(f"tokenizer stage: reading and parsing its {read_tok / 1e6:,.0f} MB of candidates costs about "
+          f"{reading:.1f} CPU-s (JSON Lines parse measured at {parse:.1f} CPU-s/GB); the rest, "
+          f"{run.stage_cpu('tokenizer') - reading - startup:.1f} CPU-s, is training on at most 256 MiB of kept text")
 
 
 def _json_run(r: Run) -> dict[str, Any]:
@@ -333,18 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--sizes", type=int, nargs="+", metavar="MB", help="corpus sizes in MB (MiB) instead")
     parser.add_argument("--workers", type=int, default=2, help="workers of the largest staged run (default 2)")
     parser.add_argument("--compare-mb", type=int, default=None,
-                        help="corpus size (one of the sizes) datatrove runs on (default: the largest)")
+                        help="corpus size (one of the sizes) datatrove runs on (default: the largest up to 100 MB)")
     parser.add_argument("--no-datatrove", action="store_true", help="skip datatrove")
     parser.add_argument("--tmp", type=Path, default=None, help="where the corpora go (default: the system's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
     sizes_mb = args.sizes or ([10, 100, 1024] if args.full else [10, 100])
-    compare_mb = args.compare_mb or sizes_mb[-1]
+    compare_mb = args.compare_mb or max((s for s in sizes_mb if s <= 100), default=sizes_mb[0])
     if compare_mb not in sizes_mb:
         parser.error(f"--compare-mb {compare_mb} is not one of the sizes {sizes_mb}")
     if args.workers < 2:
         parser.error("--workers must be at least 2")
     env = workload_env(f"bench-data-scale-{uuid.uuid4().hex}", {"SOURCE_DATE_EPOCH": "1700000000"})
+    print(f"load average at start {os.getloadavg()[0]:.2f} (other processes on the machine compete for the cores)")
     print(f"{os.cpu_count()} CPUs; sizes {', '.join(f'{s} MB' for s in sizes_mb)}; workers 1 and {args.workers}; "
           f"datatrove on {'nothing' if args.no_datatrove else f'{compare_mb} MB'}", flush=True)
     corpora: list[CorpusFiles] = []
@@ -368,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_preparation(label, workers, config, out, tmp, env))
                 print(f"  {label}: {runs[-1].wall:.1f} s", flush=True)
             shutil.rmtree(out, ignore_errors=True)
+            if i == len(sizes_mb) - 1:
+                parse = parse_cpu_per_gb(src)
             if i == compare_index and not args.no_datatrove:
                 for n in (1, args.workers):
                     work = tmp / f"datatrove-{n}"
@@ -381,16 +401,17 @@ def main(argv: list[str] | None = None) -> int:
         print_size(corpus, runs)
     print_store(corpora[-1], by_size[-1])
     print_rss(corpora, by_size)
-    print_cost_model(corpora, by_size, startup)
+    print_cost_model(corpora, by_size, startup, parse)
     if datatrove:
         print_compare(corpora[compare_index], by_size[compare_index], datatrove)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f} (1 minute)")
     big = by_size[-1]
     print(f"\nRATIO throughput (wall) staged N={args.workers} / staged N=1 = {big[1].wall / big[2].wall:.2f}x, "
           f"staged N={args.workers} / unsplit = {big[0].wall / big[2].wall:.2f}x "
           f"on the {corpora[-1].bytes / 1e6:,.0f} MB corpus (target >= 1.7x on 2 cores)")
     if args.json:
         args.json.write_text(json.dumps({
-            "cpus": os.cpu_count(), "workers": args.workers, "startup_cpu": startup,
+            "cpus": os.cpu_count(), "workers": args.workers, "startup_cpu": startup, "parse_cpu_per_gb": parse,
             "sizes": [{"bytes": c.bytes, "docs": c.docs, "files": c.files, "runs": [_json_run(r) for r in runs]}
                       for c, runs in zip(corpora, by_size, strict=True)],
             "datatrove": {"bytes": corpora[compare_index].bytes, "docs": corpora[compare_index].docs,
