@@ -106,6 +106,26 @@ def test_parallelism_1_2_4_give_the_one_process_dataset(tmp_path: Path, monkeypa
         assert sorted(r["uri"] for r in audit if r["event"] == "read") == sorted((src / k).as_uri() for k in keys)
 
 
+def test_a_tokenizer_sample_smaller_than_the_corpus_is_the_same_at_every_parallelism(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond TOKENIZER_SAMPLE_BYTES of kept text the tokenizer trains on an even sample in reading order: the
+    workers' undecoded lines are sampled as the one-process spill is, so the tokenizer and shards are equal."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    src, out = tmp_path / "src", tmp_path / "out"
+    _corpus(src)
+    run_prepare(_config(src, out))
+    whole = (out / "tokenizer.json").read_bytes()
+    monkeypatch.setattr("forge_trainer.data.prepare.TOKENIZER_SAMPLE_BYTES", 6000)  # about a fifth of the kept text
+    shutil.rmtree(out)
+    run_prepare(_config(src, out))
+    expected = _result(out)
+    assert expected["tokenizer.json"] != whole, "the tokenizer was trained on the whole corpus, not a sample"
+    for workers in (1, 2, 4):
+        shutil.rmtree(out)
+        run_prepare_parallel(_config(src, out), workers)
+        assert _result(out) == expected, f"parallelism {workers}: the dataset's files differ"
+
+
 def _big_corpus(src: Path) -> tuple[bytes, int]:
     """One jsonl of about 500 KB (pieces of 64 KiB: eight) whose planted copies lie in other pieces than their
     originals, one line starting exactly on a piece boundary, and a small file; its bytes and line count."""

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from forge_trainer.config import DatasetPurpose, PrepareConfig, StoreConfig
 from forge_trainer.config.wire import rfc3339
@@ -141,8 +141,8 @@ def _prepare(run: Preparation) -> Manifest:
                             f"({counts.documents_read} read, dropped: {json.dumps(counts.dropped)})")
 
     run.report.stage("tokenizer")
-    texts = (line["t"] for line in _spill_lines(spill))
-    tokenizer_path, info = prepare_tokenizer(run, sample_texts(texts, kept_bytes))
+    with spill.open("rb") as lines:
+        tokenizer_path, info = prepare_tokenizer(run, map(spill_text, sample_texts(lines, kept_bytes)))
     run.report.stage("packing")
     shards = _pack(run, spill, tokenizer_path, info)
     return write_manifest(run, shards, info)
@@ -198,8 +198,13 @@ def _spill_lines(spill: Path) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def sample_texts(texts: Iterable[str], kept_bytes: int) -> Iterator[str]:
-    """An even sample of about TOKENIZER_SAMPLE_BYTES of the kept texts (in reading order)."""
+_Item = TypeVar("_Item")
+
+
+def sample_texts(texts: Iterable[_Item], kept_bytes: int) -> Iterator[_Item]:
+    """An even sample of about TOKENIZER_SAMPLE_BYTES of the kept texts (in reading order). Items may be the
+    texts' undecoded record lines: only the lines taken need decoding, which on a corpus many times the sample
+    is most of the tokenizer pass's time."""
     rate = min(1.0, TOKENIZER_SAMPLE_BYTES / max(kept_bytes, 1))
     taken = 0.0
     for text in texts:
@@ -207,6 +212,12 @@ def sample_texts(texts: Iterable[str], kept_bytes: int) -> Iterator[str]:
         if taken >= 1.0:
             taken -= 1.0
             yield text
+
+
+def spill_text(line: str | bytes) -> str:
+    """The text of one record line of a spill or docs.jsonl file."""
+    text: str = json.loads(line)["t"]
+    return text
 
 
 def prepare_tokenizer(run: Preparation, sample: Iterator[str]) -> tuple[Path, TokenizerInfo]:

@@ -50,6 +50,7 @@ from forge_trainer.data.prepare import (
     record_failure,
     sample_texts,
     source_pieces,
+    spill_text,
     write_manifest,
 )
 from forge_trainer.data.progress_merge import LiveProgress, publish_merged
@@ -355,13 +356,6 @@ def _statuses(run: Preparation, area: WorkArea, worker: int) -> tuple[dict[str, 
     return index, status
 
 
-def _kept_docs(run: Preparation, area: WorkArea, worker: int, status: npt.NDArray[Any]) -> Iterator[dict[str, Any]]:
-    """The kept candidates of `worker`'s docs.jsonl, in order."""
-    for line, fate in zip(_doc_lines(run, area, worker), status, strict=True):
-        if fate == KEPT:
-            yield line
-
-
 def _doc_lines(run: Preparation, area: WorkArea, worker: int) -> Iterator[dict[str, Any]]:
     with run.out.open_read(area.key("scan", worker, "docs.jsonl")) as fh:
         for line in fh:
@@ -387,12 +381,14 @@ def _tokenizer(run: Preparation, area: WorkArea, worker: int) -> dict[str, Any]:
         # document to validation
         fallback = max(int(index["pos"][s == KEPT].max()) for index, s in statuses if (s == KEPT).any())
 
-    def texts() -> Iterator[str]:
+    def kept_lines() -> Iterator[bytes]:  # undecoded: only the sampled ones are decoded
         for w, (_, status) in enumerate(statuses):
-            for line in _kept_docs(run, area, w, status):
-                yield line["t"]
+            with run.out.open_read(area.key("scan", w, "docs.jsonl")) as fh:
+                for line, fate in zip(fh, status, strict=True):
+                    if fate == KEPT:
+                        yield line
 
-    _, info = prepare_tokenizer(run, sample_texts(texts(), kept_bytes))
+    _, info = prepare_tokenizer(run, map(spill_text, sample_texts(kept_lines(), kept_bytes)))
     return {"tokenizer": info.to_wire(), "validation_fallback": fallback, "kept": kept}
 
 
