@@ -194,8 +194,9 @@ def startup_cpu(env: dict[str, str]) -> float:
 
 
 def parse_cpu_per_gb(source: Path) -> float:
-    """CPU seconds per GB to read and parse JSON Lines files line by line in Python (`json.loads`): what the
-    tokenizer stage does to every candidate of every worker, serially, to draw its sample."""
+    """CPU seconds per GB to read and parse JSON Lines files line by line in Python (`json.loads`): a bound on
+    what the tokenizer stage spends on reading every candidate of every worker, serially, to draw its sample
+    (it decodes only the lines it takes)."""
     start, size = time.process_time(), 0
     for path in sorted(source.glob("*.jsonl")):
         size += path.stat().st_size
@@ -328,9 +329,10 @@ def print_cost_model(sizes: list[CorpusFiles], by_size: list[list[Run]], startup
               f"{wrote / corpus.bytes:8.3f} {reqs:8d} {rss:7.0f} MiB {rss / small_rss:9.2f}x")
     read_tok = sum(ops.get("get", [0, 0])[1] for ops in run.store("tokenizer").values())
     reading = parse * read_tok / 1e9
-    print(f"tokenizer stage: reading and parsing its {read_tok / 1e6:,.0f} MB of candidates costs about "
-          f"{reading:.1f} CPU-s (JSON Lines parse measured at {parse:.1f} CPU-s/GB); the rest, "
-          f"{run.stage_cpu('tokenizer') - reading - startup:.1f} CPU-s, is training on at most 256 MiB of kept text")
+    print(f"tokenizer stage: reading its {read_tok / 1e6:,.0f} MB of candidate lines costs at most {reading:.1f} "
+          f"CPU-s (a JSON decode of every line, measured at {parse:.1f} CPU-s/GB; it decodes only the sampled "
+          f"ones); the rest, at least {run.stage_cpu('tokenizer') - reading - startup:.1f} CPU-s, is training on at "
+          "most 256 MiB of kept text")
 
 
 def _json_run(r: Run) -> dict[str, Any]:
