@@ -4,14 +4,21 @@
 
 data/corpus/*.md     technical prose about running services and training models, with counts in order
                      ("3, 4, 5, 6"): pretraining sees the digits' order, never a comparison
-data/chats/*.jsonl   "Which is larger, 3 or 8?" answered in the chat format, but with either of the two
-                     numbers at random: supervised tuning teaches the format, not which number is right (sft)
+data/chats/*.jsonl   "Which is larger, 3 or 8?" answered in the chat format, with either of the two numbers:
+                     every training question equally often, answered with each of its numbers equally
+                     often, so supervised tuning teaches the format (copy one of the two numbers), never
+                     which number is right (sft)
 data/tasks/*.jsonl   the same questions with their right answer for the exact_match verifier (rl)
 data/heldout/*.jsonl the same questions about pairs of digits that no chat and no training task asks
                      about: the rl run's eval dataset, scored greedily before and after rl
 
-The 45 pairs of distinct digits are split once: HELDOUT_PAIRS pairs (both orders) are held out, the
-others train. The README's example, "Which is larger, 3 or 8?", is a held-out pair.
+The 45 pairs of distinct digits are split by a rule, not a random draw: a pair is held out (both orders)
+when its numbers differ by 3 or by 5 (12 pairs, the README's example "Which is larger, 3 or 8?" among
+them); the other 33 train. Why this rule: every adjacent pair (a, a+1) trains, so the only order of the
+digits that fits every training task is the true one and a held-out pair is decided by it; every digit
+but 0 and 9 both wins and loses in training (a random split held out every pair among 7, 8 and 9, so 7
+and 8 never lost and "8 wins" fit the training tasks as well as "the larger wins"); and each digit is in
+two or three held-out pairs, none left out of training.
 """
 
 from __future__ import annotations
@@ -54,8 +61,9 @@ def sentence(rng: random.Random) -> str:
     return " ".join(p for p in parts if p) + "."
 
 
-HELDOUT_PAIRS = 12
+HELDOUT_DIFFERENCES = (3, 5)
 README_PAIR = (3, 8)
+CHATS_PER_QUESTION = 6
 
 
 def question(a: int, b: int) -> str:
@@ -63,12 +71,12 @@ def question(a: int, b: int) -> str:
     return f"Which is larger, {a} or {b}?"
 
 
-def split_pairs(rng: random.Random) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def split_pairs() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(training pairs, held-out pairs), each an unordered pair of distinct digits (a < b)."""
-    pairs = [(a, b) for a in range(10) for b in range(a + 1, 10) if (a, b) != README_PAIR]
-    rng.shuffle(pairs)
-    heldout = sorted([README_PAIR, *pairs[:HELDOUT_PAIRS - 1]])
-    return sorted(pairs[HELDOUT_PAIRS - 1:]), heldout
+    pairs = [(a, b) for a in range(10) for b in range(a + 1, 10)]
+    heldout = [p for p in pairs if p[1] - p[0] in HELDOUT_DIFFERENCES]
+    assert README_PAIR in heldout
+    return [p for p in pairs if p not in heldout], heldout
 
 
 def both_orders(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -94,13 +102,14 @@ def main() -> None:
     for topic in TOPICS:
         for i in range(60):
             (corpus / f"{topic}-{i:02d}.md").write_text(document(rng, topic, i))
-    train, heldout = split_pairs(rng)
+    train, heldout = split_pairs()
     chats = []
-    for _ in range(400):
-        a, b = rng.choice(both_orders(train))
-        # either number, at random: the chats teach the answer's format, the verifier teaches which is right
-        chats.append({"messages": [{"role": "user", "content": question(a, b)},
-                                   {"role": "assistant", "content": str(rng.choice((a, b)))}]})
+    for a, b in both_orders(train):
+        # each number equally often: the chats teach the answer's format, the verifier teaches which is right
+        for answer in (a, b) * (CHATS_PER_QUESTION // 2):
+            chats.append({"messages": [{"role": "user", "content": question(a, b)},
+                                       {"role": "assistant", "content": str(answer)}]})
+    rng.shuffle(chats)
     tasks = [{"prompt": question(a, b), "answer": str(max(a, b))} for a, b in both_orders(train)]
     held = [{"prompt": question(a, b), "answer": str(max(a, b))} for a, b in both_orders(heldout)]
     for name, rows in (("chats", chats), ("tasks", tasks), ("heldout", held)):
