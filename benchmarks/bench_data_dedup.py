@@ -23,7 +23,6 @@ import argparse
 import itertools
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _datatrove_minhash module
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "trainer_image"))
 
 from forge_trainer.config import DatasetPurpose as Purpose
@@ -104,21 +104,7 @@ def forge_kept(docs: list[str], processing: ProcessingConfig) -> set[int]:
 
 
 def _word_tokenizer() -> Any:
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class RegexWords(WordTokenizer):
-        """Words as \\w+ runs (datatrove's language tokenizers need spaCy/nltk, not installed)."""
-
-        pattern = re.compile(r"\w+|[^\w\s]+")
-
-        def word_tokenize(self, text: str) -> list[str]:
-            return self.pattern.findall(text)
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return text.split(". ")
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return [m.span() for m in self.pattern.finditer(text)]
+    from _datatrove_minhash import RegexWords  # datatrove is imported only when it is compared against
 
     return RegexWords("en")
 
