@@ -356,10 +356,14 @@ def _statuses(run: Preparation, area: WorkArea, worker: int) -> tuple[dict[str, 
     return index, status
 
 
-def _doc_lines(run: Preparation, area: WorkArea, worker: int) -> Iterator[dict[str, Any]]:
+def _raw_doc_lines(run: Preparation, area: WorkArea, worker: int) -> Iterator[bytes]:
+    """The undecoded lines of `worker`'s docs.jsonl, in order."""
     with run.out.open_read(area.key("scan", worker, "docs.jsonl")) as fh:
-        for line in fh:
-            yield json.loads(line)
+        yield from fh
+
+
+def _doc_lines(run: Preparation, area: WorkArea, worker: int) -> Iterator[dict[str, Any]]:
+    return map(json.loads, _raw_doc_lines(run, area, worker))
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------
@@ -383,10 +387,9 @@ def _tokenizer(run: Preparation, area: WorkArea, worker: int) -> dict[str, Any]:
 
     def kept_lines() -> Iterator[bytes]:  # undecoded: only the sampled ones are decoded
         for w, (_, status) in enumerate(statuses):
-            with run.out.open_read(area.key("scan", w, "docs.jsonl")) as fh:
-                for line, fate in zip(fh, status, strict=True):
-                    if fate == KEPT:
-                        yield line
+            for line, fate in zip(_raw_doc_lines(run, area, w), status, strict=True):
+                if fate == KEPT:
+                    yield line
 
     _, info = prepare_tokenizer(run, map(spill_text, sample_texts(kept_lines(), kept_bytes)))
     return {"tokenizer": info.to_wire(), "validation_fallback": fallback, "kept": kept}
